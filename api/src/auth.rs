@@ -1,0 +1,211 @@
+//! Bearer tokens: HS256 JWTs with `sub`, `role`, `rid` (restaurants only)
+//! and `exp`. `lunchrush token` mints them; every API request verifies one.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+/// Who a token speaks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Customer,
+    Restaurant,
+    Admin,
+}
+
+impl Role {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "customer" => Ok(Role::Customer),
+            "restaurant" => Ok(Role::Restaurant),
+            "admin" => Ok(Role::Admin),
+            other => Err(format!(
+                "role must be customer, restaurant or admin, not {other:?}"
+            )),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Customer => "customer",
+            Role::Restaurant => "restaurant",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// The claims of a lunchrush token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// The customer, restaurant user or admin id.
+    pub sub: String,
+    pub role: Role,
+    /// The restaurant a `restaurant` token acts for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rid: Option<String>,
+    /// Expiry, seconds since the Unix epoch.
+    pub exp: u64,
+    /// Issued at, seconds since the Unix epoch.
+    #[serde(default)]
+    pub iat: u64,
+}
+
+/// Why a token was refused (every case answers 401).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TokenError {
+    #[error("a restaurant token needs the restaurant it acts for (--restaurant)")]
+    MissingRestaurant,
+    #[error("only restaurant tokens carry a restaurant")]
+    UnexpectedRestaurant,
+    #[error("the subject is empty")]
+    EmptySubject,
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token is invalid: {0}")]
+    Invalid(String),
+}
+
+/// Signing and verifying keys derived from one secret.
+#[derive(Clone)]
+pub struct Keys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Keys(HS256, secret hidden)")
+    }
+}
+
+impl Keys {
+    pub fn new(secret: &[u8]) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 5;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        Self {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            validation,
+        }
+    }
+
+    /// Signs a token for `sub` in `role`, valid for `ttl`.
+    pub fn mint(
+        &self,
+        role: Role,
+        sub: &str,
+        rid: Option<&str>,
+        ttl: Duration,
+    ) -> Result<String, TokenError> {
+        if sub.is_empty() {
+            return Err(TokenError::EmptySubject);
+        }
+        match (role, rid) {
+            (Role::Restaurant, None) => return Err(TokenError::MissingRestaurant),
+            (Role::Customer | Role::Admin, Some(_)) => {
+                return Err(TokenError::UnexpectedRestaurant);
+            }
+            _ => {}
+        }
+        let now = unix_now();
+        let claims = Claims {
+            sub: sub.to_string(),
+            role,
+            rid: rid.map(str::to_string),
+            exp: now + ttl.as_secs(),
+            iat: now,
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map_err(|e| TokenError::Invalid(e.to_string()))
+    }
+
+    /// Verifies signature, algorithm and expiry; returns the claims.
+    pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
+                _ => TokenError::Invalid(e.to_string()),
+            })?;
+        let claims = data.claims;
+        if claims.sub.is_empty() {
+            return Err(TokenError::EmptySubject);
+        }
+        if claims.role == Role::Restaurant && claims.rid.as_deref().unwrap_or("").is_empty() {
+            return Err(TokenError::MissingRestaurant);
+        }
+        Ok(claims)
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> Keys {
+        Keys::new(&[7u8; 32])
+    }
+
+    #[test]
+    fn a_minted_token_verifies_to_its_claims() {
+        let token = keys()
+            .mint(Role::Restaurant, "u1", Some("r1"), Duration::from_secs(60))
+            .unwrap();
+        let claims = keys().verify(&token).unwrap();
+        assert_eq!(claims.sub, "u1");
+        assert_eq!(claims.role, Role::Restaurant);
+        assert_eq!(claims.rid.as_deref(), Some("r1"));
+    }
+
+    #[test]
+    fn another_secret_or_a_tampered_token_is_refused() {
+        let token = keys()
+            .mint(Role::Admin, "a", None, Duration::from_secs(60))
+            .unwrap();
+        assert!(matches!(
+            Keys::new(&[8u8; 32]).verify(&token),
+            Err(TokenError::Invalid(_))
+        ));
+        let mut tampered = token.clone();
+        tampered.insert(tampered.len() / 2, 'x');
+        assert!(keys().verify(&tampered).is_err());
+    }
+
+    #[test]
+    fn an_expired_token_is_refused_as_expired() {
+        let now = unix_now();
+        let claims = Claims {
+            sub: "c".into(),
+            role: Role::Customer,
+            rid: None,
+            exp: now - 60,
+            iat: now - 120,
+        };
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &keys().encoding)
+            .unwrap();
+        assert_eq!(keys().verify(&token), Err(TokenError::Expired));
+    }
+
+    #[test]
+    fn role_and_restaurant_must_agree() {
+        let ttl = Duration::from_secs(60);
+        assert_eq!(
+            keys().mint(Role::Restaurant, "u", None, ttl),
+            Err(TokenError::MissingRestaurant)
+        );
+        assert_eq!(
+            keys().mint(Role::Customer, "u", Some("r"), ttl),
+            Err(TokenError::UnexpectedRestaurant)
+        );
+    }
+}

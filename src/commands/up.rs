@@ -1,0 +1,186 @@
+//! `lunchrush up`: the whole system on one machine with no configuration.
+//!
+//! Starts Redis and PostgreSQL from the installed binaries with their data
+//! under `LUNCHRUSH_HOME`, applies the migrations, serves the API, prints
+//!
+//! ```text
+//! READY api=http://127.0.0.1:8080 redis=redis://127.0.0.1:41234 postgres=postgres://lunchrush@127.0.0.1:41235/lunchrush
+//! ```
+//!
+//! writes the same (plus the JWT secret) as `LUNCHRUSH_*=value` lines to
+//! `$LUNCHRUSH_HOME/stack.env` — `set -a; . .lunchrush/stack.env` then
+//! configures every other subcommand — and serves until Ctrl-C or SIGTERM.
+//! A second `up` on the same home reuses the data, the secret and, while
+//! they are free, the ports.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use stack::{AppendFsync, LocalStack, RedisMode, StackOptions};
+
+/// The API's port when nothing else is asked for and it is free.
+const API_PORT_DEFAULT: u16 = 8080;
+
+#[derive(Debug, clap::Args)]
+pub struct UpArgs {
+    /// Where Redis and PostgreSQL keep their data, and where stack.env goes.
+    #[arg(long, env = "LUNCHRUSH_HOME", default_value = ".lunchrush")]
+    pub home: PathBuf,
+    /// API listen address; default 127.0.0.1:8080, or a free port if taken.
+    #[arg(long, env = "LUNCHRUSH_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Redis AOF fsync policy: always (no acknowledged write lost), everysec
+    /// (a Redis crash may lose ~1 s), no.
+    #[arg(long, env = "LUNCHRUSH_APPENDFSYNC", default_value = "everysec", value_parser = AppendFsync::parse)]
+    pub appendfsync: AppendFsync,
+    /// Start a Redis Cluster with this many masters instead of one server.
+    #[arg(long, env = "LUNCHRUSH_CLUSTER_MASTERS")]
+    pub cluster_masters: Option<usize>,
+    /// HS256 secret for API tokens; generated (and kept in stack.env) when unset.
+    #[arg(long, env = "LUNCHRUSH_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+}
+
+pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
+    std::fs::create_dir_all(&args.home)
+        .with_context(|| format!("create {}", args.home.display()))?;
+    let home = std::fs::canonicalize(&args.home)?;
+    let previous = read_env_file(&home.join("stack.env"));
+    let previous_port = |key: &str| previous.get(key).and_then(|url| port_of(url));
+
+    let mut options = StackOptions::durable(&home);
+    options.appendfsync = args.appendfsync;
+    options.redis = match args.cluster_masters {
+        Some(masters) if masters >= 1 => RedisMode::Cluster { masters },
+        Some(_) => anyhow::bail!("--cluster-masters must be at least 1"),
+        None => RedisMode::Standalone,
+    };
+    options.redis_port = previous_port("LUNCHRUSH_REDIS_URL");
+    options.postgres_port = previous_port("LUNCHRUSH_POSTGRES_URL");
+    let stack = LocalStack::start(options)
+        .await
+        .context("start the local stack")?;
+
+    let jwt_secret = args
+        .jwt_secret
+        .or_else(|| previous.get("LUNCHRUSH_JWT_SECRET").cloned())
+        .unwrap_or_else(generate_secret);
+    let listener = bind_api(args.listen, previous_port("LUNCHRUSH_API_URL")).await?;
+    let listen = listener.local_addr()?;
+    let config = engine::Config {
+        redis_url: stack.redis_url(),
+        postgres_url: stack.postgres_url(),
+        listen,
+        jwt_secret,
+        ..engine::Config::default()
+    };
+    config.validate()?;
+
+    let redis = engine::store::connect(&config).await?;
+    engine::store::ensure_no_eviction(&redis).await?;
+    let state = api::AppState {
+        redis: redis.clone(),
+        postgres: api::postgres_pool(&config.postgres_url)?,
+        keys: api::auth::Keys::new(config.jwt_secret.as_bytes()),
+    };
+
+    let api_url = format!("http://{listen}");
+    write_env_file(
+        &home.join("stack.env"),
+        &[
+            ("LUNCHRUSH_API_URL", api_url.as_str()),
+            ("LUNCHRUSH_LISTEN", &listen.to_string()),
+            ("LUNCHRUSH_REDIS_URL", &config.redis_url),
+            ("LUNCHRUSH_POSTGRES_URL", &config.postgres_url),
+            ("LUNCHRUSH_JWT_SECRET", &config.jwt_secret),
+            ("LUNCHRUSH_HOME", &home.to_string_lossy()),
+        ],
+    )?;
+    println!(
+        "READY api={api_url} redis={} postgres={}",
+        config.redis_url, config.postgres_url
+    );
+    tracing::info!(home = %home.display(), "Local stack is up; Ctrl-C stops it.");
+
+    api::serve(listener, state, shutdown_signal()).await?;
+    tracing::info!("Stopping the local stack.");
+    let _ = fred::interfaces::ClientLike::quit(&redis).await;
+    drop(stack);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Binds the API: the asked address, else the previous port, else 8080, else any.
+async fn bind_api(
+    listen: Option<SocketAddr>,
+    previous: Option<u16>,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    if let Some(address) = listen {
+        return tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("listen on {address}"));
+    }
+    for port in previous.into_iter().chain([API_PORT_DEFAULT, 0]) {
+        if let Ok(listener) = tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+            return Ok(listener);
+        }
+    }
+    anyhow::bail!("no loopback port is free for the API")
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("install the SIGTERM handler");
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn generate_secret() -> String {
+    use std::io::Read;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .expect("read /dev/urandom");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `KEY=value` lines; missing file or malformed lines yield nothing.
+pub fn read_env_file(path: &Path) -> HashMap<String, String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.split_once('='))
+        .map(|(key, value)| (key.trim().to_string(), value.trim().to_string()))
+        .collect()
+}
+
+/// Writes `KEY=value` lines, readable by the owner only (it holds the secret).
+fn write_env_file(path: &Path, pairs: &[(&str, &str)]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("write {}", path.display()))?;
+    for (key, value) in pairs {
+        writeln!(file, "{key}={value}")?;
+    }
+    Ok(())
+}
+
+/// The port of `scheme://[user@]host:port[/…]`.
+fn port_of(url: &str) -> Option<u16> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?']).next()?;
+    let host_port = authority.rsplit('@').next()?;
+    host_port.rsplit_once(':')?.1.parse().ok()
+}

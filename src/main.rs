@@ -1,0 +1,89 @@
+//! `lunchrush`: the one binary. Every subcommand's flag is also an
+//! environment variable `LUNCHRUSH_*` (shown by `--help`).
+//!
+//! # Layout
+//! - [`logging`]: `RUST_LOG`-style filtering, human or JSON lines on stderr.
+//! - [`commands`]: one module per subcommand.
+
+mod commands;
+mod logging;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// A Redis-first food-delivery order engine whose orders and payments never disagree.
+#[derive(Debug, Parser)]
+#[command(name = "lunchrush", version, about)]
+struct Cli {
+    /// Log format on stderr: `human` or `json`. Filter with RUST_LOG (default `info`).
+    #[arg(
+        long,
+        env = "LUNCHRUSH_LOG_FORMAT",
+        default_value = "human",
+        global = true
+    )]
+    log_format: logging::LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start the local stack (Redis, PostgreSQL, the API) and serve until Ctrl-C.
+    Up(commands::up::UpArgs),
+    /// Start the local stack, run a short lunch-peak load and keep serving.
+    Demo,
+    /// Serve the HTTP API and run the saga workers against existing Redis/Postgres.
+    Serve,
+    /// Drain every stream into PostgreSQL.
+    Archive,
+    /// Find and fix orphans (stuck sagas, held stock, provider mismatches).
+    Reconcile,
+    /// Apply the PostgreSQL migrations.
+    Migrate(commands::migrate::MigrateArgs),
+    /// Run the payment-provider simulator.
+    PspSim,
+    /// Print a signed API token.
+    Token(commands::token::TokenArgs),
+    /// Check the rule: no mismatched order/payment pair, stock conserved.
+    Check,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let outcome = runtime.block_on(async move {
+        match cli.command {
+            Command::Up(args) => commands::up::run(args).await,
+            Command::Migrate(args) => commands::migrate::run(args).await,
+            Command::Token(args) => commands::token::run(args),
+            Command::Demo => not_built("demo", "the goose load scenarios"),
+            Command::Serve => not_built("serve", "the saga core and the order API"),
+            Command::Archive => not_built("archive", "the archiver"),
+            Command::Reconcile => not_built("reconcile", "reconciliation"),
+            Command::PspSim => not_built("psp-sim", "the payment-provider simulator"),
+            Command::Check => not_built("check", "the saga core"),
+        }
+    });
+    match outcome {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn not_built(command: &str, needs: &str) -> anyhow::Result<ExitCode> {
+    eprintln!("lunchrush {command} is not built yet: it arrives with {needs}.");
+    Ok(ExitCode::from(2))
+}
