@@ -1,14 +1,35 @@
 //! The lunchrush engine: everything that knows about orders, stock and
-//! payments, and nothing that knows about HTTP.
+//! payments, and nothing that knows about HTTP routes.
 //!
 //! # Layout
 //! - [`config`]: the one typed, validated configuration.
 //! - [`store`]: the shared Redis connection (standalone or cluster).
+//! - [`keys`]: the Redis key schema and partitioning.
+//! - [`ids`]: order ids that carry their partition.
+//! - [`domain`]: validated inputs, statuses, the rule's allowed pairs.
+//! - [`scripts`]: the Lua registry (EVALSHA, NOSCRIPT reload).
+//! - [`engine`]: [`Engine`], one method per transition.
+//! - [`events`]: the stream entry format and the event catalogue.
+//! - [`psp`]: the payment-provider client (unknown outcomes are looked up).
+//! - [`saga`]: the consumer-group workers (payment, restaurant).
+//! - [`check`]: the rule checker (pairs, stock, per-customer limits).
 //!
 //! **Architecture Invariant:** `engine` knows nothing about HTTP routes or
 //! status codes; `api` is the only crate that does.
+//! **Architecture Invariant:** every state change of an order happens inside
+//! one Lua script.
 
+pub mod check;
 pub mod config;
+pub mod domain;
+pub mod engine;
+pub mod events;
+pub mod ids;
+pub mod keys;
+pub mod psp;
+pub mod saga;
+pub mod scripts;
 pub mod store;
 
 pub use config::{Config, ConfigError, Timers};
+pub use engine::{Engine, EngineError};

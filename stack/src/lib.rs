@@ -18,6 +18,7 @@ pub mod binaries;
 pub mod ports;
 pub mod postgres;
 pub mod process;
+pub mod psp;
 pub mod redis;
 
 use std::path::{Path, PathBuf};

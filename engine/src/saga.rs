@@ -1,0 +1,654 @@
+//! The saga workers: consumer groups that move orders from one step to the
+//! next.
+//!
+//! - **payment** (reads `orders` and `restaurant`): drives each order's
+//!   payment to what its status requires — authorize a PENDING order, capture
+//!   an approved one, void or refund a rejected one — by asking the provider
+//!   and recording its answer with `record_payment`.
+//! - **restaurant** (reads `payments`): approves paid orders of
+//!   `auto_approve` restaurants at once, re-checking that they are open.
+//!
+//! Every handler re-reads the order and acts on its current state, so a
+//! redelivered or reclaimed event changes nothing that already happened;
+//! the scripts' state machines refuse anything that would go backwards.
+//!
+//! A worker reads every partition in bounded batches (`COUNT`), runs the
+//! handlers concurrently (their Redis calls pipeline over the shared
+//! connection), XACKs after the effect, and every `reclaim_every` takes over
+//! entries other consumers left pending longer than `reclaim_idle`
+//! (XAUTOCLAIM). An entry delivered `deliveries_max` times is poison: it
+//! goes to the partition's `dead` stream with the reason, or — when what
+//! keeps failing is a compensation (void or refund) — to the `parked`
+//! operator queue, which reconciliation retries. Nothing is dropped silently.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use fred::prelude::*;
+use fred::types::streams::XReadValue;
+use futures::StreamExt;
+
+use crate::domain::{Order, OrderStatus, PaymentStatus};
+use crate::engine::{Engine, EngineError, Outcome, PaymentOutcome};
+use crate::events::Event;
+use crate::keys::{Lane, Topic};
+use crate::psp::{PspClient, PspError};
+
+/// Steps one handler call may take to settle an order's payment (authorize,
+/// capture, void, refund, plus catch-up records); more means a bug.
+const DRIVE_STEPS_MAX: usize = 8;
+
+/// Which consumer group a worker belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    Payment,
+    Restaurant,
+}
+
+impl Role {
+    pub const ALL: [Role; 2] = [Role::Payment, Role::Restaurant];
+
+    /// The consumer group name.
+    pub fn group(self) -> &'static str {
+        match self {
+            Role::Payment => "payment",
+            Role::Restaurant => "restaurant",
+        }
+    }
+
+    /// The topics the group reads.
+    pub fn topics(self) -> &'static [Topic] {
+        match self {
+            Role::Payment => &[Topic::Orders, Topic::Restaurant],
+            Role::Restaurant => &[Topic::Payments],
+        }
+    }
+}
+
+/// Tuning of a worker; every bound named.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// This consumer's name within its group (unique per process).
+    pub consumer: String,
+    /// Entries read per partition per round (XREADGROUP COUNT).
+    pub batch_size: u64,
+    /// Handlers running at once.
+    pub concurrency: usize,
+    /// Longest sleep when every partition was empty.
+    pub idle_poll_max: Duration,
+    /// Pending entries idle longer than this are taken over.
+    pub reclaim_idle: Duration,
+    /// How often to look for such entries.
+    pub reclaim_every: Duration,
+    /// Deliveries after which an entry is poison.
+    pub deliveries_max: u64,
+}
+
+impl WorkerOptions {
+    pub fn new(consumer: impl Into<String>) -> Self {
+        Self {
+            consumer: consumer.into(),
+            batch_size: 256,
+            concurrency: 128,
+            idle_poll_max: Duration::from_millis(50),
+            reclaim_idle: Duration::from_secs(30),
+            reclaim_every: Duration::from_secs(5),
+            deliveries_max: 5,
+        }
+    }
+}
+
+/// A unique consumer name for this process: host, pid, random suffix.
+pub fn consumer_name() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "host".into());
+    format!(
+        "{host}-{}-{:04x}",
+        std::process::id(),
+        rand::random::<u16>()
+    )
+}
+
+/// Creates every consumer group on every partition's streams (from the
+/// start of the stream, so events emitted before the group existed are not
+/// skipped). Idempotent.
+pub async fn ensure_groups(
+    engine: &Engine,
+    groups: &[(&str, &[Topic])],
+) -> Result<(), EngineError> {
+    let keys = engine.keys();
+    for p in 0..keys.partitions() {
+        for (group, topics) in groups {
+            for topic in *topics {
+                let created: Result<(), _> = engine
+                    .redis()
+                    .xgroup_create(keys.stream(p, *topic), *group, "0", true)
+                    .await;
+                match created {
+                    Err(error) if !error.details().contains("BUSYGROUP") => {
+                        return Err(error.into());
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Why one event could not be handled now (it stays pending and is retried).
+#[derive(Debug, thiserror::Error)]
+pub enum WorkError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Psp(#[from] PspError),
+    #[error("the order's payment did not settle within {DRIVE_STEPS_MAX} steps")]
+    NoProgress,
+}
+
+/// What a payment step must do next for an order, given its state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PaymentAction {
+    Authorize,
+    Capture,
+    Void,
+    Refund,
+}
+
+impl PaymentAction {
+    /// A compensation: giving up on it would keep money wrongly.
+    pub fn is_compensation(self) -> bool {
+        matches!(self, PaymentAction::Void | PaymentAction::Refund)
+    }
+}
+
+/// The payment step an order is owed, if any.
+pub fn payment_action(order: &Order) -> Option<PaymentAction> {
+    match (order.status, order.pay) {
+        (OrderStatus::Pending, PaymentStatus::None) => Some(PaymentAction::Authorize),
+        (OrderStatus::Paid, PaymentStatus::Authorized) if order.decision == "approved" => {
+            Some(PaymentAction::Capture)
+        }
+        (OrderStatus::Rejected, PaymentStatus::Authorized) => Some(PaymentAction::Void),
+        (OrderStatus::Rejected, PaymentStatus::Captured) => Some(PaymentAction::Refund),
+        _ => None,
+    }
+}
+
+/// The records that bring our payment state up to the provider's.
+fn catch_up(ours: PaymentStatus, provider: &str, capturing: bool) -> Vec<PaymentOutcome> {
+    use PaymentOutcome::*;
+    use PaymentStatus as P;
+    let voided = if capturing { CaptureFailed } else { Voided };
+    match (ours, provider) {
+        (P::None, "authorized") => vec![Authorized],
+        (P::None, "declined") => vec![Declined],
+        (P::None, "captured") => vec![Authorized, Captured],
+        (P::None, "voided") => vec![Authorized, voided],
+        (P::None, "refunded") => vec![Authorized, Captured, Refunded],
+        (P::Authorized, "captured") => vec![Captured],
+        (P::Authorized, "voided") => vec![voided],
+        (P::Authorized, "refunded") => vec![Captured, Refunded],
+        (P::Captured, "refunded") => vec![Refunded],
+        _ => vec![],
+    }
+}
+
+/// Drives one order's payment until no step is owed (see [`payment_action`]).
+pub async fn drive_payment(
+    engine: &Engine,
+    psp: &PspClient,
+    order_id: &uuid::Uuid,
+    lane: Lane,
+) -> Result<(), WorkError> {
+    for _ in 0..DRIVE_STEPS_MAX {
+        let Some(order) = engine.order(order_id).await? else {
+            return Ok(());
+        };
+        let Some(action) = payment_action(&order) else {
+            return Ok(());
+        };
+        let key = order.id.to_string();
+        let answer = match action {
+            PaymentAction::Authorize => psp.authorize(&key, order.total).await,
+            PaymentAction::Capture => psp.capture(&key).await,
+            PaymentAction::Void => psp.void(&key).await,
+            PaymentAction::Refund => psp.refund(&key).await,
+        };
+        let provider = match answer {
+            Ok(payment) => payment,
+            // The provider's state says what really happened; record that.
+            Err(PspError::Conflict(payment)) => payment,
+            Err(error) => {
+                metrics::counter!("lunchrush_psp_failures_total", "action" => action_name(action))
+                    .increment(1);
+                return Err(error.into());
+            }
+        };
+        let steps = catch_up(order.pay, &provider.state, action == PaymentAction::Capture);
+        if steps.is_empty() {
+            // The provider is where we already are (e.g. void of a declined
+            // payment): nothing to record, and nothing more to do.
+            return Ok(());
+        }
+        for step in steps {
+            let t = engine
+                .record_payment(&order, step, &provider.reference, lane)
+                .await?;
+            if let Outcome::Refused(detail) = &t.outcome {
+                tracing::warn!(order = %order.id, step = step.as_str(), %detail,
+                    "Provider outcome refused by the payment state machine.");
+            }
+        }
+    }
+    Err(WorkError::NoProgress)
+}
+
+fn action_name(action: PaymentAction) -> &'static str {
+    match action {
+        PaymentAction::Authorize => "authorize",
+        PaymentAction::Capture => "capture",
+        PaymentAction::Void => "void",
+        PaymentAction::Refund => "refund",
+    }
+}
+
+/// Auto-approval: a paid order of an `auto_approve` restaurant that is open.
+pub async fn auto_approve(
+    engine: &Engine,
+    order_id: &uuid::Uuid,
+    lane: Lane,
+) -> Result<(), WorkError> {
+    let Some(order) = engine.order(order_id).await? else {
+        return Ok(());
+    };
+    if order.status != OrderStatus::Paid || !order.decision.is_empty() {
+        return Ok(());
+    }
+    let keys = engine.keys();
+    let auto: Option<String> = engine
+        .redis()
+        .hget(keys.restaurant(order.partition, &order.restaurant), "auto")
+        .await
+        .map_err(EngineError::from)?;
+    if auto.as_deref() != Some("1") {
+        return Ok(());
+    }
+    engine
+        .decide(&order, true, "", Some(order.version), true, lane)
+        .await?;
+    Ok(())
+}
+
+/// One consumer of one group.
+pub struct Worker {
+    engine: Engine,
+    psp: PspClient,
+    role: Role,
+    options: WorkerOptions,
+    /// Per (partition, topic): the XAUTOCLAIM cursor.
+    cursors: HashMap<(u16, Topic), String>,
+}
+
+/// What one round of a worker did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Round {
+    pub handled: usize,
+    pub failed: usize,
+    pub dead: usize,
+}
+
+impl Worker {
+    pub fn new(engine: Engine, psp: PspClient, role: Role, options: WorkerOptions) -> Self {
+        Self {
+            engine,
+            psp,
+            role,
+            options,
+            cursors: HashMap::new(),
+        }
+    }
+
+    /// Runs until `shutdown` turns true.
+    pub async fn run(mut self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        ensure_groups(&self.engine, &[(self.role.group(), self.role.topics())])
+            .await
+            .unwrap_or_else(|e| tracing::error!(error = %e, "Cannot create consumer groups."));
+        let mut idle = Duration::from_millis(1);
+        let mut last_reclaim = Instant::now();
+        let engine = self.engine.clone();
+        while !*shutdown.borrow() {
+            // Registered before the read: an event emitted meanwhile wakes us.
+            let local = engine.local_event();
+            tokio::pin!(local);
+            local.as_mut().enable();
+            let round = if last_reclaim.elapsed() >= self.options.reclaim_every {
+                last_reclaim = Instant::now();
+                self.reclaim_round().await
+            } else {
+                self.read_round().await
+            };
+            match round {
+                Ok(r) if r.handled + r.failed + r.dead > 0 => {
+                    idle = Duration::from_millis(1);
+                    continue;
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(role = self.role.group(), %error, "Worker round failed; backing off.");
+                    idle = self.options.idle_poll_max;
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(idle) => {}
+                _ = &mut local => {}
+                _ = shutdown.changed() => {}
+            }
+            idle = (idle * 2).min(self.options.idle_poll_max);
+        }
+    }
+
+    /// Reads new entries from every partition once and handles them.
+    pub async fn read_round(&self) -> Result<Round, EngineError> {
+        let keys = self.engine.keys();
+        let this = self;
+        let reads = (0..keys.partitions()).map(|p| {
+            let streams: Vec<String> = self
+                .role
+                .topics()
+                .iter()
+                .map(|t| keys.stream(p, *t))
+                .collect();
+            let ids: Vec<&str> = streams.iter().map(|_| ">").collect();
+            async move {
+                read_group(
+                    this.engine.redis(),
+                    this.role.group(),
+                    &this.options.consumer,
+                    this.options.batch_size,
+                    streams,
+                    ids,
+                )
+                .await
+            }
+        });
+        let pages = futures::future::join_all(reads).await;
+        let mut entries = Vec::new();
+        for page in pages {
+            for (stream, values) in page? {
+                for (id, fields) in values {
+                    entries.push((stream.clone(), id, fields, 1));
+                }
+            }
+        }
+        self.handle(entries).await
+    }
+
+    /// Takes over entries idle longer than `reclaim_idle` on every partition.
+    pub async fn reclaim_round(&mut self) -> Result<Round, EngineError> {
+        let keys = self.engine.keys().clone();
+        let mut total = Round::default();
+        for p in 0..keys.partitions() {
+            for topic in self.role.topics() {
+                let stream = keys.stream(p, *topic);
+                let cursor = self
+                    .cursors
+                    .get(&(p, *topic))
+                    .cloned()
+                    .unwrap_or_else(|| "0-0".into());
+                let (next, values): (String, Vec<XReadValue<String, String, String>>) = self
+                    .engine
+                    .redis()
+                    .xautoclaim_values(
+                        stream.as_str(),
+                        self.role.group(),
+                        self.options.consumer.as_str(),
+                        self.options.reclaim_idle.as_millis() as u64,
+                        cursor.as_str(),
+                        Some(self.options.batch_size),
+                        false,
+                    )
+                    .await?;
+                self.cursors.insert((p, *topic), next);
+                if values.is_empty() {
+                    continue;
+                }
+                metrics::counter!("lunchrush_entries_reclaimed_total", "group" => self.role.group())
+                    .increment(values.len() as u64);
+                let deliveries = self.deliveries(&stream, &values).await?;
+                let entries = values
+                    .into_iter()
+                    .map(|(id, fields)| {
+                        let count = deliveries.get(&id).copied().unwrap_or(1);
+                        (stream.clone(), id, fields, count)
+                    })
+                    .collect();
+                let round = self.handle(entries).await?;
+                total.handled += round.handled;
+                total.failed += round.failed;
+                total.dead += round.dead;
+            }
+        }
+        Ok(total)
+    }
+
+    /// Delivery counts of `values` (XPENDING over their id range).
+    async fn deliveries(
+        &self,
+        stream: &str,
+        values: &[XReadValue<String, String, String>],
+    ) -> Result<HashMap<String, u64>, EngineError> {
+        let (first, last) = (&values[0].0, &values[values.len() - 1].0);
+        let pending: Vec<(String, String, u64, u64)> = self
+            .engine
+            .redis()
+            .custom(
+                fred::cmd!("XPENDING"),
+                vec![
+                    stream.to_string(),
+                    self.role.group().to_string(),
+                    first.clone(),
+                    last.clone(),
+                    values.len().to_string(),
+                ],
+            )
+            .await?;
+        Ok(pending
+            .into_iter()
+            .map(|(id, _, _, count)| (id, count))
+            .collect())
+    }
+
+    /// Handles entries concurrently, then acknowledges the finished ones.
+    async fn handle(
+        &self,
+        entries: Vec<(String, String, HashMap<String, String>, u64)>,
+    ) -> Result<Round, EngineError> {
+        if entries.is_empty() {
+            return Ok(Round::default());
+        }
+        let results: Vec<(String, String, Disposition)> = futures::stream::iter(entries)
+            .map(|(stream, id, fields, deliveries)| async move {
+                let disposition = self.handle_one(&stream, &id, fields, deliveries).await;
+                (stream, id, disposition)
+            })
+            .buffer_unordered(self.options.concurrency)
+            .collect()
+            .await;
+        let mut round = Round::default();
+        let mut acks: HashMap<String, Vec<String>> = HashMap::new();
+        for (stream, id, disposition) in results {
+            match disposition {
+                Disposition::Done => round.handled += 1,
+                Disposition::Retry => {
+                    round.failed += 1;
+                    continue;
+                }
+                Disposition::Dead => round.dead += 1,
+            }
+            acks.entry(stream).or_default().push(id);
+        }
+        for (stream, ids) in acks {
+            let _: i64 = self
+                .engine
+                .redis()
+                .xack(stream.as_str(), self.role.group(), ids)
+                .await?;
+        }
+        Ok(round)
+    }
+
+    async fn handle_one(
+        &self,
+        stream: &str,
+        id: &str,
+        fields: HashMap<String, String>,
+        deliveries: u64,
+    ) -> Disposition {
+        let event = match Event::parse(stream, id, fields.clone()) {
+            Ok(event) => event,
+            Err(error) => {
+                return self
+                    .give_up(stream, id, &fields, &error.to_string(), None)
+                    .await;
+            }
+        };
+        let result = self.dispatch(&event).await;
+        match result {
+            Ok(()) => Disposition::Done,
+            Err(error) if deliveries >= self.options.deliveries_max => {
+                let action = match event.order_id() {
+                    Some(order_id) => match self.engine.order(&order_id).await {
+                        Ok(Some(order)) => payment_action(&order),
+                        _ => None,
+                    },
+                    None => None,
+                };
+                self.give_up(stream, id, &fields, &error.to_string(), action)
+                    .await
+            }
+            Err(error) => {
+                tracing::warn!(group = self.role.group(), order = %event.order, kind = %event.kind,
+                    %error, deliveries, "Event not handled; it stays pending for a retry.");
+                Disposition::Retry
+            }
+        }
+    }
+
+    async fn dispatch(&self, event: &Event) -> Result<(), WorkError> {
+        let Some(order_id) = event.order_id() else {
+            return Ok(());
+        };
+        match (self.role, event.kind.as_str()) {
+            (
+                Role::Payment,
+                "OrderPlaced" | "OrderRejected" | "RestaurantApproved" | "RestaurantRejected",
+            ) => drive_payment(&self.engine, &self.psp, &order_id, Lane::Online).await,
+            (Role::Restaurant, "PaymentAuthorized") => {
+                auto_approve(&self.engine, &order_id, Lane::Online).await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Moves a poison entry to the dead-letter stream (or a failing
+    /// compensation to the operator queue) and lets it be acknowledged.
+    async fn give_up(
+        &self,
+        stream: &str,
+        id: &str,
+        fields: &HashMap<String, String>,
+        reason: &str,
+        action: Option<PaymentAction>,
+    ) -> Disposition {
+        let Some(p) = partition_of_stream(self.engine.keys().prefix(), stream) else {
+            return Disposition::Retry;
+        };
+        let parked = action.is_some_and(PaymentAction::is_compensation);
+        let target = self
+            .engine
+            .keys()
+            .stream(p, if parked { Topic::Parked } else { Topic::Dead });
+        let mut entry: Vec<(String, String)> = vec![
+            ("source".into(), stream.into()),
+            ("source_id".into(), id.into()),
+            ("group".into(), self.role.group().into()),
+            ("reason".into(), reason.into()),
+        ];
+        if let Some(action) = action {
+            entry.push(("action".into(), action_name(action).into()));
+        }
+        entry.extend(fields.iter().map(|(k, v)| (format!("f.{k}"), v.clone())));
+        let added: Result<String, _> = self
+            .engine
+            .redis()
+            .xadd(target.as_str(), false, None, "*", entry)
+            .await;
+        match added {
+            Ok(_) => {
+                let kind = if parked { "parked" } else { "dead" };
+                metrics::counter!("lunchrush_dead_letters_total", "group" => self.role.group(), "kind" => kind)
+                    .increment(1);
+                tracing::error!(
+                    group = self.role.group(),
+                    stream,
+                    id,
+                    reason,
+                    kind,
+                    "Entry given up after repeated failures."
+                );
+                Disposition::Dead
+            }
+            Err(_) => Disposition::Retry,
+        }
+    }
+}
+
+enum Disposition {
+    Done,
+    Retry,
+    Dead,
+}
+
+/// XREADGROUP that treats "nothing new" (a nil reply) as an empty page.
+pub async fn read_group(
+    client: &Client,
+    group: &str,
+    consumer: &str,
+    count: u64,
+    streams: Vec<String>,
+    ids: Vec<&str>,
+) -> Result<fred::types::streams::XReadResponse<String, String, String, String>, fred::error::Error>
+{
+    let reply: Value = client
+        .xreadgroup(group, consumer, Some(count), None, false, streams, ids)
+        .await?;
+    if reply.is_null() {
+        return Ok(HashMap::new());
+    }
+    reply.into_xread_response()
+}
+
+/// The partition named by a stream key `<prefix>{pN}:<topic>`.
+pub fn partition_of_stream(prefix: &str, stream: &str) -> Option<u16> {
+    let rest = stream.strip_prefix(prefix)?.strip_prefix("{p")?;
+    rest.split('}').next()?.parse().ok()
+}
+
+/// Spawns one worker per role; returns their handles.
+pub fn spawn_workers(
+    engine: &Engine,
+    psp: &PspClient,
+    options: &WorkerOptions,
+    shutdown: &tokio::sync::watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    Role::ALL
+        .iter()
+        .map(|&role| {
+            let worker = Worker::new(engine.clone(), psp.clone(), role, options.clone());
+            tokio::spawn(worker.run(shutdown.clone()))
+        })
+        .collect()
+}

@@ -1,0 +1,351 @@
+//! The saga core against real Redis (standalone and a 3-master cluster) and
+//! the provider simulator: the rule holds under concurrency, declines,
+//! crashes and redeliveries.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::TestEnv;
+use engine::domain::{OrderStatus, PaymentStatus};
+use engine::engine::PlaceError;
+use fred::prelude::*;
+use stack::psp::Faults;
+
+const SETTLE: Duration = Duration::from_secs(60);
+
+/// 1,000 customers race for 100 units of one item: exactly 100 orders are
+/// placed and approved (captured at the provider), 900 are refused
+/// `out_of_stock`, stock ends at 0 and the checker passes.
+async fn flash_sale(mut env: TestEnv) {
+    env.restaurant("flash", true, "deal", 9_900, 100).await;
+    env.start_workers("w1");
+    let placements = (0..1_000).map(|i| {
+        let engine = env.engine.clone();
+        let request = env.request(
+            &format!("c{i}"),
+            "flash",
+            &[("deal", 1)],
+            9_900,
+            &format!("k{i}"),
+        );
+        tokio::spawn(async move { engine.place_order(&request).await })
+    });
+    let results = futures::future::join_all(placements).await;
+    let (mut placed, mut sold_out) = (0, 0);
+    for result in results {
+        match result.unwrap() {
+            Ok(p) => {
+                assert!(!p.duplicate);
+                placed += 1;
+            }
+            Err(PlaceError::OutOfStock(items)) => {
+                assert_eq!(items, vec!["deal".to_string()]);
+                sold_out += 1;
+            }
+            Err(other) => panic!("unexpected refusal: {other}"),
+        }
+    }
+    assert_eq!((placed, sold_out), (100, 900));
+    env.settle(SETTLE).await;
+    let orders = env.orders().await;
+    assert_eq!(orders.len(), 100);
+    assert!(
+        orders
+            .iter()
+            .all(|o| o.status == OrderStatus::Approved && o.pay == PaymentStatus::Captured)
+    );
+    let menu = env.engine.menu("flash").await.unwrap().unwrap();
+    assert_eq!(menu.items[0].stock, 0);
+    let captured = env
+        .sim
+        .payments()
+        .iter()
+        .filter(|p| p.state == "captured")
+        .count();
+    assert_eq!(
+        captured, 100,
+        "the provider captured exactly the approved orders"
+    );
+    env.assert_rule_holds().await;
+    env.stop_workers().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flash_sale_sells_exactly_the_stock_standalone() {
+    flash_sale(TestEnv::standalone().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flash_sale_sells_exactly_the_stock_on_a_cluster() {
+    flash_sale(TestEnv::cluster().await).await;
+}
+
+/// With 30 % of authorizations declined, every declined order ends
+/// REJECTED/DECLINED (`payment_declined`) with its stock back, every other
+/// one APPROVED/CAPTURED, and the provider's ledger agrees order by order.
+async fn declines(mut env: TestEnv) {
+    env.sim.set_faults(Faults {
+        decline_rate: 0.3,
+        ..Faults::default()
+    });
+    env.restaurant("r-decl", true, "soup", 5_000, 1_000).await;
+    env.item("r-decl", "bread", 1_000, 1_000, None).await;
+    env.start_workers("w1");
+    for i in 0..200 {
+        let request = env.request(
+            &format!("c{i}"),
+            "r-decl",
+            &[("soup", 2), ("bread", 1)],
+            11_000,
+            &format!("k{i}"),
+        );
+        env.engine.place_order(&request).await.unwrap();
+    }
+    env.settle(SETTLE).await;
+    let ledger: HashMap<String, String> = env
+        .sim
+        .payments()
+        .into_iter()
+        .map(|p| (p.key, p.state))
+        .collect();
+    let orders = env.orders().await;
+    assert_eq!(orders.len(), 200);
+    let mut declined = 0;
+    for order in &orders {
+        let provider = ledger[&order.id.to_string()].as_str();
+        match (order.status, order.pay, provider) {
+            (OrderStatus::Rejected, PaymentStatus::Declined, "declined") => {
+                assert_eq!(order.reason, "payment_declined");
+                declined += 1;
+            }
+            (OrderStatus::Approved, PaymentStatus::Captured, "captured") => {}
+            other => panic!("order {} ended as {other:?}", order.id),
+        }
+    }
+    assert!(
+        declined > 0,
+        "a 30 % decline rate declines some of 200 orders"
+    );
+    let approved = 200 - declined;
+    let menu = env.engine.menu("r-decl").await.unwrap().unwrap();
+    let stock: HashMap<_, _> = menu
+        .items
+        .iter()
+        .map(|i| (i.item.as_str(), i.stock))
+        .collect();
+    assert_eq!(stock["soup"], 1_000 - 2 * approved);
+    assert_eq!(stock["bread"], 1_000 - approved);
+    env.assert_rule_holds().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declined_payments_release_their_stock_standalone() {
+    declines(TestEnv::standalone().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declined_payments_release_their_stock_on_a_cluster() {
+    declines(TestEnv::cluster().await).await;
+}
+
+/// Every order's events carry sequence numbers 1..=n with no gap and no
+/// repeat, and no saga step's event appears twice.
+async fn assert_events_once(env: &TestEnv) {
+    for order in env.orders().await {
+        let events = env.engine.order_events(&order).await.unwrap();
+        let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+        let expected: Vec<u64> = (1..=order.seq).collect();
+        assert_eq!(seqs, expected, "order {} event sequence", order.id);
+        let mut kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+        kinds.sort();
+        let before = kinds.len();
+        kinds.dedup();
+        assert_eq!(
+            kinds.len(),
+            before,
+            "order {}: an event applied twice",
+            order.id
+        );
+    }
+}
+
+/// A consumer crashes after reading a batch, before acknowledging it: its
+/// entries stay pending; another consumer reclaims them (XAUTOCLAIM) and
+/// finishes every saga, and no event is applied twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_consumers_batch_is_reclaimed_and_applied_once() {
+    let mut env = TestEnv::standalone().await;
+    env.restaurant("r-crash", true, "noodles", 8_000, 10_000)
+        .await;
+    for i in 0..60 {
+        let request = env.request(
+            &format!("c{i}"),
+            "r-crash",
+            &[("noodles", 1)],
+            8_000,
+            &format!("k{i}"),
+        );
+        env.engine.place_order(&request).await.unwrap();
+    }
+    // The doomed consumer reads everything the payment group has, then dies
+    // without processing or acknowledging anything.
+    let keys = env.engine.keys().clone();
+    let mut taken = 0;
+    for p in 0..common::PARTITIONS {
+        let page = engine::saga::read_group(
+            env.engine.redis(),
+            "payment",
+            "doomed",
+            1_000,
+            vec![keys.stream(p, engine::keys::Topic::Orders)],
+            vec![">"],
+        )
+        .await
+        .unwrap();
+        taken += page.values().map(Vec::len).sum::<usize>();
+    }
+    assert_eq!(taken, 60, "the doomed consumer holds every OrderPlaced");
+    assert_eq!(env.unsettled().await, 60);
+    env.start_workers("survivor");
+    env.settle(SETTLE).await;
+    assert!(
+        env.orders()
+            .await
+            .iter()
+            .all(|o| o.status == OrderStatus::Approved && o.pay == PaymentStatus::Captured)
+    );
+    // The doomed consumer owns nothing any more.
+    for p in 0..common::PARTITIONS {
+        let pending: Vec<(String, String, u64, u64)> = env
+            .engine
+            .redis()
+            .custom(
+                fred::cmd!("XPENDING"),
+                vec![
+                    keys.stream(p, engine::keys::Topic::Orders),
+                    "payment".into(),
+                    "-".into(),
+                    "+".into(),
+                    "1000".into(),
+                    "doomed".into(),
+                ],
+            )
+            .await
+            .unwrap();
+        assert!(pending.is_empty(), "partition {p}: {pending:?}");
+    }
+    assert_events_once(&env).await;
+    env.assert_rule_holds().await;
+}
+
+/// Delivering every event a second time changes nothing: each handler sees
+/// the order's current state and owes no step; each transition repeated with
+/// the same arguments is a no-op.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaying_every_event_changes_nothing() {
+    let mut env = TestEnv::standalone().await;
+    env.sim.set_faults(Faults {
+        decline_rate: 0.25,
+        ..Faults::default()
+    });
+    env.restaurant("r-replay", true, "rice", 7_000, 500).await;
+    env.start_workers("w1");
+    for i in 0..80 {
+        let request = env.request(
+            &format!("c{i}"),
+            "r-replay",
+            &[("rice", 1)],
+            7_000,
+            &format!("k{i}"),
+        );
+        env.engine.place_order(&request).await.unwrap();
+    }
+    env.settle(SETTLE).await;
+    env.stop_workers().await;
+    let before = env.orders().await;
+    let stock_before = env.engine.menu("r-replay").await.unwrap().unwrap();
+    let ledger_before = env.sim.payments();
+    for order in &before {
+        for event in env.engine.order_events(order).await.unwrap() {
+            match event.kind.as_str() {
+                "OrderPlaced" | "OrderRejected" | "RestaurantApproved" | "RestaurantRejected" => {
+                    engine::saga::drive_payment(
+                        &env.engine,
+                        &env.psp,
+                        &order.id,
+                        engine::keys::Lane::Online,
+                    )
+                    .await
+                    .unwrap();
+                }
+                "PaymentAuthorized" => {
+                    engine::saga::auto_approve(&env.engine, &order.id, engine::keys::Lane::Online)
+                        .await
+                        .unwrap();
+                }
+                _ => {}
+            }
+        }
+        // The steps themselves, repeated: each is a no-op now.
+        let outcome = match order.pay {
+            PaymentStatus::Captured => Some(engine::engine::PaymentOutcome::Captured),
+            PaymentStatus::Declined => Some(engine::engine::PaymentOutcome::Declined),
+            _ => None,
+        };
+        if let Some(outcome) = outcome {
+            let t = env
+                .engine
+                .record_payment(order, outcome, &order.psp_ref, engine::keys::Lane::Online)
+                .await
+                .unwrap();
+            assert_eq!(t.outcome, engine::engine::Outcome::Unchanged);
+        }
+        if order.status == OrderStatus::Approved {
+            let t = env
+                .engine
+                .decide(order, true, "", None, true, engine::keys::Lane::Online)
+                .await
+                .unwrap();
+            assert_eq!(t.outcome, engine::engine::Outcome::Unchanged);
+        }
+    }
+    // And a second full pass of the workers over the streams: re-deliver by
+    // resetting the groups to the start.
+    for p in 0..common::PARTITIONS {
+        for role in engine::saga::Role::ALL {
+            for topic in role.topics() {
+                let _: () = env
+                    .engine
+                    .redis()
+                    .custom(
+                        fred::cmd!("XGROUP"),
+                        vec![
+                            "SETID".to_string(),
+                            env.engine.keys().stream(p, *topic),
+                            role.group().into(),
+                            "0".into(),
+                        ],
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+    env.start_workers("w2");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    env.settle(SETTLE).await;
+    env.stop_workers().await;
+    assert_eq!(env.orders().await, before, "orders unchanged by redelivery");
+    assert_eq!(
+        env.engine.menu("r-replay").await.unwrap().unwrap(),
+        stock_before
+    );
+    assert_eq!(
+        env.sim.payments(),
+        ledger_before,
+        "the provider saw no new operation"
+    );
+    env.assert_rule_holds().await;
+}

@@ -1,0 +1,109 @@
+--[[
+  Helpers shared by every lunchrush script (prepended by the loader in
+  engine::scripts, so each script stays one EVALSHA).
+
+  The order hash fields they rely on:
+    id saga cust rid status reason pay total lines ver seq created updated
+    decision psp evs
+  `lines` is JSON: [[item, qty, price, counted], ...]; `counted` is 1 when the
+  line counts towards the item's max_per_customer (tracked in the item's
+  per-customer hash, KEYS passed beside the item hash).
+]]
+local rcall = redis.call
+
+-- Redis server time in milliseconds: one clock for every engine process.
+local function now_ms()
+  local t = rcall('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Reads the order hash into a table, or nil when it does not exist.
+local function load_order(key)
+  local flat = rcall('HGETALL', key)
+  if #flat == 0 then return nil end
+  local o = {}
+  for i = 1, #flat, 2 do o[flat[i]] = flat[i + 1] end
+  return o
+end
+
+-- The reply every order transition gives: code, then the order's state.
+local function reply(code, o, detail)
+  return {code, o.status, o.pay, tostring(o.ver), o.decision or '', o.reason or '', detail or ''}
+end
+
+-- Appends one saga event to `stream` and records where it went on the order
+-- (order events carry a per-order sequence number: gaps or repeats in the
+-- archive prove a bug).
+local function emit(stream, order_key, o, etype, data, now)
+  local seq = rcall('HINCRBY', order_key, 'seq', 1)
+  local id = rcall('XADD', stream, '*',
+    'v', '1', 'type', etype, 'order', o.id, 'saga', o.saga,
+    'seq', tostring(seq), 'ts', tostring(now), 'data', cjson.encode(data))
+  rcall('HSET', order_key, 'evs', (o.evs or '') .. stream .. '|' .. id .. ' ')
+  o.evs = (o.evs or '') .. stream .. '|' .. id .. ' '
+  return id
+end
+
+-- An order's saga is settled when no step is owed: a resting pair.
+local function settled(status, pay)
+  if status == 'REJECTED' then
+    return pay == 'NONE' or pay == 'DECLINED' or pay == 'VOIDED' or pay == 'REFUNDED'
+  end
+  if status == 'APPROVED' or status == 'DISPATCHED' or status == 'CONFIRMED' then
+    return pay == 'CAPTURED'
+  end
+  return false
+end
+
+-- Writes the changed fields, bumps the version and keeps the in-flight index
+-- (orders whose saga is not settled, scored by last change) current.
+local function save(order_key, inflight_key, o, fields, now)
+  o.ver = tonumber(o.ver) + 1
+  o.updated = now
+  local flat = {'ver', tostring(o.ver), 'updated', tostring(now)}
+  for _, f in ipairs(fields) do
+    flat[#flat + 1] = f
+    flat[#flat + 1] = o[f]
+  end
+  rcall('HSET', order_key, unpack(flat))
+  if settled(o.status, o.pay) then
+    rcall('ZREM', inflight_key, o.id)
+  else
+    rcall('ZADD', inflight_key, now, o.id)
+  end
+end
+
+-- Puts every line's units back on hand and undoes the per-customer counts.
+-- KEYS[first], KEYS[first+1] are line 1's item hash and per-customer hash, ...
+-- Bounded: O(lines), at most 50.
+local function release_lines(o, first)
+  local lines = cjson.decode(o.lines)
+  assert(#KEYS == first - 1 + 2 * #lines, 'line keys do not match the order lines')
+  local released = {}
+  for i, line in ipairs(lines) do
+    local item_key = KEYS[first + 2 * (i - 1)]
+    local pc_key = KEYS[first + 2 * (i - 1) + 1]
+    rcall('HINCRBY', item_key, 'stock', line[2])
+    if tonumber(line[4]) == 1 then
+      local left = rcall('HINCRBY', pc_key, o.cust, -line[2])
+      if left <= 0 then rcall('HDEL', pc_key, o.cust) end
+    end
+    released[#released + 1] = {line[1], line[2]}
+  end
+  return released
+end
+
+-- Moves a not-yet-rejected order to REJECTED with `reason`, releasing its
+-- stock, and emits OrderRejected to `stream`.
+local function reject(order_key, inflight_key, stream, o, reason, first_line_key, now)
+  local released = release_lines(o, first_line_key)
+  o.status = 'REJECTED'
+  o.reason = reason
+  save(order_key, inflight_key, o, {'status', 'reason'}, now)
+  emit(stream, order_key, o, 'OrderRejected', {reason = reason, pay = o.pay, released = released}, now)
+end
+
+-- Compare-and-set on the order version: '' accepts any version.
+local function stale(o, expected)
+  return expected ~= nil and expected ~= '' and tostring(o.ver) ~= expected
+end

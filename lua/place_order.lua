@@ -1,0 +1,108 @@
+--[[
+  place_order: idempotently place an order, reserving every line's stock
+  all-or-nothing, in one atomic step.
+
+  @keys 5 + 2 per line
+  Input:
+    KEYS[1] restaurant hash          {pN}:r:<rid>
+    KEYS[2] order hash               {pN}:o:<order_id>   (must not exist)
+    KEYS[3] idempotency record       {pN}:idem:<customer>:<key>
+    KEYS[4] orders stream            {pN}:orders
+    KEYS[5] in-flight index (zset)   {pN}:inflight
+    KEYS[4+2i], KEYS[5+2i]  line i: item hash {pN}:r:<rid>:i:<item>,
+                            per-customer hash {pN}:r:<rid>:i:<item>:pc
+    ARGV[1] order id (UUIDv7 carrying the partition)
+    ARGV[2] saga id
+    ARGV[3] customer id
+    ARGV[4] restaurant id
+    ARGV[5] request fingerprint (hex)
+    ARGV[6] expected total (won)
+    ARGV[7] idempotency record time-to-live (ms, at least 24 h)
+    ARGV[8], ARGV[9]  line 1 item, qty; ARGV[10], ARGV[11] line 2 ...
+  Output:
+    {'ok',  order_id, total, 'PENDING'}  placed
+    {'dup', order_id, total, 'PENDING'}  same key and same request: the first answer
+    {'err', code, detail}                refused, nothing changed; code is one of
+      idempotency_conflict (same key, another request), restaurant_not_found,
+      restaurant_closed, item_not_found, item_unavailable, out_of_stock,
+      limit_exceeded (detail: comma-separated items), price_changed (detail:
+      the current total)
+  Events: OrderPlaced on KEYS[4].
+  Invariant: stock on hand never goes below zero; a customer never holds
+  more than max_per_customer; either every line is reserved or none is.
+  Bounded: O(lines), lines <= 50.
+]]
+local restaurant_key, order_key, idem_key, stream, inflight =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local order_id, saga, customer, rid, fingerprint =
+  ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local expected_total = tonumber(ARGV[6])
+local idem_ttl = tonumber(ARGV[7])
+local n = (#ARGV - 7) / 2
+assert(n >= 1 and n == math.floor(n), 'lines come in item/qty pairs')
+assert(#KEYS == 5 + 2 * n, 'two keys per line')
+
+local previous = rcall('GET', idem_key)
+if previous then
+  local p = cjson.decode(previous)
+  if p.fp ~= fingerprint then
+    return {'err', 'idempotency_conflict', p.order}
+  end
+  return {'dup', p.order, tostring(p.total), 'PENDING'}
+end
+
+local r = rcall('HMGET', restaurant_key, 'name', 'open')
+if not r[1] then return {'err', 'restaurant_not_found', rid} end
+if r[2] ~= '1' then return {'err', 'restaurant_closed', rid} end
+assert(rcall('EXISTS', order_key) == 0, 'order ids are unique')
+
+local missing, unavailable, short, over = {}, {}, {}, {}
+local total = 0
+local lines = {}
+for i = 1, n do
+  local item, qty = ARGV[6 + 2 * i], tonumber(ARGV[7 + 2 * i])
+  local item_key, pc_key = KEYS[4 + 2 * i], KEYS[5 + 2 * i]
+  local f = rcall('HMGET', item_key, 'price', 'stock', 'available', 'max_pc')
+  if not f[1] then
+    missing[#missing + 1] = item
+  elseif f[3] ~= '1' then
+    unavailable[#unavailable + 1] = item
+  else
+    local price, stock, max_pc = tonumber(f[1]), tonumber(f[2]), tonumber(f[4] or '0')
+    if stock < qty then short[#short + 1] = item end
+    local counted = 0
+    if max_pc > 0 then
+      counted = 1
+      local held = tonumber(rcall('HGET', pc_key, customer) or '0')
+      if held + qty > max_pc then over[#over + 1] = item end
+    end
+    total = total + price * qty
+    lines[i] = {item, qty, price, counted}
+  end
+end
+if #missing > 0 then return {'err', 'item_not_found', table.concat(missing, ',')} end
+if #unavailable > 0 then return {'err', 'item_unavailable', table.concat(unavailable, ',')} end
+if #short > 0 then return {'err', 'out_of_stock', table.concat(short, ',')} end
+if #over > 0 then return {'err', 'limit_exceeded', table.concat(over, ',')} end
+if total ~= expected_total then return {'err', 'price_changed', tostring(total)} end
+
+-- Every check passed: reserve all lines (no early exit from here on).
+for i = 1, n do
+  local line = lines[i]
+  rcall('HINCRBY', KEYS[4 + 2 * i], 'stock', -line[2])
+  if line[4] == 1 then rcall('HINCRBY', KEYS[5 + 2 * i], customer, line[2]) end
+end
+local now = now_ms()
+local o = {id = order_id, saga = saga, cust = customer, rid = rid, status = 'PENDING',
+  reason = '', pay = 'NONE', total = tostring(total), lines = cjson.encode(lines),
+  ver = '0', seq = '0', created = tostring(now), decision = '', psp = '', evs = ''}
+rcall('HSET', order_key, 'id', o.id, 'saga', o.saga, 'cust', o.cust, 'rid', o.rid,
+  'status', o.status, 'reason', o.reason, 'pay', o.pay, 'total', o.total,
+  'lines', o.lines, 'seq', o.seq, 'created', o.created, 'decision', '', 'psp', '', 'evs', '')
+save(order_key, inflight, o, {}, now)
+rcall('SET', idem_key, cjson.encode({fp = fingerprint, order = order_id, total = total}),
+  'PX', idem_ttl)
+local placed = {}
+for i = 1, n do placed[i] = {lines[i][1], lines[i][2], lines[i][3]} end
+emit(stream, order_key, o, 'OrderPlaced', {c = customer, r = rid, t = total, l = placed}, now)
+return {'ok', order_id, tostring(total), 'PENDING'}

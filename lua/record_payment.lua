@@ -1,0 +1,76 @@
+--[[
+  record_payment: record what the payment provider says happened to an
+  order's payment, and move the order accordingly.
+
+  @keys 4 + 2 per line
+  Input:
+    KEYS[1] order hash
+    KEYS[2] payments stream (or the batch stream)
+    KEYS[3] orders stream (or the batch stream)
+    KEYS[4] in-flight index
+    KEYS[3+2i], KEYS[4+2i]  line i: item hash, per-customer hash
+    ARGV[1] outcome: authorized | declined | captured | voided | refunded | capture_failed
+    ARGV[2] provider reference
+  Output:
+    {'ok'|'noop'|'err', status, pay, version, decision, reason, detail}
+    'noop': the payment is already in that state (a redelivery), nothing changed.
+    'err' detail: not_found, or illegal (the transition goes backwards, e.g.
+    authorized after captured), nothing changed.
+  Events: PaymentAuthorized, PaymentDeclined, PaymentCaptured, PaymentVoided,
+    PaymentRefunded on KEYS[2]; OrderApproved or OrderRejected on KEYS[3].
+  Transitions (payment): NONE -> AUTHORIZED | DECLINED; AUTHORIZED -> CAPTURED |
+    VOIDED; CAPTURED -> REFUNDED. Order: PENDING+authorized -> PAID;
+    PENDING+declined -> REJECTED payment_declined (stock released);
+    PAID+captured -> APPROVED; a void or refund of an order not yet rejected
+    rejects it (capture_failed) and releases its stock.
+  Why no version compare-and-set: these are facts that already happened at
+  the provider; refusing one as stale would lose money. They are guarded by
+  the payment state machine instead, which only moves forward.
+  Bounded: O(lines).
+]]
+local order_key, pay_stream, order_stream, inflight = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local outcome, psp_ref = ARGV[1], ARGV[2]
+local o = load_order(order_key)
+if not o then return {'err', '', '', '0', '', '', 'not_found'} end
+
+local target = ({authorized = 'AUTHORIZED', declined = 'DECLINED', captured = 'CAPTURED',
+  voided = 'VOIDED', refunded = 'REFUNDED', capture_failed = 'VOIDED'})[outcome]
+assert(target, 'unknown payment outcome')
+if o.pay == target then return reply('noop', o) end
+local legal = ({NONE = {AUTHORIZED = true, DECLINED = true},
+  AUTHORIZED = {CAPTURED = true, VOIDED = true},
+  CAPTURED = {REFUNDED = true}})[o.pay]
+if not legal or not legal[target] then return reply('err', o, 'illegal') end
+
+local now = now_ms()
+o.pay = target
+if psp_ref ~= '' then o.psp = psp_ref end
+local event = ({AUTHORIZED = 'PaymentAuthorized', DECLINED = 'PaymentDeclined',
+  CAPTURED = 'PaymentCaptured', VOIDED = 'PaymentVoided', REFUNDED = 'PaymentRefunded'})[target]
+local data = {ref = o.psp, amount = tonumber(o.total)}
+if outcome == 'capture_failed' then data.failed = 'capture' end
+
+if target == 'AUTHORIZED' and o.status == 'PENDING' then
+  o.status = 'PAID'
+  save(order_key, inflight, o, {'pay', 'psp', 'status'}, now)
+  emit(pay_stream, order_key, o, event, data, now)
+elseif target == 'DECLINED' and o.status == 'PENDING' then
+  save(order_key, inflight, o, {'pay', 'psp'}, now)
+  emit(pay_stream, order_key, o, event, data, now)
+  reject(order_key, inflight, order_stream, o, 'payment_declined', 5, now)
+elseif target == 'CAPTURED' and o.status == 'PAID' then
+  o.status = 'APPROVED'
+  save(order_key, inflight, o, {'pay', 'psp', 'status'}, now)
+  emit(pay_stream, order_key, o, event, data, now)
+  emit(order_stream, order_key, o, 'OrderApproved', {}, now)
+elseif (target == 'VOIDED' or target == 'REFUNDED') and o.status ~= 'REJECTED' then
+  save(order_key, inflight, o, {'pay', 'psp'}, now)
+  emit(pay_stream, order_key, o, event, data, now)
+  reject(order_key, inflight, order_stream, o, 'capture_failed', 5, now)
+else
+  -- The order already moved on (e.g. rejected while the provider worked):
+  -- record the fact; the payment worker settles what it implies.
+  save(order_key, inflight, o, {'pay', 'psp'}, now)
+  emit(pay_stream, order_key, o, event, data, now)
+end
+return reply('ok', o)
