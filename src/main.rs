@@ -2,9 +2,12 @@
 //! environment variable `LUNCHRUSH_*` (shown by `--help`).
 //!
 //! # Layout
+//! - [`args`]: flags shared by several subcommands and the typed
+//!   [`engine::Config`] they build.
 //! - [`logging`]: `RUST_LOG`-style filtering, human or JSON lines on stderr.
 //! - [`commands`]: one module per subcommand.
 
+mod args;
 mod commands;
 mod logging;
 
@@ -36,7 +39,7 @@ enum Command {
     /// Start the local stack, run a short lunch-peak load and keep serving.
     Demo,
     /// Serve the HTTP API and run the saga workers against existing Redis/Postgres.
-    Serve,
+    Serve(commands::serve::ServeArgs),
     /// Drain every stream into PostgreSQL.
     Archive,
     /// Find and fix orphans (stuck sagas, held stock, provider mismatches).
@@ -44,11 +47,11 @@ enum Command {
     /// Apply the PostgreSQL migrations.
     Migrate(commands::migrate::MigrateArgs),
     /// Run the payment-provider simulator.
-    PspSim,
+    PspSim(commands::psp_sim::PspSimArgs),
     /// Print a signed API token.
     Token(commands::token::TokenArgs),
     /// Check the rule: no mismatched order/payment pair, stock conserved.
-    Check,
+    Check(commands::check::CheckArgs),
 }
 
 fn main() -> ExitCode {
@@ -67,11 +70,11 @@ fn main() -> ExitCode {
             Command::Migrate(args) => commands::migrate::run(args).await,
             Command::Token(args) => commands::token::run(args),
             Command::Demo => not_built("demo", "the goose load scenarios"),
-            Command::Serve => not_built("serve", "the saga core and the order API"),
+            Command::Serve(args) => commands::serve::run(args).await,
             Command::Archive => not_built("archive", "the archiver"),
             Command::Reconcile => not_built("reconcile", "reconciliation"),
-            Command::PspSim => not_built("psp-sim", "the payment-provider simulator"),
-            Command::Check => not_built("check", "the saga core"),
+            Command::PspSim(args) => commands::psp_sim::run(args).await,
+            Command::Check(args) => commands::check::run(args).await,
         }
     });
     match outcome {

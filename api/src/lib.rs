@@ -24,6 +24,7 @@ pub const POSTGRES_POOL_SIZE_MAX: usize = 16;
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
+    pub engine: engine::Engine,
     pub redis: fred::prelude::Client,
     pub postgres: deadpool_postgres::Pool,
     pub keys: auth::Keys,

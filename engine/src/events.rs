@@ -96,3 +96,62 @@ impl Event {
         self.order.parse().ok()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// ARCHITECTURE.md's event catalogue lists exactly the events of
+    /// [`super::CATALOGUE`], each on its online stream, and every script in
+    /// `lua/` has a row in its guarantees table.
+    #[test]
+    fn the_documented_catalogue_matches_the_code() {
+        let doc = include_str!("../../ARCHITECTURE.md");
+        let section = &doc[doc.find("## Stream and event catalogue").unwrap()..];
+        let section = &section[..section.find("\n## ").unwrap()];
+        let documented: Vec<(String, String)> = section
+            .lines()
+            .filter_map(|l| {
+                let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+                let event = cells.get(1)?.strip_prefix('`')?.strip_suffix('`')?;
+                let stream = cells.get(2)?.strip_prefix('`')?.strip_suffix('`')?;
+                event
+                    .chars()
+                    .next()?
+                    .is_uppercase()
+                    .then(|| (event.to_string(), stream.to_string()))
+            })
+            .collect();
+        let code: Vec<(String, String)> = super::CATALOGUE
+            .iter()
+            .map(|(e, t)| (e.to_string(), t.as_str().to_string()))
+            .collect();
+        assert_eq!(documented, code);
+        // Every event type a script writes is in the catalogue.
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../lua");
+        for entry in std::fs::read_dir(dir).unwrap().filter_map(Result::ok) {
+            let Ok(source) = std::fs::read_to_string(entry.path()) else {
+                continue;
+            };
+            for quoted in source.split('\'').skip(1).step_by(2) {
+                let prefixes = ["Order", "Payment", "Restaurant", "MenuItem"];
+                let looks_like_event = prefixes.iter().any(|p| quoted.starts_with(p))
+                    && quoted.len() > 8
+                    && quoted.chars().all(|c| c.is_ascii_alphabetic());
+                if looks_like_event {
+                    assert!(
+                        super::CATALOGUE.iter().any(|(e, _)| *e == quoted),
+                        "{:?} writes {quoted}, which the catalogue lacks",
+                        entry.file_name()
+                    );
+                }
+            }
+        }
+        let scripts = &doc[doc.find("## Lua scripts and their guarantees").unwrap()..];
+        for script in crate::scripts::Scripts::new().all() {
+            assert!(
+                scripts.contains(&format!("| `{}` |", script.name)),
+                "{} undocumented",
+                script.name
+            );
+        }
+    }
+}

@@ -7,6 +7,10 @@
 //!   and recording its answer with `record_payment`.
 //! - **restaurant** (reads `payments`): approves paid orders of
 //!   `auto_approve` restaurants at once, re-checking that they are open.
+//! - **batch** (reads `batch`): the same two duties for events that batch
+//!   work (reconciliation, bulk imports, timers' compensations run by tools)
+//!   wrote to the batch lane, in its own group with its own, smaller
+//!   concurrency, so a batch never queues in front of online orders.
 //!
 //! Every handler re-reads the order and acts on its current state, so a
 //! redelivered or reclaimed event changes nothing that already happened;
@@ -43,16 +47,18 @@ const DRIVE_STEPS_MAX: usize = 8;
 pub enum Role {
     Payment,
     Restaurant,
+    Batch,
 }
 
 impl Role {
-    pub const ALL: [Role; 2] = [Role::Payment, Role::Restaurant];
+    pub const ALL: [Role; 3] = [Role::Payment, Role::Restaurant, Role::Batch];
 
     /// The consumer group name.
     pub fn group(self) -> &'static str {
         match self {
             Role::Payment => "payment",
             Role::Restaurant => "restaurant",
+            Role::Batch => "batch",
         }
     }
 
@@ -61,6 +67,7 @@ impl Role {
         match self {
             Role::Payment => &[Topic::Orders, Topic::Restaurant],
             Role::Restaurant => &[Topic::Payments],
+            Role::Batch => &[Topic::Batch],
         }
     }
 }
@@ -549,6 +556,13 @@ impl Worker {
             (Role::Restaurant, "PaymentAuthorized") => {
                 auto_approve(&self.engine, &order_id, Lane::Online).await
             }
+            (
+                Role::Batch,
+                "OrderPlaced" | "OrderRejected" | "RestaurantApproved" | "RestaurantRejected",
+            ) => drive_payment(&self.engine, &self.psp, &order_id, Lane::Batch).await,
+            (Role::Batch, "PaymentAuthorized") => {
+                auto_approve(&self.engine, &order_id, Lane::Batch).await
+            }
             _ => Ok(()),
         }
     }
@@ -647,7 +661,11 @@ pub fn spawn_workers(
     Role::ALL
         .iter()
         .map(|&role| {
-            let worker = Worker::new(engine.clone(), psp.clone(), role, options.clone());
+            let mut options = options.clone();
+            if role == Role::Batch {
+                options.concurrency = options.concurrency.div_ceil(8);
+            }
+            let worker = Worker::new(engine.clone(), psp.clone(), role, options);
             tokio::spawn(worker.run(shutdown.clone()))
         })
         .collect()

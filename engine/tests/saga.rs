@@ -349,3 +349,94 @@ async fn replaying_every_event_changes_nothing() {
     );
     env.assert_rule_holds().await;
 }
+
+/// Redis forgets its script cache on restart or failover (simulated with
+/// SCRIPT FLUSH on every node): the next transition reloads its script on
+/// NOSCRIPT and succeeds.
+async fn survives_script_flush(env: TestEnv) {
+    env.restaurant("r-flush", true, "tea", 3_000, 10).await;
+    let flush = |port: u16| stack::redis::command_once(port, &["SCRIPT", "FLUSH"]).unwrap();
+    match &env.redis {
+        common::Redis::Standalone(server) => assert_eq!(flush(server.port()), "OK"),
+        common::Redis::Cluster(cluster) => {
+            for node in cluster.nodes() {
+                assert_eq!(flush(node.port()), "OK");
+            }
+        }
+    }
+    let request = env.request("c1", "r-flush", &[("tea", 2)], 6_000, "k1");
+    let placed = env.engine.place_order(&request).await.unwrap();
+    let order = env.engine.order(&placed.order_id).await.unwrap().unwrap();
+    assert_eq!(order.status, OrderStatus::Pending);
+    assert_eq!(
+        env.engine.menu("r-flush").await.unwrap().unwrap().items[0].stock,
+        8
+    );
+}
+
+#[tokio::test]
+async fn a_flushed_script_cache_is_reloaded_standalone() {
+    survives_script_flush(TestEnv::standalone().await).await;
+}
+
+#[tokio::test]
+async fn a_flushed_script_cache_is_reloaded_on_a_cluster() {
+    survives_script_flush(TestEnv::cluster().await).await;
+}
+
+/// The same Idempotency-Key with the same request returns the first answer
+/// and reserves nothing more; with another request it is refused, even for
+/// a restaurant in another partition; a refused placement leaves no trace.
+#[tokio::test]
+async fn idempotency_keys_return_the_first_answer_and_refuse_reuse() {
+    let env = TestEnv::standalone().await;
+    let keys = env.engine.keys().clone();
+    // Two restaurants in different partitions.
+    let first = "r-idem-0";
+    let other = (1..100)
+        .map(|i| format!("r-idem-{i}"))
+        .find(|r| keys.partition_of_restaurant(r) != keys.partition_of_restaurant(first))
+        .unwrap();
+    env.restaurant(first, true, "pie", 4_000, 10).await;
+    env.restaurant(&other, true, "pie", 4_000, 10).await;
+
+    let request = env.request("c1", first, &[("pie", 1)], 4_000, "same-key");
+    let a = env.engine.place_order(&request).await.unwrap();
+    let b = env.engine.place_order(&request).await.unwrap();
+    assert_eq!(a.order_id, b.order_id);
+    assert!(!a.duplicate && b.duplicate);
+    assert_eq!(
+        env.engine.menu(first).await.unwrap().unwrap().items[0].stock,
+        9
+    );
+
+    let changed = env.request("c1", first, &[("pie", 2)], 8_000, "same-key");
+    assert!(matches!(
+        env.engine.place_order(&changed).await,
+        Err(PlaceError::IdempotencyConflict { .. })
+    ));
+    let elsewhere = env.request("c1", &other, &[("pie", 1)], 4_000, "same-key");
+    assert!(matches!(
+        env.engine.place_order(&elsewhere).await,
+        Err(PlaceError::IdempotencyConflict { .. })
+    ));
+    // Another customer may use the same key.
+    let c2 = env.request("c2", first, &[("pie", 1)], 4_000, "same-key");
+    assert!(!env.engine.place_order(&c2).await.unwrap().duplicate);
+
+    // A refusal (price changed) leaves no guard: the same key then works.
+    let stale = env.request("c3", first, &[("pie", 1)], 3_999, "k3");
+    assert!(matches!(
+        env.engine.place_order(&stale).await,
+        Err(PlaceError::PriceChanged {
+            current_total: 4_000
+        })
+    ));
+    let fixed = env.request("c3", first, &[("pie", 1)], 4_000, "k3");
+    assert!(!env.engine.place_order(&fixed).await.unwrap().duplicate);
+    assert_eq!(env.orders().await.len(), 3);
+    assert_eq!(
+        env.engine.menu(&other).await.unwrap().unwrap().items[0].stock,
+        10
+    );
+}

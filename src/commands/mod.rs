@@ -1,5 +1,8 @@
 //! One module per subcommand.
 
+pub mod check;
 pub mod migrate;
+pub mod psp_sim;
+pub mod serve;
 pub mod token;
 pub mod up;

@@ -1,7 +1,9 @@
 //! `lunchrush up`: the whole system on one machine with no configuration.
 //!
 //! Starts Redis and PostgreSQL from the installed binaries with their data
-//! under `LUNCHRUSH_HOME`, applies the migrations, serves the API, prints
+//! under `LUNCHRUSH_HOME`, applies the migrations, starts the provider
+//! simulator (unless `LUNCHRUSH_PSP_URL` names a provider), the saga workers
+//! and the API, prints
 //!
 //! ```text
 //! READY api=http://127.0.0.1:8080 redis=redis://127.0.0.1:41234 postgres=postgres://lunchrush@127.0.0.1:41235/lunchrush
@@ -42,6 +44,13 @@ pub struct UpArgs {
     /// HS256 secret for API tokens; generated (and kept in stack.env) when unset.
     #[arg(long, env = "LUNCHRUSH_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+    /// Use this payment provider instead of starting the simulator.
+    #[arg(long, env = "LUNCHRUSH_PSP_URL")]
+    pub psp_url: Option<String>,
+    #[command(flatten)]
+    pub faults: crate::args::FaultArgs,
+    #[command(flatten)]
+    pub tuning: crate::args::TuningArgs,
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
@@ -70,22 +79,29 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(generate_secret);
     let listener = bind_api(args.listen, previous_port("LUNCHRUSH_API_URL")).await?;
     let listen = listener.local_addr()?;
-    let config = engine::Config {
-        redis_url: stack.redis_url(),
-        postgres_url: stack.postgres_url(),
+    let psp_url = match args.psp_url {
+        Some(url) => url,
+        None => {
+            let ledger = home.join("psp/ledger.jsonl");
+            let sim = stack::psp::PspSim::open(&ledger, args.faults.faults())
+                .context("open the provider simulator's ledger")?;
+            let port = previous_port("LUNCHRUSH_PSP_URL").unwrap_or(0);
+            let psp = match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+                Ok(listener) => listener,
+                Err(_) => tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?,
+            };
+            let url = format!("http://{}", psp.local_addr()?);
+            tokio::spawn(sim.serve(psp, std::future::pending()));
+            url
+        }
+    };
+    let config = args.tuning.config(
+        stack.redis_url(),
+        stack.postgres_url(),
+        psp_url,
         listen,
         jwt_secret,
-        ..engine::Config::default()
-    };
-    config.validate()?;
-
-    let redis = engine::store::connect(&config).await?;
-    engine::store::ensure_no_eviction(&redis).await?;
-    let state = api::AppState {
-        redis: redis.clone(),
-        postgres: api::postgres_pool(&config.postgres_url)?,
-        keys: api::auth::Keys::new(config.jwt_secret.as_bytes()),
-    };
+    )?;
 
     let api_url = format!("http://{listen}");
     write_env_file(
@@ -95,6 +111,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             ("LUNCHRUSH_LISTEN", &listen.to_string()),
             ("LUNCHRUSH_REDIS_URL", &config.redis_url),
             ("LUNCHRUSH_POSTGRES_URL", &config.postgres_url),
+            ("LUNCHRUSH_PSP_URL", &config.psp_url),
+            ("LUNCHRUSH_PARTITIONS", &config.partitions.to_string()),
+            ("LUNCHRUSH_KEY_PREFIX", &config.key_prefix),
             ("LUNCHRUSH_JWT_SECRET", &config.jwt_secret),
             ("LUNCHRUSH_HOME", &home.to_string_lossy()),
         ],
@@ -105,9 +124,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     );
     tracing::info!(home = %home.display(), "Local stack is up; Ctrl-C stops it.");
 
-    api::serve(listener, state, shutdown_signal()).await?;
+    super::serve::run_engine(config, listener, true, shutdown_signal()).await?;
     tracing::info!("Stopping the local stack.");
-    let _ = fred::interfaces::ClientLike::quit(&redis).await;
     drop(stack);
     Ok(ExitCode::SUCCESS)
 }

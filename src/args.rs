@@ -1,0 +1,148 @@
+//! Flags shared by several subcommands, and the typed [`engine::Config`]
+//! they build. Every flag is also a `LUNCHRUSH_*` environment variable, so
+//! `set -a; . .lunchrush/stack.env` configures all of them.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use stack::psp::Faults;
+
+/// Where Redis, Postgres and the provider are, and how lunchrush is tuned.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EngineArgs {
+    /// redis://host:port (standalone) or redis-cluster://host:port?node=host:port&… (cluster).
+    #[arg(
+        long,
+        env = "LUNCHRUSH_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    pub redis_url: String,
+    /// postgres://user[:password]@host:port/database
+    #[arg(
+        long,
+        env = "LUNCHRUSH_POSTGRES_URL",
+        default_value = "postgres://lunchrush@127.0.0.1:5432/lunchrush"
+    )]
+    pub postgres_url: String,
+    /// Base URL of the payment provider.
+    #[arg(
+        long,
+        env = "LUNCHRUSH_PSP_URL",
+        default_value = "http://127.0.0.1:8081"
+    )]
+    pub psp_url: String,
+    #[command(flatten)]
+    pub tuning: TuningArgs,
+}
+
+/// Settings that shape the key space and the timers.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TuningArgs {
+    /// Partitions restaurants are spread over (fixed for a deployment's life).
+    #[arg(long, env = "LUNCHRUSH_PARTITIONS", default_value_t = 16)]
+    pub partitions: u16,
+    /// Prefix of every Redis key.
+    #[arg(long, env = "LUNCHRUSH_KEY_PREFIX", default_value = "lr:")]
+    pub key_prefix: String,
+    /// An order still PENDING after this is rejected.
+    #[arg(long, env = "LUNCHRUSH_PAYMENT_WINDOW", default_value = "2m", value_parser = humantime::parse_duration)]
+    pub payment_window: Duration,
+    /// A restaurant that has not answered a PAID order after this loses it.
+    #[arg(long, env = "LUNCHRUSH_APPROVAL_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub approval_timeout: Duration,
+    /// The purchase-confirmation notice goes out this long after dispatch.
+    #[arg(long, env = "LUNCHRUSH_CONFIRM_NOTICE_AFTER", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub confirm_notice_after: Duration,
+    /// The purchase is confirmed automatically this long after the notice.
+    #[arg(long, env = "LUNCHRUSH_AUTO_CONFIRM_AFTER", default_value = "5d", value_parser = humantime::parse_duration)]
+    pub auto_confirm_after: Duration,
+}
+
+impl TuningArgs {
+    /// A validated configuration from these settings and the connection facts.
+    pub fn config(
+        &self,
+        redis_url: String,
+        postgres_url: String,
+        psp_url: String,
+        listen: SocketAddr,
+        jwt_secret: String,
+    ) -> Result<engine::Config, engine::ConfigError> {
+        let config = engine::Config {
+            redis_url,
+            postgres_url,
+            listen,
+            jwt_secret,
+            psp_url,
+            partitions: self.partitions,
+            key_prefix: self.key_prefix.clone(),
+            timers: engine::Timers {
+                payment_window: self.payment_window,
+                approval_timeout: self.approval_timeout,
+                confirm_notice_after: self.confirm_notice_after,
+                auto_confirm_after: self.auto_confirm_after,
+            },
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+impl EngineArgs {
+    pub fn config(
+        &self,
+        listen: SocketAddr,
+        jwt_secret: String,
+    ) -> Result<engine::Config, engine::ConfigError> {
+        self.tuning.config(
+            self.redis_url.clone(),
+            self.postgres_url.clone(),
+            self.psp_url.clone(),
+            listen,
+            jwt_secret,
+        )
+    }
+}
+
+/// Fault injection of the provider simulator (all off by default).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct FaultArgs {
+    /// Share of authorizations declined (0..1).
+    #[arg(long, env = "LUNCHRUSH_PSP_DECLINE_RATE", default_value_t = 0.0, value_parser = rate)]
+    pub decline_rate: f64,
+    /// Share of provider requests answered 503 without effect (0..1).
+    #[arg(long, env = "LUNCHRUSH_PSP_ERROR_RATE", default_value_t = 0.0, value_parser = rate)]
+    pub error_rate: f64,
+    /// Share of provider requests that take effect, then answer too late (0..1).
+    #[arg(long, env = "LUNCHRUSH_PSP_TIMEOUT_AFTER_CHARGE_RATE", default_value_t = 0.0, value_parser = rate)]
+    pub timeout_after_charge_rate: f64,
+    /// Latency added to every provider request.
+    #[arg(long, env = "LUNCHRUSH_PSP_LATENCY", default_value = "0ms", value_parser = humantime::parse_duration)]
+    pub latency: Duration,
+    /// How long a timed-out request hangs before it answers.
+    #[arg(long, env = "LUNCHRUSH_PSP_HANG", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub hang: Duration,
+}
+
+impl FaultArgs {
+    pub fn faults(&self) -> Faults {
+        Faults {
+            decline_rate: self.decline_rate,
+            error_rate: self.error_rate,
+            timeout_after_charge_rate: self.timeout_after_charge_rate,
+            latency_ms: self.latency.as_millis() as u64,
+            hang_ms: self.hang.as_millis() as u64,
+        }
+    }
+}
+
+fn rate(text: &str) -> Result<f64, String> {
+    let value: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number"))?;
+    if (0.0..=1.0).contains(&value) {
+        Ok(value)
+    } else {
+        Err(format!("{value} is not between 0 and 1"))
+    }
+}

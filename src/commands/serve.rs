@@ -1,0 +1,84 @@
+//! `lunchrush serve`: one stateless engine process — the HTTP API plus the
+//! saga workers — against an existing Redis, PostgreSQL and provider. Run as
+//! many as the load needs; they share nothing but Redis and Postgres.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use crate::args::EngineArgs;
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// API listen address.
+    #[arg(long, env = "LUNCHRUSH_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// HS256 secret for API tokens (at least 32 bytes).
+    #[arg(long, env = "LUNCHRUSH_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: String,
+    /// Serve the API only; run no saga workers in this process.
+    #[arg(long, env = "LUNCHRUSH_NO_WORKERS")]
+    pub no_workers: bool,
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let config = args.engine.config(args.listen, args.jwt_secret.clone())?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listen on {}", config.listen))?;
+    println!("READY api=http://{}", listener.local_addr()?);
+    run_engine(
+        config,
+        listener,
+        !args.no_workers,
+        super::up::shutdown_signal(),
+    )
+    .await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Connects, loads the scripts, creates the consumer groups, starts the
+/// workers and serves the API until `shutdown`; then stops the workers
+/// (each finishes its batch) and closes the connections.
+pub async fn run_engine(
+    config: engine::Config,
+    listener: tokio::net::TcpListener,
+    workers: bool,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let redis = engine::store::connect(&config).await?;
+    engine::store::ensure_no_eviction(&redis).await?;
+    let engine = engine::Engine::new(redis.clone(), config.clone())
+        .await
+        .context("load the Lua scripts")?;
+    let roles = engine::saga::Role::ALL.map(|r| (r.group(), r.topics()));
+    engine::saga::ensure_groups(&engine, &roles)
+        .await
+        .context("create the consumer groups")?;
+    let psp = engine::psp::PspClient::new(&config.psp_url);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let handles = if workers {
+        let options = engine::saga::WorkerOptions::new(engine::saga::consumer_name());
+        engine::saga::spawn_workers(&engine, &psp, &options, &stopped)
+    } else {
+        Vec::new()
+    };
+    let state = api::AppState {
+        engine,
+        redis: redis.clone(),
+        postgres: api::postgres_pool(&config.postgres_url)?,
+        keys: api::auth::Keys::new(config.jwt_secret.as_bytes()),
+    };
+    tracing::info!(listen = %config.listen, workers, partitions = config.partitions,
+        "Engine serving.");
+    let served = api::serve(listener, state, shutdown).await;
+    let _ = stop.send(true);
+    for handle in handles {
+        let _ = handle.await;
+    }
+    let _ = fred::interfaces::ClientLike::quit(&redis).await;
+    served
+}
