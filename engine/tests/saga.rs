@@ -440,3 +440,121 @@ async fn idempotency_keys_return_the_first_answer_and_refuse_reuse() {
         10
     );
 }
+
+/// The provider fails in the worst ways — 5xx before acting, and timeouts
+/// after charging — yet every order ends approved with exactly one payment
+/// at the provider: an unknown outcome is looked up, never assumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_timeouts_after_charging_never_charge_twice() {
+    let mut env = TestEnv::standalone().await;
+    env.sim.set_faults(Faults {
+        error_rate: 0.2,
+        timeout_after_charge_rate: 0.2,
+        hang_ms: 2_500,
+        ..Faults::default()
+    });
+    env.restaurant("r-flaky", true, "kimbap", 3_500, 100).await;
+    env.start_workers("w1");
+    for i in 0..30 {
+        let request = env.request(
+            &format!("c{i}"),
+            "r-flaky",
+            &[("kimbap", 1)],
+            3_500,
+            &format!("k{i}"),
+        );
+        env.engine.place_order(&request).await.unwrap();
+    }
+    env.settle(SETTLE).await;
+    let orders = env.orders().await;
+    assert!(
+        orders
+            .iter()
+            .all(|o| o.status == OrderStatus::Approved && o.pay == PaymentStatus::Captured)
+    );
+    let payments = env.sim.payments();
+    assert_eq!(payments.len(), 30, "one payment per order");
+    assert!(
+        payments
+            .iter()
+            .all(|p| p.state == "captured" && p.amount == 3_500)
+    );
+    env.assert_rule_holds().await;
+}
+
+/// A compensation the provider keeps refusing (void while it answers 503) is
+/// retried, then parked in the operator queue with its reason — never
+/// dropped: the order stays unsettled (REJECTED, AUTHORIZED) for
+/// reconciliation to finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compensation_that_keeps_failing_is_parked_not_dropped() {
+    let mut env = TestEnv::standalone().await;
+    env.restaurant("r-manual", false, "bibimbap", 9_000, 10)
+        .await;
+    env.start_workers("w1");
+    let request = env.request("c1", "r-manual", &[("bibimbap", 1)], 9_000, "k1");
+    let id = env.engine.place_order(&request).await.unwrap().order_id;
+    let deadline = std::time::Instant::now() + SETTLE;
+    let order = loop {
+        let order = env.engine.order(&id).await.unwrap().unwrap();
+        if order.status == OrderStatus::Paid {
+            break order;
+        }
+        assert!(std::time::Instant::now() < deadline, "never authorized");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    env.sim.set_faults(Faults {
+        error_rate: 1.0,
+        ..Faults::default()
+    });
+    env.engine
+        .decide(
+            &order,
+            false,
+            "",
+            Some(order.version),
+            false,
+            engine::keys::Lane::Online,
+        )
+        .await
+        .unwrap();
+    let parked_key = env
+        .engine
+        .keys()
+        .stream(order.partition, engine::keys::Topic::Parked);
+    let parked = loop {
+        let entries: Vec<(String, HashMap<String, String>)> = env
+            .engine
+            .redis()
+            .xrange(parked_key.as_str(), "-", "+", None)
+            .await
+            .unwrap();
+        if let Some(entry) = entries.into_iter().next() {
+            break entry.1;
+        }
+        assert!(std::time::Instant::now() < deadline, "never parked");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(parked["action"], "void");
+    assert_eq!(parked["f.order"], id.to_string());
+    assert!(parked["reason"].contains("unavailable"), "{parked:?}");
+    let order = env.engine.order(&id).await.unwrap().unwrap();
+    assert_eq!(
+        (order.status, order.pay),
+        (OrderStatus::Rejected, PaymentStatus::Authorized)
+    );
+    assert_eq!(
+        env.sim.payment(&id.to_string()).unwrap().state,
+        "authorized"
+    );
+    assert_eq!(
+        env.unsettled().await,
+        1,
+        "still owed a void: visible to reconciliation"
+    );
+    // Stock came back at the rejection, before any money moved.
+    assert_eq!(
+        env.engine.menu("r-manual").await.unwrap().unwrap().items[0].stock,
+        10
+    );
+}
