@@ -10,7 +10,7 @@
     KEYS[5] restaurant hash
     KEYS[4+2i], KEYS[5+2i]  line i: item hash, per-customer hash
     ARGV[1] approve | reject
-    ARGV[2] reason (reject only; default restaurant_rejected)
+    ARGV[2] the restaurant's note (reject only; free text, kept in the event)
     ARGV[3] expected order version ('' = any)
     ARGV[4] '1' to approve only while the restaurant is open (auto-approval)
   Output:
@@ -21,13 +21,14 @@
     (the other decision was taken), finished (rejected or past approval),
     restaurant_closed (auto-approval of a closed restaurant).
   Events: RestaurantApproved on KEYS[2] (the payment worker then captures);
-    RestaurantRejected on KEYS[2] and OrderRejected on KEYS[3] (stock released
-    here; the payment worker voids the authorization).
+    RestaurantRejected (with the note) on KEYS[2] and OrderRejected
+    (reason restaurant_rejected) on KEYS[3]: stock released here; the payment
+    worker voids the authorization.
   Bounded: O(lines).
 ]]
 local order_key, rest_stream, order_stream, inflight, restaurant_key =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local decision, reason, expected, require_open = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local decision, note, expected, require_open = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local o = load_order(order_key)
 if not o then return {'err', '', '', '0', '', '', 'not_found'} end
 local want = decision == 'approve' and 'approved' or 'rejected'
@@ -46,10 +47,9 @@ if decision == 'approve' then
   save(order_key, inflight, o, {'decision'}, now)
   emit(rest_stream, order_key, o, 'RestaurantApproved', {}, now)
 else
-  if reason == nil or reason == '' then reason = 'restaurant_rejected' end
   o.decision = 'rejected'
   save(order_key, inflight, o, {'decision'}, now)
-  emit(rest_stream, order_key, o, 'RestaurantRejected', {reason = reason}, now)
-  reject(order_key, inflight, order_stream, o, reason, 6, now)
+  emit(rest_stream, order_key, o, 'RestaurantRejected', {note = note}, now)
+  reject(order_key, inflight, order_stream, o, 'restaurant_rejected', 6, now)
 end
 return reply('ok', o)

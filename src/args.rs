@@ -146,3 +146,41 @@ fn rate(text: &str) -> Result<f64, String> {
         Err(format!("{value} is not between 0 and 1"))
     }
 }
+
+/// Admission control of the API (defaults a person never meets).
+#[derive(Debug, Clone, clap::Args)]
+pub struct AdmissionArgs {
+    /// Requests per second each token may send (token bucket refill).
+    #[arg(long, env = "LUNCHRUSH_RATE_LIMIT", default_value_t = 20.0)]
+    pub rate_limit: f64,
+    /// Burst each token may send at once (token bucket size).
+    #[arg(long, env = "LUNCHRUSH_RATE_BURST", default_value_t = 40.0)]
+    pub rate_burst: f64,
+    /// Requests one process serves at once; more are shed with 503.
+    #[arg(long, env = "LUNCHRUSH_IN_FLIGHT_MAX", default_value_t = 2_048)]
+    pub in_flight_max: usize,
+    /// Whole-request deadline.
+    #[arg(long, env = "LUNCHRUSH_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+}
+
+impl AdmissionArgs {
+    pub fn limits(&self) -> anyhow::Result<api::admission::Limits> {
+        anyhow::ensure!(self.rate_limit > 0.0, "--rate-limit must be positive");
+        anyhow::ensure!(self.rate_burst >= 1.0, "--rate-burst must be at least 1");
+        anyhow::ensure!(
+            self.in_flight_max >= 1,
+            "--in-flight-max must be at least 1"
+        );
+        anyhow::ensure!(
+            !self.request_timeout.is_zero(),
+            "--request-timeout must be positive"
+        );
+        Ok(api::admission::Limits {
+            rate_per_sec: self.rate_limit,
+            burst: self.rate_burst,
+            in_flight_max: self.in_flight_max,
+            request_timeout: self.request_timeout,
+        })
+    }
+}

@@ -2,24 +2,62 @@
 //!
 //! # Layout
 //! - [`auth`]: HS256 bearer tokens (mint and verify) and roles.
-//! - [`health`]: `/healthz` and `/readyz`.
+//! - [`extract`]: the `Auth` and simd-json `Json` extractors.
+//! - [`problem`]: `application/problem+json` answers.
+//! - [`admission`]: rate limits, in-flight bound, deadlines.
+//! - [`menus`], [`orders`]: the v1 routes.
+//! - [`health`], [`metrics`], [`openapi`]: operations endpoints.
 //!
 //! **Architecture Invariant:** this is the only crate that knows routes,
 //! status codes and `application/problem+json`; the engine below it speaks
 //! in domain results.
 
+pub mod admission;
 pub mod auth;
+pub mod extract;
 pub mod health;
+pub mod menus;
+pub mod metrics;
+pub mod openapi;
+pub mod orders;
+pub mod problem;
 
 use std::future::Future;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use anyhow::Context;
 use axum::Router;
-use axum::routing::get;
+use axum::extract::{Request, State};
+use axum::middleware::{Next, from_fn, from_fn_with_state};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+
+use crate::problem::Problem;
 
 /// Postgres connections per API process (readiness, archive reads).
 pub const POSTGRES_POOL_SIZE_MAX: usize = 16;
+
+/// Every route: method and path template, as the router and `/openapi.json` have them.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+    ("GET", "/openapi.json"),
+    ("PUT", "/v1/restaurants/{rid}"),
+    ("PATCH", "/v1/restaurants/{rid}"),
+    ("GET", "/v1/restaurants/{rid}/menu"),
+    ("PUT", "/v1/restaurants/{rid}/menu/{item}"),
+    ("PATCH", "/v1/restaurants/{rid}/menu/{item}"),
+    ("POST", "/v1/orders"),
+    ("GET", "/v1/orders/{id}"),
+    ("POST", "/v1/orders/{id}/accept"),
+    ("POST", "/v1/orders/{id}/reject"),
+    ("POST", "/v1/orders/{id}/dispatch"),
+    ("POST", "/v1/orders/{id}/confirm"),
+    ("POST", "/v1/orders/{id}/cancel"),
+    ("GET", "/v1/orders/{id}/events"),
+];
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -28,6 +66,30 @@ pub struct AppState {
     pub redis: fred::prelude::Client,
     pub postgres: deadpool_postgres::Pool,
     pub keys: auth::Keys,
+    pub limiter: Arc<admission::RateLimiter>,
+    pub in_flight: Arc<tokio::sync::Semaphore>,
+    pub hot_spots: Arc<metrics::HotSpots>,
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+}
+
+impl AppState {
+    pub fn new(
+        engine: engine::Engine,
+        postgres: deadpool_postgres::Pool,
+        jwt_secret: &[u8],
+        limits: admission::Limits,
+    ) -> Self {
+        Self {
+            redis: engine.redis().clone(),
+            engine,
+            postgres,
+            keys: auth::Keys::new(jwt_secret),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(limits.in_flight_max)),
+            limiter: Arc::new(admission::RateLimiter::new(limits)),
+            hot_spots: Arc::new(metrics::HotSpots::default()),
+            metrics: metrics::install(),
+        }
+    }
 }
 
 /// A connection pool for the Postgres at `url` (connects lazily).
@@ -49,11 +111,81 @@ pub fn postgres_pool(url: &str) -> anyhow::Result<deadpool_postgres::Pool> {
         .context("build the postgres pool")
 }
 
+/// Sheds load before any work starts: a bounded number of requests in
+/// flight (503 past it), and a deadline on each (503 when it passes).
+async fn admit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Ok(_permit) = state.in_flight.clone().try_acquire_owned() else {
+        ::metrics::counter!("lunchrush_requests_shed_total", "reason" => "in_flight").increment(1);
+        return Problem::unavailable("overloaded", "the engine is saturated; retry shortly")
+            .into_response();
+    };
+    let deadline = state.limiter.limits().request_timeout;
+    match tokio::time::timeout(deadline, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            ::metrics::counter!("lunchrush_requests_shed_total", "reason" => "deadline")
+                .increment(1);
+            Problem::unavailable(
+                "deadline_exceeded",
+                format!("no answer within {deadline:?}; retry"),
+            )
+            .into_response()
+        }
+    }
+}
+
+async fn not_found(request: Request) -> Problem {
+    Problem::not_found(
+        "route_not_found",
+        format!("no route {} {}", request.method(), request.uri().path()),
+    )
+}
+
+async fn method_not_allowed(request: Request) -> Problem {
+    Problem::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "Method not allowed",
+        format!(
+            "{} is not allowed on {}",
+            request.method(),
+            request.uri().path()
+        ),
+    )
+}
+
+async fn openapi() -> axum::Json<serde_json::Value> {
+    axum::Json(openapi::document())
+}
+
 /// Every route of the API.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(metrics::render))
+        .route("/openapi.json", get(openapi))
+        .route(
+            "/v1/restaurants/{rid}",
+            put(menus::put_restaurant).patch(menus::patch_restaurant),
+        )
+        .route("/v1/restaurants/{rid}/menu", get(menus::get_menu))
+        .route(
+            "/v1/restaurants/{rid}/menu/{item}",
+            put(menus::put_item).patch(menus::patch_item),
+        )
+        .route("/v1/orders", post(orders::place))
+        .route("/v1/orders/{id}", get(orders::get))
+        .route("/v1/orders/{id}/accept", post(orders::accept))
+        .route("/v1/orders/{id}/reject", post(orders::reject))
+        .route("/v1/orders/{id}/dispatch", post(orders::dispatch))
+        .route("/v1/orders/{id}/confirm", post(orders::confirm))
+        .route("/v1/orders/{id}/cancel", post(orders::cancel))
+        .route("/v1/orders/{id}/events", get(orders::events))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(from_fn_with_state(state.clone(), admit))
+        .route_layer(from_fn(metrics::track))
         .with_state(state)
 }
 
@@ -68,4 +200,31 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown)
         .await
         .context("serve HTTP")
+}
+
+#[cfg(test)]
+mod tests {
+    /// `/openapi.json` documents exactly the router's routes.
+    #[test]
+    fn the_openapi_document_lists_exactly_the_routes() {
+        let document = super::openapi::document();
+        let mut documented: Vec<(String, String)> = document["paths"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .flat_map(|(path, ops)| {
+                ops.as_object()
+                    .unwrap()
+                    .keys()
+                    .map(move |method| (method.to_uppercase(), path.clone()))
+            })
+            .collect();
+        let mut routes: Vec<(String, String)> = super::ROUTES
+            .iter()
+            .map(|(m, p)| (m.to_string(), p.to_string()))
+            .collect();
+        documented.sort();
+        routes.sort();
+        assert_eq!(documented, routes);
+    }
 }

@@ -682,6 +682,7 @@ impl Engine {
 
     async fn transition(
         &self,
+        before: &Order,
         script: &crate::scripts::Script,
         name: &'static str,
         keys: Vec<String>,
@@ -691,6 +692,28 @@ impl Engine {
         let transition = Transition::parse(name, reply)?;
         if transition.outcome == Outcome::Applied {
             self.woke();
+            // A saga's outcome is counted once: when the status first becomes it.
+            match transition.status {
+                Some(OrderStatus::Approved) if before.status != OrderStatus::Approved => {
+                    metrics::counter!("lunchrush_saga_outcomes_total", "outcome" => "approved")
+                        .increment(1);
+                }
+                Some(OrderStatus::Rejected) if before.status != OrderStatus::Rejected => {
+                    let reason = match transition.reason.as_str() {
+                        "payment_declined" => "payment_declined",
+                        "restaurant_rejected" => "restaurant_rejected",
+                        "approval_timeout" => "approval_timeout",
+                        "cancelled" => "cancelled",
+                        "reconciled" => "reconciled",
+                        "capture_failed" => "capture_failed",
+                        "payment_window" => "payment_window",
+                        _ => "other",
+                    };
+                    metrics::counter!("lunchrush_saga_outcomes_total", "outcome" => "rejected", "reason" => reason)
+                        .increment(1);
+                }
+                _ => {}
+            }
         }
         Ok(transition)
     }
@@ -714,6 +737,7 @@ impl Engine {
         script_keys.extend(self.line_keys(order));
         let t = self
             .transition(
+                order,
                 &self.scripts().record_payment,
                 "record_payment",
                 script_keys,
@@ -732,7 +756,7 @@ impl Engine {
         &self,
         order: &Order,
         approve: bool,
-        reason: &str,
+        note: &str,
         expected_version: Option<u64>,
         require_open: bool,
         lane: Lane,
@@ -748,12 +772,13 @@ impl Engine {
         ];
         script_keys.extend(self.line_keys(order));
         self.transition(
+            order,
             &self.scripts().restaurant_decision,
             "restaurant_decision",
             script_keys,
             vec![
                 if approve { "approve" } else { "reject" }.into(),
-                reason.into(),
+                note.into(),
                 expected_version.map(|v| v.to_string()).unwrap_or_default(),
                 flag(require_open),
             ],
@@ -771,6 +796,7 @@ impl Engine {
     ) -> Result<Transition, EngineError> {
         let script_keys = self.order_stream_keys(order, lane);
         self.transition(
+            order,
             &self.scripts().release,
             "release",
             script_keys,
@@ -792,6 +818,7 @@ impl Engine {
     ) -> Result<Transition, EngineError> {
         let script_keys = self.order_stream_keys(order, lane);
         self.transition(
+            order,
             &self.scripts().cancel,
             "cancel",
             script_keys,
@@ -819,6 +846,7 @@ impl Engine {
         let keys = self.keys();
         let p = order.partition;
         self.transition(
+            order,
             &self.scripts().advance,
             "advance",
             vec![

@@ -22,16 +22,20 @@ pub struct ServeArgs {
     /// Serve the API only; run no saga workers in this process.
     #[arg(long, env = "LUNCHRUSH_NO_WORKERS")]
     pub no_workers: bool,
+    #[command(flatten)]
+    pub admission: crate::args::AdmissionArgs,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let config = args.engine.config(args.listen, args.jwt_secret.clone())?;
+    let limits = args.admission.limits()?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listen on {}", config.listen))?;
     println!("READY api=http://{}", listener.local_addr()?);
     run_engine(
         config,
+        limits,
         listener,
         !args.no_workers,
         super::up::shutdown_signal(),
@@ -45,6 +49,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
 /// (each finishes its batch) and closes the connections.
 pub async fn run_engine(
     config: engine::Config,
+    limits: api::admission::Limits,
     listener: tokio::net::TcpListener,
     workers: bool,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -66,12 +71,12 @@ pub async fn run_engine(
     } else {
         Vec::new()
     };
-    let state = api::AppState {
+    let state = api::AppState::new(
         engine,
-        redis: redis.clone(),
-        postgres: api::postgres_pool(&config.postgres_url)?,
-        keys: api::auth::Keys::new(config.jwt_secret.as_bytes()),
-    };
+        api::postgres_pool(&config.postgres_url)?,
+        config.jwt_secret.as_bytes(),
+        limits,
+    );
     tracing::info!(listen = %config.listen, workers, partitions = config.partitions,
         "Engine serving.");
     let served = api::serve(listener, state, shutdown).await;

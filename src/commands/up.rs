@@ -51,6 +51,8 @@ pub struct UpArgs {
     pub faults: crate::args::FaultArgs,
     #[command(flatten)]
     pub tuning: crate::args::TuningArgs,
+    #[command(flatten)]
+    pub admission: crate::args::AdmissionArgs,
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
@@ -124,7 +126,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     );
     tracing::info!(home = %home.display(), "Local stack is up; Ctrl-C stops it.");
 
-    super::serve::run_engine(config, listener, true, shutdown_signal()).await?;
+    let limits = args.admission.limits()?;
+    super::serve::run_engine(config, limits, listener, true, shutdown_signal()).await?;
     tracing::info!("Stopping the local stack.");
     drop(stack);
     Ok(ExitCode::SUCCESS)

@@ -1,0 +1,362 @@
+//! Orders.
+//!
+//! ```text
+//! POST /v1/orders                   customer (Idempotency-Key)   -> 202 {order_id, status, total}
+//! GET  /v1/orders/{id}              owner, its restaurant, admin
+//! POST /v1/orders/{id}/accept       its restaurant, admin
+//! POST /v1/orders/{id}/reject       its restaurant, admin        {reason}
+//! POST /v1/orders/{id}/dispatch     its restaurant, admin
+//! POST /v1/orders/{id}/confirm      owner, admin
+//! POST /v1/orders/{id}/cancel       owner (before approval), admin (any time)
+//! GET  /v1/orders/{id}/events       owner, its restaurant, admin
+//! ```
+//!
+//! A customer asking for another customer's order gets 404 (its existence
+//! is not revealed); a restaurant asking for another restaurant's gets 403.
+
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use engine::domain::{Order, OrderStatus, PlaceOrder};
+use engine::engine::{Actor, Outcome, PlaceError, Transition};
+use engine::keys::Lane;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::auth::Role;
+use crate::extract::{Auth, Json};
+use crate::problem::Problem;
+
+/// A restaurant's rejection note is at most this long.
+pub const REJECT_REASON_LEN_MAX: usize = 500;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlaceBody {
+    restaurant_id: String,
+    items: Vec<LineBody>,
+    expected_total: i64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LineBody {
+    item: String,
+    qty: i64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RejectBody {
+    reason: String,
+}
+
+fn rfc3339(ms: i64) -> String {
+    let time = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(time).to_string()
+}
+
+/// The order as the API shows it.
+pub fn order_json(order: &Order) -> Value {
+    json!({
+        "order_id": order.id,
+        "customer": order.customer,
+        "restaurant_id": order.restaurant,
+        "items": order.lines.iter().map(|l| json!({"item": l.item, "qty": l.qty, "price": l.price})).collect::<Vec<_>>(),
+        "total": order.total,
+        "status": order.status,
+        "reason": if order.reason.is_empty() { Value::Null } else { json!(order.reason) },
+        "payment": { "status": order.pay },
+        "created_at": rfc3339(order.created_ms),
+        "updated_at": rfc3339(order.updated_ms),
+    })
+}
+
+fn place_problem(error: PlaceError) -> Problem {
+    let items = |items: &[String]| json!(items);
+    match error {
+        PlaceError::Invalid(invalid) => invalid.into(),
+        PlaceError::IdempotencyConflict { .. } => Problem::unprocessable(
+            "idempotency_conflict",
+            "this Idempotency-Key was already used with a different request",
+        ),
+        PlaceError::RestaurantNotFound(rid) => Problem::unprocessable(
+            "unknown_restaurant",
+            format!("restaurant {rid} does not exist"),
+        ),
+        PlaceError::RestaurantClosed(rid) => {
+            Problem::conflict("restaurant_closed", format!("restaurant {rid} is closed"))
+        }
+        PlaceError::ItemNotFound(list) => Problem::unprocessable(
+            "unknown_item",
+            format!("unknown items: {}", list.join(", ")),
+        )
+        .with("items", items(&list)),
+        PlaceError::ItemUnavailable(list) => Problem::conflict(
+            "item_unavailable",
+            format!("not available now: {}", list.join(", ")),
+        )
+        .with("items", items(&list)),
+        PlaceError::OutOfStock(list) => {
+            Problem::conflict("out_of_stock", format!("out of stock: {}", list.join(", ")))
+                .with("items", items(&list))
+        }
+        PlaceError::LimitExceeded(list) => Problem::conflict(
+            "limit_exceeded",
+            format!("over the per-customer limit: {}", list.join(", ")),
+        )
+        .with("items", items(&list)),
+        PlaceError::PriceChanged { current_total } => Problem::conflict(
+            "price_changed",
+            format!("prices changed: the current total is {current_total}"),
+        )
+        .with("current_total", json!(current_total)),
+        PlaceError::Engine(e) => e.into(),
+    }
+}
+
+pub async fn place(
+    State(state): State<AppState>,
+    auth: Auth,
+    headers: HeaderMap,
+    Json(body): Json<PlaceBody>,
+) -> Result<Response, Problem> {
+    auth.require(&[Role::Customer], "place orders")?;
+    let key = headers
+        .get("idempotency-key")
+        .ok_or_else(|| {
+            Problem::bad_request(
+                "idempotency_key_missing",
+                "the Idempotency-Key header is required",
+            )
+        })?
+        .to_str()
+        .map_err(|_| {
+            Problem::bad_request(
+                "invalid_idempotency_key",
+                "the Idempotency-Key must be printable ASCII",
+            )
+        })?;
+    let lines: Vec<(String, i64)> = body.items.into_iter().map(|l| (l.item, l.qty)).collect();
+    let request = PlaceOrder::parse(
+        &auth.0.sub,
+        &body.restaurant_id,
+        &lines,
+        body.expected_total,
+        key,
+    )?;
+    let started = Instant::now();
+    let result = state.engine.place_order(&request).await;
+    metrics::histogram!("lunchrush_placement_seconds").record(started.elapsed().as_secs_f64());
+    state.hot_spots.record(&request.restaurant);
+    let placed = result.map_err(|error| {
+        let problem = place_problem(error);
+        metrics::counter!("lunchrush_placements_refused_total", "code" => problem.code)
+            .increment(1);
+        problem
+    })?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(
+            json!({"order_id": placed.order_id, "status": "PENDING", "total": placed.total}),
+        ),
+    )
+        .into_response())
+}
+
+/// Loads an order the caller may see: 404 for a stranger's order (or a bad
+/// id), 403 for another restaurant's.
+async fn visible_order(state: &AppState, auth: &Auth, id: &str) -> Result<Order, Problem> {
+    let not_found = || Problem::not_found("order_not_found", format!("order {id} does not exist"));
+    let id: uuid::Uuid = id.parse().map_err(|_| not_found())?;
+    let order = state.engine.order(&id).await?.ok_or_else(not_found)?;
+    match auth.role() {
+        Role::Admin => Ok(order),
+        Role::Customer if order.customer == auth.0.sub => Ok(order),
+        Role::Customer => Err(not_found()),
+        Role::Restaurant => {
+            auth.require_restaurant(&order.restaurant)?;
+            Ok(order)
+        }
+    }
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let order = visible_order(&state, &auth, &id).await?;
+    Ok(axum::Json(order_json(&order)).into_response())
+}
+
+/// Answers a transition: the order as it now is, or why it was refused.
+async fn transition_response(
+    state: &AppState,
+    order: &Order,
+    t: Transition,
+) -> Result<Response, Problem> {
+    match t.outcome {
+        Outcome::Applied | Outcome::Unchanged => {
+            let order = state.engine.order(&order.id).await?.ok_or_else(|| {
+                Problem::not_found(
+                    "order_not_found",
+                    format!("order {} does not exist", order.id),
+                )
+            })?;
+            Ok(axum::Json(order_json(&order)).into_response())
+        }
+        Outcome::NotFound => Err(Problem::not_found(
+            "order_not_found",
+            format!("order {} does not exist", order.id),
+        )),
+        Outcome::Refused(detail) => {
+            let status = t.status.map(|s| s.as_str()).unwrap_or("unknown");
+            let (code, text) = match detail.as_str() {
+                "not_paid" => (
+                    "not_paid",
+                    format!("the order is {status}: its payment is not authorized yet"),
+                ),
+                "already_decided" => (
+                    "already_decided",
+                    format!("the restaurant already {} this order", t.decision),
+                ),
+                "finished" => ("order_finished", format!("the order is {status}")),
+                "too_late" => (
+                    "too_late",
+                    format!("the order is {status}: only an admin can cancel it now"),
+                ),
+                "illegal" => ("illegal_transition", format!("not possible from {status}")),
+                "stale" => (
+                    "concurrent_update",
+                    "the order changed meanwhile; retry".to_string(),
+                ),
+                "restaurant_closed" => {
+                    ("restaurant_closed", "the restaurant is closed".to_string())
+                }
+                other => ("refused", format!("refused: {other}")),
+            };
+            Err(Problem::conflict(code, text).with("order_status", json!(status)))
+        }
+    }
+}
+
+pub async fn accept(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    auth.require(&[Role::Restaurant, Role::Admin], "accept orders")?;
+    let order = visible_order(&state, &auth, &id).await?;
+    let t = state
+        .engine
+        .decide(&order, true, "", None, false, Lane::Online)
+        .await?;
+    transition_response(&state, &order, t).await
+}
+
+pub async fn reject(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    Json(body): Json<RejectBody>,
+) -> Result<Response, Problem> {
+    auth.require(&[Role::Restaurant, Role::Admin], "reject orders")?;
+    let reason = body.reason.trim();
+    if reason.is_empty() || reason.chars().count() > REJECT_REASON_LEN_MAX {
+        return Err(Problem::unprocessable(
+            "invalid_field",
+            format!("reason: must be 1 to {REJECT_REASON_LEN_MAX} characters"),
+        ));
+    }
+    let order = visible_order(&state, &auth, &id).await?;
+    let t = state
+        .engine
+        .decide(&order, false, reason, None, false, Lane::Online)
+        .await?;
+    transition_response(&state, &order, t).await
+}
+
+pub async fn dispatch(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    auth.require(&[Role::Restaurant, Role::Admin], "dispatch orders")?;
+    let order = visible_order(&state, &auth, &id).await?;
+    let actor = if auth.is_admin() {
+        Actor::Admin
+    } else {
+        Actor::Restaurant
+    };
+    let t = state
+        .engine
+        .advance(&order, OrderStatus::Dispatched, actor, None, Lane::Online)
+        .await?;
+    transition_response(&state, &order, t).await
+}
+
+pub async fn confirm(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    auth.require(&[Role::Customer, Role::Admin], "confirm purchases")?;
+    let order = visible_order(&state, &auth, &id).await?;
+    let actor = if auth.is_admin() {
+        Actor::Admin
+    } else {
+        Actor::Customer
+    };
+    let t = state
+        .engine
+        .advance(&order, OrderStatus::Confirmed, actor, None, Lane::Online)
+        .await?;
+    transition_response(&state, &order, t).await
+}
+
+pub async fn cancel(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    auth.require(&[Role::Customer, Role::Admin], "cancel orders")?;
+    let order = visible_order(&state, &auth, &id).await?;
+    let actor = if auth.is_admin() {
+        Actor::Admin
+    } else {
+        Actor::Customer
+    };
+    let t = state
+        .engine
+        .cancel(&order, actor, None, Lane::Online)
+        .await?;
+    transition_response(&state, &order, t).await
+}
+
+pub async fn events(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let order = visible_order(&state, &auth, &id).await?;
+    let events = state.engine.order_events(&order).await?;
+    let list: Vec<Value> = events
+        .into_iter()
+        .map(|e| {
+            json!({
+                "seq": e.seq,
+                "type": e.kind,
+                "at": rfc3339(e.ts_ms),
+                "stream": e.stream,
+                "entry_id": e.id,
+                "saga_id": e.saga,
+                "data": serde_json::from_str::<Value>(&e.data).unwrap_or(Value::Null),
+            })
+        })
+        .collect();
+    Ok(axum::Json(json!({"order_id": order.id, "events": list})).into_response())
+}
