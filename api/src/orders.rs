@@ -244,18 +244,66 @@ async fn transition_response(
     }
 }
 
+/// Which of the order actions a route performs.
+#[derive(Debug, Clone, Copy)]
+enum Action {
+    Accept,
+    Dispatch,
+    Confirm,
+    Cancel,
+}
+
+impl Action {
+    /// Who may do it (besides admins), and how the refusal reads.
+    fn allowed(self) -> (Role, &'static str) {
+        match self {
+            Action::Accept => (Role::Restaurant, "accept orders"),
+            Action::Dispatch => (Role::Restaurant, "dispatch orders"),
+            Action::Confirm => (Role::Customer, "confirm purchases"),
+            Action::Cancel => (Role::Customer, "cancel orders"),
+        }
+    }
+}
+
+/// Checks the role, loads the order the token may see, runs the transition
+/// and answers with the order as it now is.
+async fn act(state: &AppState, auth: &Auth, id: &str, action: Action) -> Result<Response, Problem> {
+    let (role, what) = action.allowed();
+    auth.require(&[role, Role::Admin], what)?;
+    let order = visible_order(state, auth, id).await?;
+    let actor = match (auth.is_admin(), role) {
+        (true, _) => Actor::Admin,
+        (false, Role::Restaurant) => Actor::Restaurant,
+        (false, _) => Actor::Customer,
+    };
+    let engine = &state.engine;
+    let t = match action {
+        Action::Accept => {
+            engine
+                .decide(&order, true, "", None, false, Lane::Online)
+                .await?
+        }
+        Action::Dispatch => {
+            engine
+                .advance(&order, OrderStatus::Dispatched, actor, None, Lane::Online)
+                .await?
+        }
+        Action::Confirm => {
+            engine
+                .advance(&order, OrderStatus::Confirmed, actor, None, Lane::Online)
+                .await?
+        }
+        Action::Cancel => engine.cancel(&order, actor, None, Lane::Online).await?,
+    };
+    transition_response(state, &order, t).await
+}
+
 pub async fn accept(
     State(state): State<AppState>,
     auth: Auth,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
-    auth.require(&[Role::Restaurant, Role::Admin], "accept orders")?;
-    let order = visible_order(&state, &auth, &id).await?;
-    let t = state
-        .engine
-        .decide(&order, true, "", None, false, Lane::Online)
-        .await?;
-    transition_response(&state, &order, t).await
+    act(&state, &auth, &id, Action::Accept).await
 }
 
 pub async fn reject(
@@ -285,18 +333,7 @@ pub async fn dispatch(
     auth: Auth,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
-    auth.require(&[Role::Restaurant, Role::Admin], "dispatch orders")?;
-    let order = visible_order(&state, &auth, &id).await?;
-    let actor = if auth.is_admin() {
-        Actor::Admin
-    } else {
-        Actor::Restaurant
-    };
-    let t = state
-        .engine
-        .advance(&order, OrderStatus::Dispatched, actor, None, Lane::Online)
-        .await?;
-    transition_response(&state, &order, t).await
+    act(&state, &auth, &id, Action::Dispatch).await
 }
 
 pub async fn confirm(
@@ -304,18 +341,7 @@ pub async fn confirm(
     auth: Auth,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
-    auth.require(&[Role::Customer, Role::Admin], "confirm purchases")?;
-    let order = visible_order(&state, &auth, &id).await?;
-    let actor = if auth.is_admin() {
-        Actor::Admin
-    } else {
-        Actor::Customer
-    };
-    let t = state
-        .engine
-        .advance(&order, OrderStatus::Confirmed, actor, None, Lane::Online)
-        .await?;
-    transition_response(&state, &order, t).await
+    act(&state, &auth, &id, Action::Confirm).await
 }
 
 pub async fn cancel(
@@ -323,18 +349,7 @@ pub async fn cancel(
     auth: Auth,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
-    auth.require(&[Role::Customer, Role::Admin], "cancel orders")?;
-    let order = visible_order(&state, &auth, &id).await?;
-    let actor = if auth.is_admin() {
-        Actor::Admin
-    } else {
-        Actor::Customer
-    };
-    let t = state
-        .engine
-        .cancel(&order, actor, None, Lane::Online)
-        .await?;
-    transition_response(&state, &order, t).await
+    act(&state, &auth, &id, Action::Cancel).await
 }
 
 pub async fn events(
