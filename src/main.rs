@@ -40,8 +40,8 @@ enum Command {
     Demo,
     /// Serve the HTTP API and run the saga workers against existing Redis/Postgres.
     Serve(commands::serve::ServeArgs),
-    /// Drain every stream into PostgreSQL.
-    Archive,
+    /// Drain every stream into PostgreSQL, exactly once, then trim.
+    Archive(commands::archive::ArchiveArgs),
     /// Find and fix orphans (stuck sagas, held stock, provider mismatches).
     Reconcile,
     /// Apply the PostgreSQL migrations.
@@ -71,7 +71,7 @@ fn main() -> ExitCode {
             Command::Token(args) => commands::token::run(args),
             Command::Demo => not_built("demo", "the goose load scenarios"),
             Command::Serve(args) => commands::serve::run(args).await,
-            Command::Archive => not_built("archive", "the archiver"),
+            Command::Archive(args) => commands::archive::run(args).await,
             Command::Reconcile => not_built("reconcile", "reconciliation"),
             Command::PspSim(args) => commands::psp_sim::run(args).await,
             Command::Check(args) => commands::check::run(args).await,

@@ -352,16 +352,20 @@ pub async fn cancel(
     act(&state, &auth, &id, Action::Cancel).await
 }
 
+/// The order's events: the archive (PostgreSQL) plus the live streams,
+/// merged by sequence number — no gap, no duplicate. Entries the archiver
+/// already trimmed from Redis come from the archive; entries not yet
+/// archived from the streams.
 pub async fn events(
     State(state): State<AppState>,
     auth: Auth,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
     let order = visible_order(&state, &auth, &id).await?;
-    let events = state.engine.order_events(&order).await?;
-    let list: Vec<Value> = events
-        .into_iter()
-        .map(|e| {
+    let mut by_seq: std::collections::BTreeMap<u64, Value> = std::collections::BTreeMap::new();
+    for e in state.engine.order_events(&order).await? {
+        by_seq.insert(
+            e.seq,
             json!({
                 "seq": e.seq,
                 "type": e.kind,
@@ -370,8 +374,57 @@ pub async fn events(
                 "entry_id": e.id,
                 "saga_id": e.saga,
                 "data": serde_json::from_str::<Value>(&e.data).unwrap_or(Value::Null),
+            }),
+        );
+    }
+    if (by_seq.len() as u64) < order.seq {
+        match archived_events(&state, &order).await {
+            Ok(rows) => {
+                for row in rows {
+                    by_seq
+                        .entry(row["seq"].as_u64().unwrap_or(0))
+                        .or_insert(row);
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, order = %order.id, "Archive unavailable for an events read.")
+            }
+        }
+    }
+    let complete = by_seq.keys().copied().eq(1..=order.seq);
+    if !complete {
+        return Err(Problem::unavailable(
+            "archive_unavailable",
+            "some of this order's events are only in the archive, which did not answer; retry",
+        ));
+    }
+    let list: Vec<Value> = by_seq.into_values().collect();
+    Ok(axum::Json(json!({"order_id": order.id, "events": list})).into_response())
+}
+
+async fn archived_events(state: &AppState, order: &Order) -> anyhow::Result<Vec<Value>> {
+    let client = state.postgres.get().await?;
+    let month = engine::ids::created_at(&order.id);
+    let rows = client
+        .query(
+            "SELECT seq, type, event_time, stream, entry_id, saga_id::text, payload FROM saga_events \
+             WHERE order_id = $1 AND part_time = $2 ORDER BY seq",
+            &[&order.id, &month],
+        )
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let at: std::time::SystemTime = row.get(2);
+            json!({
+                "seq": row.get::<_, i64>(0),
+                "type": row.get::<_, String>(1),
+                "at": humantime::format_rfc3339_millis(at).to_string(),
+                "stream": row.get::<_, String>(3),
+                "entry_id": row.get::<_, String>(4),
+                "saga_id": row.get::<_, Option<String>>(5),
+                "data": row.get::<_, tokio_postgres::types::Json<Value>>(6).0,
             })
         })
-        .collect();
-    Ok(axum::Json(json!({"order_id": order.id, "events": list})).into_response())
+        .collect())
 }

@@ -41,6 +41,21 @@ pub async fn migrate(url: &str) -> anyhow::Result<Vec<String>> {
         .collect())
 }
 
+/// Creates the `saga_events` partition for one month (idempotent; a
+/// transaction-scoped advisory lock serializes concurrent archivers).
+pub async fn ensure_month(
+    client: &deadpool_postgres::Object,
+    year: i32,
+    month: u32,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .batch_execute(&format!(
+            "BEGIN; SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY} + 1); \
+             SELECT saga_events_ensure_month(make_timestamptz({year}, {month}, 1, 0, 0, 0, 'UTC')); COMMIT;"
+        ))
+        .await
+}
+
 /// A URL with any password replaced, for messages.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {

@@ -24,6 +24,16 @@ pub fn partition_of(id: &Uuid) -> Option<u16> {
     Some((u16::from(bytes[6] & 0x0f) << 8) | u16::from(bytes[7]))
 }
 
+/// The creation time written into a UUIDv7 (its first 48 bits, ms): for an
+/// order, when it was placed. The archive partitions an order's events by it.
+pub fn created_at(id: &Uuid) -> std::time::SystemTime {
+    let b = id.as_bytes();
+    let ms = b[..6]
+        .iter()
+        .fold(0u64, |acc, byte| (acc << 8) | u64::from(*byte));
+    std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)
+}
+
 /// A fresh saga id (plain UUIDv7).
 pub fn new_saga_id() -> Uuid {
     Uuid::now_v7()

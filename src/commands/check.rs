@@ -16,6 +16,10 @@ pub struct CheckArgs {
     /// violations: use once the system is quiet.
     #[arg(long)]
     pub at_rest: bool,
+    /// Also audit the archive: every event of every order archived exactly
+    /// once, projections equal to Redis (needs LUNCHRUSH_POSTGRES_URL).
+    #[arg(long)]
+    pub archive: bool,
 }
 
 pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
@@ -23,10 +27,17 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         .engine
         .config(engine::Config::default().listen, UNUSED_SECRET.into())?;
     let redis = engine::store::connect(&config).await?;
-    let engine = engine::Engine::new(redis, config).await?;
+    let engine = engine::Engine::new(redis, config.clone()).await?;
     let report = engine::check::check(&engine, args.at_rest).await?;
     print!("{report}");
-    Ok(if report.passed() {
+    let mut passed = report.passed();
+    if args.archive {
+        let pool = api::postgres_pool(&config.postgres_url)?;
+        let audit = archiver::audit::audit(&engine, &pool).await?;
+        print!("{audit}");
+        passed &= audit.passed();
+    }
+    Ok(if passed {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod archive;
 pub mod check;
 pub mod migrate;
 pub mod psp_sim;

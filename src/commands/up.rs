@@ -2,8 +2,8 @@
 //!
 //! Starts Redis and PostgreSQL from the installed binaries with their data
 //! under `LUNCHRUSH_HOME`, applies the migrations, starts the provider
-//! simulator (unless `LUNCHRUSH_PSP_URL` names a provider), the saga workers
-//! and the API, prints
+//! simulator (unless `LUNCHRUSH_PSP_URL` names a provider), the saga workers,
+//! the archiver and the API, prints
 //!
 //! ```text
 //! READY api=http://127.0.0.1:8080 redis=redis://127.0.0.1:41234 postgres=postgres://lunchrush@127.0.0.1:41235/lunchrush
@@ -127,7 +127,17 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     tracing::info!(home = %home.display(), "Local stack is up; Ctrl-C stops it.");
 
     let limits = args.admission.limits()?;
+    let (stop_archiver, archiver_stopped) = tokio::sync::watch::channel(false);
+    let archiver = tokio::spawn(super::archive::start(
+        config.clone(),
+        archiver::ArchiverOptions::new(super::archive::default_consumer()),
+        archiver_stopped,
+    ));
     super::serve::run_engine(config, limits, listener, true, shutdown_signal()).await?;
+    let _ = stop_archiver.send(true);
+    if let Ok(Err(error)) = archiver.await {
+        tracing::error!(%error, "The archiver stopped with an error.");
+    }
     tracing::info!("Stopping the local stack.");
     drop(stack);
     Ok(ExitCode::SUCCESS)

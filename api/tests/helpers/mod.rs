@@ -17,6 +17,7 @@ pub const SECRET: &str = "test-secret-test-secret-test-secret!";
 
 pub struct TestApp {
     pub url: String,
+    pub postgres: deadpool_postgres::Pool,
     pub engine: engine::Engine,
     pub sim: PspSim,
     pub http: reqwest::Client,
@@ -64,6 +65,7 @@ pub async fn spawn_app_with(limits: Limits) -> TestApp {
     tokio::spawn(api::serve(listener, state, std::future::pending()));
     TestApp {
         url,
+        postgres: api::postgres_pool(&config.postgres_url).unwrap(),
         engine,
         sim,
         http: reqwest::Client::new(),
