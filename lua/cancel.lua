@@ -4,12 +4,13 @@
   released here; the payment worker then voids an authorization or refunds a
   capture.
 
-  @keys 3 + 2 per line
+  @keys 4 + 2 per line
   Input:
     KEYS[1] order hash
     KEYS[2] orders stream (or the batch stream)
     KEYS[3] in-flight index
-    KEYS[2+2i], KEYS[3+2i]  line i: item hash, per-customer hash
+    KEYS[4] timer wheel
+    KEYS[3+2i], KEYS[4+2i]  line i: item hash, per-customer hash
     ARGV[1] actor: customer | admin
     ARGV[2] expected order version ('' = any)
   Output:
@@ -19,7 +20,7 @@
   Events: OrderRejected (reason cancelled) on KEYS[2].
   Bounded: O(lines).
 ]]
-local order_key, order_stream, inflight = KEYS[1], KEYS[2], KEYS[3]
+local order_key, order_stream, inflight, timers = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local actor, expected = ARGV[1], ARGV[2]
 local o = load_order(order_key)
 if not o then return {'err', '', '', '0', '', '', 'not_found'} end
@@ -28,5 +29,5 @@ if stale(o, expected) then return reply('err', o, 'stale') end
 if actor ~= 'admin' and o.status ~= 'PENDING' and o.status ~= 'PAID' then
   return reply('err', o, 'too_late')
 end
-reject(order_key, inflight, order_stream, o, 'cancelled', 4, now_ms())
+reject(order_key, inflight, timers, order_stream, o, 'cancelled', 5, now_ms())
 return reply('ok', o)

@@ -2,14 +2,15 @@
   place_order: idempotently place an order, reserving every line's stock
   all-or-nothing, in one atomic step.
 
-  @keys 5 + 2 per line
+  @keys 6 + 2 per line
   Input:
     KEYS[1] restaurant hash          {pN}:r:<rid>
     KEYS[2] order hash               {pN}:o:<order_id>   (must not exist)
     KEYS[3] idempotency record       {pN}:idem:<customer>:<key>
     KEYS[4] orders stream            {pN}:orders
     KEYS[5] in-flight index (zset)   {pN}:inflight
-    KEYS[4+2i], KEYS[5+2i]  line i: item hash {pN}:r:<rid>:i:<item>,
+    KEYS[6] timer wheel (zset)       {pN}:timers
+    KEYS[5+2i], KEYS[6+2i]  line i: item hash {pN}:r:<rid>:i:<item>,
                             per-customer hash {pN}:r:<rid>:i:<item>:pc
     ARGV[1] order id (UUIDv7 carrying the partition)
     ARGV[2] saga id
@@ -18,7 +19,8 @@
     ARGV[5] request fingerprint (hex)
     ARGV[6] expected total (won)
     ARGV[7] idempotency record time-to-live (ms, at least 24 h)
-    ARGV[8], ARGV[9]  line 1 item, qty; ARGV[10], ARGV[11] line 2 ...
+    ARGV[8] payment window (ms): the order is rejected if still PENDING then
+    ARGV[9], ARGV[10]  line 1 item, qty; ARGV[11], ARGV[12] line 2 ...
   Output:
     {'ok',  order_id, total, 'PENDING'}  placed
     {'dup', order_id, total, 'PENDING'}  same key and same request: the first answer
@@ -27,20 +29,21 @@
       restaurant_closed, item_not_found, item_unavailable, out_of_stock,
       limit_exceeded (detail: comma-separated items), price_changed (detail:
       the current total)
-  Events: OrderPlaced on KEYS[4].
+  Events: OrderPlaced on KEYS[4]. Timers: payment_window set.
   Invariant: stock on hand never goes below zero; a customer never holds
   more than max_per_customer; either every line is reserved or none is.
   Bounded: O(lines), lines <= 50.
 ]]
-local restaurant_key, order_key, idem_key, stream, inflight =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local restaurant_key, order_key, idem_key, stream, inflight, timers =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local order_id, saga, customer, rid, fingerprint =
   ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local expected_total = tonumber(ARGV[6])
 local idem_ttl = tonumber(ARGV[7])
-local n = (#ARGV - 7) / 2
+local payment_window = tonumber(ARGV[8])
+local n = (#ARGV - 8) / 2
 assert(n >= 1 and n == math.floor(n), 'lines come in item/qty pairs')
-assert(#KEYS == 5 + 2 * n, 'two keys per line')
+assert(#KEYS == 6 + 2 * n, 'two keys per line')
 
 local previous = rcall('GET', idem_key)
 if previous then
@@ -60,8 +63,8 @@ local missing, unavailable, short, over = {}, {}, {}, {}
 local total = 0
 local lines = {}
 for i = 1, n do
-  local item, qty = ARGV[6 + 2 * i], tonumber(ARGV[7 + 2 * i])
-  local item_key, pc_key = KEYS[4 + 2 * i], KEYS[5 + 2 * i]
+  local item, qty = ARGV[7 + 2 * i], tonumber(ARGV[8 + 2 * i])
+  local item_key, pc_key = KEYS[5 + 2 * i], KEYS[6 + 2 * i]
   local f = rcall('HMGET', item_key, 'price', 'stock', 'available', 'max_pc')
   if not f[1] then
     missing[#missing + 1] = item
@@ -89,8 +92,8 @@ if total ~= expected_total then return {'err', 'price_changed', tostring(total)}
 -- Every check passed: reserve all lines (no early exit from here on).
 for i = 1, n do
   local line = lines[i]
-  rcall('HINCRBY', KEYS[4 + 2 * i], 'stock', -line[2])
-  if line[4] == 1 then rcall('HINCRBY', KEYS[5 + 2 * i], customer, line[2]) end
+  rcall('HINCRBY', KEYS[5 + 2 * i], 'stock', -line[2])
+  if line[4] == 1 then rcall('HINCRBY', KEYS[6 + 2 * i], customer, line[2]) end
 end
 local now = now_ms()
 local o = {id = order_id, saga = saga, cust = customer, rid = rid, status = 'PENDING',
@@ -100,6 +103,7 @@ rcall('HSET', order_key, 'id', o.id, 'saga', o.saga, 'cust', o.cust, 'rid', o.ri
   'status', o.status, 'reason', o.reason, 'pay', o.pay, 'total', o.total,
   'lines', o.lines, 'seq', o.seq, 'created', o.created, 'decision', '', 'psp', '', 'evs', '')
 save(order_key, inflight, o, {}, now)
+timer_set(timers, 'payment_window', order_id, now + payment_window)
 rcall('SET', idem_key, cjson.encode({fp = fingerprint, order = order_id, total = total}),
   'PX', idem_ttl)
 local placed = {}

@@ -2,15 +2,17 @@
   record_payment: record what the payment provider says happened to an
   order's payment, and move the order accordingly.
 
-  @keys 4 + 2 per line
+  @keys 5 + 2 per line
   Input:
     KEYS[1] order hash
     KEYS[2] payments stream (or the batch stream)
     KEYS[3] orders stream (or the batch stream)
     KEYS[4] in-flight index
-    KEYS[3+2i], KEYS[4+2i]  line i: item hash, per-customer hash
+    KEYS[5] timer wheel
+    KEYS[4+2i], KEYS[5+2i]  line i: item hash, per-customer hash
     ARGV[1] outcome: authorized | declined | captured | voided | refunded | capture_failed
     ARGV[2] provider reference
+    ARGV[3] approval timeout (ms): a PAID order not answered by then is rejected
   Output:
     {'ok'|'noop'|'err', status, pay, version, decision, reason, detail}
     'noop': the payment is already in that state (a redelivery), nothing changed.
@@ -18,6 +20,8 @@
     authorized after captured), nothing changed.
   Events: PaymentAuthorized, PaymentDeclined, PaymentCaptured, PaymentVoided,
     PaymentRefunded on KEYS[2]; OrderApproved or OrderRejected on KEYS[3].
+  Timers: PENDING -> PAID cancels payment_window and sets approval_timeout;
+    a rejection cancels every timer of the order.
   Transitions (payment): NONE -> AUTHORIZED | DECLINED; AUTHORIZED -> CAPTURED |
     VOIDED; CAPTURED -> REFUNDED. Order: PENDING+authorized -> PAID;
     PENDING+declined -> REJECTED payment_declined (stock released);
@@ -28,8 +32,8 @@
   the payment state machine instead, which only moves forward.
   Bounded: O(lines).
 ]]
-local order_key, pay_stream, order_stream, inflight = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local outcome, psp_ref = ARGV[1], ARGV[2]
+local order_key, pay_stream, order_stream, inflight, timers = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local outcome, psp_ref, approval_timeout = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local o = load_order(order_key)
 if not o then return {'err', '', '', '0', '', '', 'not_found'} end
 
@@ -53,11 +57,13 @@ if outcome == 'capture_failed' then data.failed = 'capture' end
 if target == 'AUTHORIZED' and o.status == 'PENDING' then
   o.status = 'PAID'
   save(order_key, inflight, o, {'pay', 'psp', 'status'}, now)
+  timer_clear(timers, 'payment_window', o.id)
+  timer_set(timers, 'approval_timeout', o.id, now + approval_timeout)
   emit(pay_stream, order_key, o, event, data, now)
 elseif target == 'DECLINED' and o.status == 'PENDING' then
   save(order_key, inflight, o, {'pay', 'psp'}, now)
   emit(pay_stream, order_key, o, event, data, now)
-  reject(order_key, inflight, order_stream, o, 'payment_declined', 5, now)
+  reject(order_key, inflight, timers, order_stream, o, 'payment_declined', 6, now)
 elseif target == 'CAPTURED' and o.status == 'PAID' then
   o.status = 'APPROVED'
   save(order_key, inflight, o, {'pay', 'psp', 'status'}, now)
@@ -66,7 +72,7 @@ elseif target == 'CAPTURED' and o.status == 'PAID' then
 elseif (target == 'VOIDED' or target == 'REFUNDED') and o.status ~= 'REJECTED' then
   save(order_key, inflight, o, {'pay', 'psp'}, now)
   emit(pay_stream, order_key, o, event, data, now)
-  reject(order_key, inflight, order_stream, o, 'capture_failed', 5, now)
+  reject(order_key, inflight, timers, order_stream, o, 'capture_failed', 6, now)
 else
   -- The order already moved on (e.g. rejected while the provider worked):
   -- record the fact; the payment worker settles what it implies.

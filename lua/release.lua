@@ -3,12 +3,13 @@
   or approval timeout elapsed, reconciliation): reject it and put its stock
   back. The payment worker voids any authorization that remains.
 
-  @keys 3 + 2 per line
+  @keys 4 + 2 per line
   Input:
     KEYS[1] order hash
     KEYS[2] orders stream (or the batch stream)
     KEYS[3] in-flight index
-    KEYS[2+2i], KEYS[3+2i]  line i: item hash, per-customer hash
+    KEYS[4] timer wheel
+    KEYS[3+2i], KEYS[4+2i]  line i: item hash, per-customer hash
     ARGV[1] reason (payment_window, approval_timeout, reconciled, ...)
     ARGV[2] expected order version ('' = any)
   Output:
@@ -19,7 +20,7 @@
   Events: OrderRejected on KEYS[2].
   Bounded: O(lines).
 ]]
-local order_key, order_stream, inflight = KEYS[1], KEYS[2], KEYS[3]
+local order_key, order_stream, inflight, timers = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local reason, expected = ARGV[1], ARGV[2]
 local o = load_order(order_key)
 if not o then return {'err', '', '', '0', '', '', 'not_found'} end
@@ -27,5 +28,5 @@ if o.status == 'REJECTED' then return reply('noop', o) end
 if stale(o, expected) then return reply('err', o, 'stale') end
 if o.status ~= 'PENDING' and o.status ~= 'PAID' then return reply('err', o, 'finished') end
 if o.decision == 'approved' then return reply('err', o, 'decided') end
-reject(order_key, inflight, order_stream, o, reason, 4, now_ms())
+reject(order_key, inflight, timers, order_stream, o, reason, 5, now_ms())
 return reply('ok', o)

@@ -1,14 +1,15 @@
 --[[
   restaurant_decision: the restaurant accepts or rejects a paid order.
 
-  @keys 5 + 2 per line
+  @keys 6 + 2 per line
   Input:
     KEYS[1] order hash
     KEYS[2] restaurant stream (or the batch stream)
     KEYS[3] orders stream (or the batch stream)
     KEYS[4] in-flight index
     KEYS[5] restaurant hash
-    KEYS[4+2i], KEYS[5+2i]  line i: item hash, per-customer hash
+    KEYS[6] timer wheel
+    KEYS[5+2i], KEYS[6+2i]  line i: item hash, per-customer hash
     ARGV[1] approve | reject
     ARGV[2] the restaurant's note (reject only; free text, kept in the event)
     ARGV[3] expected order version ('' = any)
@@ -24,10 +25,11 @@
     RestaurantRejected (with the note) on KEYS[2] and OrderRejected
     (reason restaurant_rejected) on KEYS[3]: stock released here; the payment
     worker voids the authorization.
+  Timers: either answer cancels approval_timeout (a rejection, every timer).
   Bounded: O(lines).
 ]]
-local order_key, rest_stream, order_stream, inflight, restaurant_key =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local order_key, rest_stream, order_stream, inflight, restaurant_key, timers =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local decision, note, expected, require_open = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local o = load_order(order_key)
 if not o then return {'err', '', '', '0', '', '', 'not_found'} end
@@ -45,11 +47,12 @@ if decision == 'approve' then
   end
   o.decision = 'approved'
   save(order_key, inflight, o, {'decision'}, now)
+  timer_clear(timers, 'approval_timeout', o.id)
   emit(rest_stream, order_key, o, 'RestaurantApproved', {}, now)
 else
   o.decision = 'rejected'
   save(order_key, inflight, o, {'decision'}, now)
   emit(rest_stream, order_key, o, 'RestaurantRejected', {note = note}, now)
-  reject(order_key, inflight, order_stream, o, 'restaurant_rejected', 6, now)
+  reject(order_key, inflight, timers, order_stream, o, 'restaurant_rejected', 7, now)
 end
 return reply('ok', o)

@@ -58,6 +58,7 @@ async fn a_killed_archiver_restarts_and_archives_everything_once() {
     engine::saga::spawn_workers(
         &engine,
         &engine::psp::PspClient::new(&psp_url),
+        std::sync::Arc::new(engine::notify::LogNotifier),
         &options,
         &stopped,
     );

@@ -142,6 +142,11 @@ async fn stream_gauges(state: &AppState) -> Result<(), fred::error::Error> {
         metrics::gauge!("lunchrush_stream_pending_entries", "group" => group, "topic" => topic)
             .set(value);
     }
+    let mut scheduled = 0u64;
+    for p in 0..keys.partitions() {
+        scheduled += state.engine.timers_scheduled(p).await.unwrap_or(0);
+    }
+    metrics::gauge!("lunchrush_timers_scheduled").set(scheduled as f64);
     for (topic, value) in length {
         metrics::gauge!("lunchrush_stream_length_entries", "topic" => topic).set(value);
     }

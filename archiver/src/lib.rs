@@ -7,7 +7,7 @@
 //! - [`audit`]: the archive audit (every event once, projections = Redis).
 //!
 //! # How a batch is archived
-//! One task per partition reads the partition's seven streams with
+//! One task per partition reads the partition's eight streams with
 //! XREADGROUP (group `archiver`): first its own pending entries (`0`: what a
 //! crash or a failed transaction left), and only when none remain, new ones
 //! (`>`). A batch is written in **one transaction**: binary COPY into a
@@ -440,6 +440,7 @@ impl Archiver {
         .await?;
         insert_dead_letters(&tx, &dead).await?;
         insert_menu_history(&tx, &events).await?;
+        insert_delayed_task_history(&tx, &events).await?;
         insert_order_items(&tx, &events).await?;
         refold_orders(&tx, &events).await?;
         advance_watermarks(&tx, entries).await?;
@@ -782,6 +783,56 @@ async fn insert_menu_history(
                         &flag("available"),
                         &number("max_pc"),
                         &at,
+                    ],
+                )
+                .await?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// `timer_history` from TimerFired, `notifications` from NotificationSent.
+async fn insert_delayed_task_history(
+    tx: &tokio_postgres::Transaction<'_>,
+    events: &[Event],
+) -> Result<(), ArchiveError> {
+    for event in events {
+        let data: Value = serde_json::from_str(&event.data).unwrap_or(Value::Null);
+        let text = |k: &str| data.get(k).and_then(Value::as_str).map(str::to_string);
+        let number = |k: &str| data.get(k).and_then(Value::as_i64);
+        match event.kind.as_str() {
+            "TimerFired" => {
+                let (Some(order), Some(kind), Some(due), Some(fired)) = (
+                    text("o").and_then(|o| o.parse::<Uuid>().ok()),
+                    text("k"),
+                    number("due"),
+                    number("fired"),
+                ) else {
+                    continue;
+                };
+                tx.execute(
+                    "INSERT INTO timer_history (order_id, kind, due_at, fired_at, lateness_ms, outcome) \
+                     VALUES ($1, $2, $3, $4, $5, 'fired') ON CONFLICT DO NOTHING",
+                    &[&order, &kind, &ms_time(due), &ms_time(fired), &(fired - due).max(0)],
+                )
+                .await?;
+            }
+            "NotificationSent" => {
+                let Some(order) = event.order_id() else {
+                    continue;
+                };
+                tx.execute(
+                    "INSERT INTO notifications (order_id, kind, idempotency_key, channel, attempts, sent_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+                    &[
+                        &order,
+                        &text("kind").unwrap_or_default(),
+                        &text("key").unwrap_or_default(),
+                        &text("channel").unwrap_or_default(),
+                        &(number("attempts").unwrap_or(1) as i32),
+                        &ms_time(event.ts_ms),
                     ],
                 )
                 .await?;

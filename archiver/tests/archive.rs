@@ -53,6 +53,7 @@ async fn env() -> Env {
     engine::saga::spawn_workers(
         &engine,
         &engine::psp::PspClient::new(&psp_url),
+        std::sync::Arc::new(engine::notify::LogNotifier),
         &options,
         &stopped,
     );

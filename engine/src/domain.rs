@@ -312,6 +312,8 @@ pub struct Order {
     pub psp_ref: String,
     /// Where this order's events went: (stream key, entry id).
     pub events: Vec<(String, String)>,
+    /// Notification kinds already sent (their send records).
+    pub notified: Vec<String>,
 }
 
 impl Order {
@@ -353,6 +355,14 @@ impl Order {
                 .filter_map(|e| e.rsplit_once('|'))
                 .map(|(s, id)| (s.to_string(), id.to_string()))
                 .collect(),
+            notified: {
+                let mut kinds: Vec<String> = fields
+                    .keys()
+                    .filter_map(|k| k.strip_prefix("sent:").map(str::to_string))
+                    .collect();
+                kinds.sort();
+                kinds
+            },
         })
     }
 }

@@ -233,6 +233,10 @@ impl std::fmt::Debug for Engine {
     }
 }
 
+fn millis(duration: std::time::Duration) -> String {
+    duration.as_millis().to_string()
+}
+
 fn flag(value: bool) -> String {
     if value { "1".into() } else { "0".into() }
 }
@@ -557,6 +561,7 @@ impl Engine {
             keys.idempotency(p, &request.customer, &request.idempotency_key),
             keys.stream(p, Topic::Orders),
             keys.inflight(p),
+            keys.wheel(p),
         ];
         let mut args = vec![
             order_id.to_string(),
@@ -566,6 +571,7 @@ impl Engine {
             fingerprint.to_string(),
             request.expected_total.to_string(),
             IDEMPOTENCY_TTL_MS.to_string(),
+            millis(self.config().timers.payment_window),
         ];
         for line in &request.lines {
             script_keys.push(keys.item(p, rid, &line.item));
@@ -733,6 +739,7 @@ impl Engine {
             keys.lane_stream(p, Topic::Payments, lane),
             keys.lane_stream(p, Topic::Orders, lane),
             keys.inflight(p),
+            keys.wheel(p),
         ];
         script_keys.extend(self.line_keys(order));
         let t = self
@@ -741,7 +748,11 @@ impl Engine {
                 &self.scripts().record_payment,
                 "record_payment",
                 script_keys,
-                vec![outcome.as_str().into(), psp_ref.into()],
+                vec![
+                    outcome.as_str().into(),
+                    psp_ref.into(),
+                    millis(self.config().timers.approval_timeout),
+                ],
             )
             .await?;
         if t.outcome == Outcome::Applied {
@@ -769,6 +780,7 @@ impl Engine {
             keys.lane_stream(p, Topic::Orders, lane),
             keys.inflight(p),
             keys.restaurant(p, &order.restaurant),
+            keys.wheel(p),
         ];
         script_keys.extend(self.line_keys(order));
         self.transition(
@@ -853,11 +865,13 @@ impl Engine {
                 keys.order(p, &order.id),
                 keys.lane_stream(p, Topic::Orders, lane),
                 keys.inflight(p),
+                keys.wheel(p),
             ],
             vec![
                 target.as_str().into(),
                 expected_version.map(|v| v.to_string()).unwrap_or_default(),
                 actor.as_str().into(),
+                millis(self.config().timers.confirm_notice_after),
             ],
         )
         .await
@@ -870,9 +884,100 @@ impl Engine {
             keys.order(p, &order.id),
             keys.lane_stream(p, Topic::Orders, lane),
             keys.inflight(p),
+            keys.wheel(p),
         ];
         script_keys.extend(self.line_keys(order));
         script_keys
+    }
+
+    // ---- delayed tasks ----------------------------------------------------
+
+    /// Moves up to `limit` due timers of partition `p` into its timers
+    /// stream. Returns how many fired and the earliest remaining due time.
+    pub async fn claim_timers(
+        &self,
+        p: u16,
+        limit: u64,
+    ) -> Result<(u64, Option<i64>), EngineError> {
+        let keys = self.keys();
+        let reply = self
+            .scripts()
+            .claim_timers
+            .call(
+                self.redis(),
+                vec![keys.wheel(p), keys.stream(p, Topic::Timers)],
+                vec![limit.to_string()],
+            )
+            .await?;
+        let fired = reply.first().and_then(|f| f.parse().ok()).unwrap_or(0);
+        if fired > 0 {
+            self.woke();
+        }
+        Ok((fired, reply.get(1).and_then(|d| d.parse().ok())))
+    }
+
+    /// Schedules `kind` for `order` after `delay`, only while the order is
+    /// `required`. `Ok(false)` when the order is elsewhere (or gone).
+    pub async fn schedule_timer(
+        &self,
+        order: &Order,
+        kind: &str,
+        delay: std::time::Duration,
+        required: OrderStatus,
+    ) -> Result<bool, EngineError> {
+        let keys = self.keys();
+        let reply = self
+            .scripts()
+            .schedule_timer
+            .call(
+                self.redis(),
+                vec![
+                    keys.order(order.partition, &order.id),
+                    keys.wheel(order.partition),
+                ],
+                vec![kind.into(), millis(delay), required.as_str().into()],
+            )
+            .await?;
+        Ok(matches!(
+            reply.first().map(String::as_str),
+            Some("ok" | "noop")
+        ))
+    }
+
+    /// The send record of a notification; `Ok(false)` if it already existed.
+    pub async fn record_notification(
+        &self,
+        order: &Order,
+        kind: &str,
+        idempotency_key: &str,
+        channel: &str,
+        attempts: u32,
+        lane: Lane,
+    ) -> Result<bool, EngineError> {
+        let keys = self.keys();
+        let reply = self
+            .scripts()
+            .record_notification
+            .call(
+                self.redis(),
+                vec![
+                    keys.order(order.partition, &order.id),
+                    keys.lane_stream(order.partition, Topic::Orders, lane),
+                ],
+                vec![
+                    kind.into(),
+                    idempotency_key.into(),
+                    channel.into(),
+                    attempts.to_string(),
+                ],
+            )
+            .await?;
+        Ok(reply.first().map(String::as_str) == Some("ok"))
+    }
+
+    /// Timers scheduled in partition `p` (for metrics).
+    pub async fn timers_scheduled(&self, p: u16) -> Result<u64, EngineError> {
+        Ok(self.redis().zcard(self.keys().wheel(p)).await?)
     }
 
     /// The order's events in sequence, read from the live streams.

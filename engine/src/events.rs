@@ -30,6 +30,8 @@ pub const CATALOGUE: &[(&str, crate::keys::Topic)] = {
         ("RestaurantRejected", Restaurant),
         ("RestaurantUpserted", Menu),
         ("MenuItemUpserted", Menu),
+        ("NotificationSent", Orders),
+        ("TimerFired", Timers),
     ]
 };
 
@@ -132,7 +134,14 @@ mod tests {
                 continue;
             };
             for quoted in source.split('\'').skip(1).step_by(2) {
-                let prefixes = ["Order", "Payment", "Restaurant", "MenuItem"];
+                let prefixes = [
+                    "Order",
+                    "Payment",
+                    "Restaurant",
+                    "MenuItem",
+                    "Timer",
+                    "Notification",
+                ];
                 let looks_like_event = prefixes.iter().any(|p| quoted.starts_with(p))
                     && quoted.len() > 8
                     && quoted.chars().all(|c| c.is_ascii_alphabetic());

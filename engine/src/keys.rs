@@ -11,7 +11,8 @@
 //! <prefix>{pN}:idem:<customer>:<key>      string: the first answer to an Idempotency-Key
 //! <prefix>{pN}:idemg:<customer>:<key>     string: fingerprint guard in the customer's partition
 //! <prefix>{pN}:inflight                   zset: unsettled orders by last change (ms)
-//! <prefix>{pN}:<topic>                    stream: orders payments restaurant menu batch dead parked
+//! <prefix>{pN}:wheel                      zset: delayed tasks '<kind>|<order>' by due time (ms)
+//! <prefix>{pN}:<topic>                    stream: orders payments restaurant menu timers batch dead parked
 //! ```
 //!
 //! A restaurant's partition is a stable hash of its id; an order's partition
@@ -31,6 +32,8 @@ pub enum Topic {
     Restaurant,
     /// RestaurantUpserted, MenuItemUpserted.
     Menu,
+    /// TimerFired: delayed tasks that fell due, claimed from the wheel.
+    Timers,
     /// Every event produced by batch work (reconciliation, bulk imports):
     /// the batch lane never shares a stream with the online path.
     Batch,
@@ -42,11 +45,12 @@ pub enum Topic {
 
 impl Topic {
     /// Every topic, in a fixed order.
-    pub const ALL: [Topic; 7] = [
+    pub const ALL: [Topic; 8] = [
         Topic::Orders,
         Topic::Payments,
         Topic::Restaurant,
         Topic::Menu,
+        Topic::Timers,
         Topic::Batch,
         Topic::Dead,
         Topic::Parked,
@@ -58,6 +62,7 @@ impl Topic {
             Topic::Payments => "payments",
             Topic::Restaurant => "restaurant",
             Topic::Menu => "menu",
+            Topic::Timers => "timers",
             Topic::Batch => "batch",
             Topic::Dead => "dead",
             Topic::Parked => "parked",
@@ -160,6 +165,11 @@ impl KeySpace {
 
     pub fn inflight(&self, p: u16) -> String {
         format!("{}:inflight", self.base(p))
+    }
+
+    /// The partition's timer wheel.
+    pub fn wheel(&self, p: u16) -> String {
+        format!("{}:wheel", self.base(p))
     }
 
     pub fn stream(&self, p: u16, topic: Topic) -> String {

@@ -13,6 +13,8 @@
 //! - [`psp`]: the payment-provider client (unknown outcomes are looked up).
 //! - [`saga`]: the consumer-group workers (payment, restaurant).
 //! - [`check`]: the rule checker (pairs, stock, per-customer limits).
+//! - [`timers`]: the timer wheel and its claimer (delayed tasks).
+//! - [`notify`]: the `Notifier` trait, log and webhook notifiers.
 //!
 //! **Architecture Invariant:** `engine` knows nothing about HTTP routes or
 //! status codes; `api` is the only crate that does.
@@ -26,10 +28,12 @@ pub mod engine;
 pub mod events;
 pub mod ids;
 pub mod keys;
+pub mod notify;
 pub mod psp;
 pub mod saga;
 pub mod scripts;
 pub mod store;
+pub mod timers;
 
 pub use config::{Config, ConfigError, Timers};
 pub use engine::{Engine, EngineError};

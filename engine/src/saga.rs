@@ -7,6 +7,10 @@
 //!   and recording its answer with `record_payment`.
 //! - **restaurant** (reads `payments`): approves paid orders of
 //!   `auto_approve` restaurants at once, re-checking that they are open.
+//! - **order** (reads `timers`): acts on delayed tasks that fell due —
+//!   rejects an order whose payment window or approval timeout passed,
+//!   sends the purchase-confirmation notice once and schedules the automatic
+//!   confirmation, confirms automatically (see [`crate::timers`]).
 //! - **batch** (reads `batch`): the same two duties for events that batch
 //!   work (reconciliation, bulk imports, timers' compensations run by tools)
 //!   wrote to the batch lane, in its own group with its own, smaller
@@ -47,17 +51,19 @@ const DRIVE_STEPS_MAX: usize = 8;
 pub enum Role {
     Payment,
     Restaurant,
+    Order,
     Batch,
 }
 
 impl Role {
-    pub const ALL: [Role; 3] = [Role::Payment, Role::Restaurant, Role::Batch];
+    pub const ALL: [Role; 4] = [Role::Payment, Role::Restaurant, Role::Order, Role::Batch];
 
     /// The consumer group name.
     pub fn group(self) -> &'static str {
         match self {
             Role::Payment => "payment",
             Role::Restaurant => "restaurant",
+            Role::Order => "order",
             Role::Batch => "batch",
         }
     }
@@ -67,6 +73,7 @@ impl Role {
         match self {
             Role::Payment => &[Topic::Orders, Topic::Restaurant],
             Role::Restaurant => &[Topic::Payments],
+            Role::Order => &[Topic::Timers],
             Role::Batch => &[Topic::Batch],
         }
     }
@@ -89,6 +96,8 @@ pub struct WorkerOptions {
     pub reclaim_every: Duration,
     /// Deliveries after which an entry is poison.
     pub deliveries_max: u64,
+    /// How often this process claims due timers.
+    pub claim_every: Duration,
 }
 
 impl WorkerOptions {
@@ -101,6 +110,7 @@ impl WorkerOptions {
             reclaim_idle: Duration::from_secs(30),
             reclaim_every: Duration::from_secs(5),
             deliveries_max: 5,
+            claim_every: Duration::from_millis(100),
         }
     }
 }
@@ -153,6 +163,10 @@ pub enum WorkError {
     Psp(#[from] PspError),
     #[error("the order's payment did not settle within {DRIVE_STEPS_MAX} steps")]
     NoProgress,
+    #[error(transparent)]
+    Notify(#[from] crate::notify::NotifyError),
+    #[error("malformed timer event: {0}")]
+    Timer(String),
 }
 
 /// What a payment step must do next for an order, given its state.
@@ -289,10 +303,117 @@ pub async fn auto_approve(
     Ok(())
 }
 
+/// A fired timer's payload.
+#[derive(Debug, serde::Deserialize)]
+struct TimerData {
+    o: String,
+    k: String,
+    due: i64,
+    fired: i64,
+}
+
+/// Attempts to act on a timer when the order moves underneath (version CAS).
+const TIMER_RETRIES_MAX: usize = 3;
+
+/// Acts on one fired timer (see [`crate::timers`]). Idempotent: each action
+/// checks the order's current state; a stale version is re-read and retried.
+pub async fn on_timer(
+    engine: &Engine,
+    notifier: &dyn crate::notify::Notifier,
+    event: &Event,
+    lane: Lane,
+) -> Result<(), WorkError> {
+    let data: TimerData =
+        serde_json::from_str(&event.data).map_err(|e| WorkError::Timer(e.to_string()))?;
+    let id: uuid::Uuid = data
+        .o
+        .parse()
+        .map_err(|_| WorkError::Timer(format!("order {:?}", data.o)))?;
+    let lateness = (data.fired - data.due).max(0) as f64 / 1_000.0;
+    metrics::histogram!("lunchrush_timer_lateness_seconds", "kind" => timer_kind(&data.k))
+        .record(lateness);
+    let timers = &engine.config().timers;
+    for _ in 0..TIMER_RETRIES_MAX {
+        let Some(order) = engine.order(&id).await? else {
+            return Ok(());
+        };
+        let t = match (data.k.as_str(), order.status) {
+            ("payment_window", OrderStatus::Pending) => {
+                engine
+                    .release(&order, "payment_window", Some(order.version), lane)
+                    .await?
+            }
+            ("approval_timeout", OrderStatus::Paid) if order.decision.is_empty() => {
+                engine
+                    .release(&order, "approval_timeout", Some(order.version), lane)
+                    .await?
+            }
+            ("confirm_notice", OrderStatus::Dispatched) => {
+                if !order.notified.iter().any(|k| k == "confirm_notice") {
+                    let notice = crate::notify::Notification::confirm_notice(
+                        order.id,
+                        &order.customer,
+                        timers.auto_confirm_after,
+                    );
+                    let attempts = notifier.send(&notice).await?;
+                    engine
+                        .record_notification(
+                            &order,
+                            &notice.kind,
+                            &notice.idempotency_key,
+                            notifier.channel(),
+                            attempts,
+                            lane,
+                        )
+                        .await?;
+                }
+                engine
+                    .schedule_timer(
+                        &order,
+                        "auto_confirm",
+                        timers.auto_confirm_after,
+                        OrderStatus::Dispatched,
+                    )
+                    .await?;
+                return Ok(());
+            }
+            ("auto_confirm", OrderStatus::Dispatched) => {
+                engine
+                    .advance(
+                        &order,
+                        OrderStatus::Confirmed,
+                        crate::engine::Actor::Timer,
+                        Some(order.version),
+                        lane,
+                    )
+                    .await?
+            }
+            // The order moved on: the timer is moot.
+            _ => return Ok(()),
+        };
+        if t.outcome != Outcome::Refused("stale".into()) {
+            return Ok(());
+        }
+    }
+    Err(WorkError::NoProgress)
+}
+
+/// Bounded label values for timer metrics.
+fn timer_kind(kind: &str) -> &'static str {
+    match kind {
+        "payment_window" => "payment_window",
+        "approval_timeout" => "approval_timeout",
+        "confirm_notice" => "confirm_notice",
+        "auto_confirm" => "auto_confirm",
+        _ => "other",
+    }
+}
+
 /// One consumer of one group.
 pub struct Worker {
     engine: Engine,
     psp: PspClient,
+    notifier: std::sync::Arc<dyn crate::notify::Notifier>,
     role: Role,
     options: WorkerOptions,
     /// Per (partition, topic): the XAUTOCLAIM cursor.
@@ -308,10 +429,17 @@ pub struct Round {
 }
 
 impl Worker {
-    pub fn new(engine: Engine, psp: PspClient, role: Role, options: WorkerOptions) -> Self {
+    pub fn new(
+        engine: Engine,
+        psp: PspClient,
+        notifier: std::sync::Arc<dyn crate::notify::Notifier>,
+        role: Role,
+        options: WorkerOptions,
+    ) -> Self {
         Self {
             engine,
             psp,
+            notifier,
             role,
             options,
             cursors: HashMap::new(),
@@ -527,11 +655,13 @@ impl Worker {
             Ok(()) => Disposition::Done,
             Err(error) if deliveries >= self.options.deliveries_max => {
                 let action = match event.order_id() {
-                    Some(order_id) => match self.engine.order(&order_id).await {
-                        Ok(Some(order)) => payment_action(&order),
-                        _ => None,
-                    },
-                    None => None,
+                    Some(order_id) if self.role != Role::Order => {
+                        match self.engine.order(&order_id).await {
+                            Ok(Some(order)) => payment_action(&order),
+                            _ => None,
+                        }
+                    }
+                    _ => None,
                 };
                 self.give_up(stream, id, &fields, &error.to_string(), action)
                     .await
@@ -545,6 +675,9 @@ impl Worker {
     }
 
     async fn dispatch(&self, event: &Event) -> Result<(), WorkError> {
+        if self.role == Role::Order && event.kind == "TimerFired" {
+            return on_timer(&self.engine, self.notifier.as_ref(), event, Lane::Online).await;
+        }
         let Some(order_id) = event.order_id() else {
             return Ok(());
         };
@@ -651,22 +784,33 @@ pub fn partition_of_stream(prefix: &str, stream: &str) -> Option<u16> {
     rest.split('}').next()?.parse().ok()
 }
 
-/// Spawns one worker per role; returns their handles.
+/// Spawns one worker per role and the timer claimer; returns their handles.
 pub fn spawn_workers(
     engine: &Engine,
     psp: &PspClient,
+    notifier: std::sync::Arc<dyn crate::notify::Notifier>,
     options: &WorkerOptions,
     shutdown: &tokio::sync::watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    Role::ALL
+    let mut handles: Vec<_> = Role::ALL
         .iter()
         .map(|&role| {
             let mut options = options.clone();
             if role == Role::Batch {
                 options.concurrency = options.concurrency.div_ceil(8);
             }
-            let worker = Worker::new(engine.clone(), psp.clone(), role, options);
+            let worker = Worker::new(engine.clone(), psp.clone(), notifier.clone(), role, options);
             tokio::spawn(worker.run(shutdown.clone()))
         })
-        .collect()
+        .collect();
+    let claimer = crate::timers::ClaimerOptions {
+        every: options.claim_every,
+        ..crate::timers::ClaimerOptions::default()
+    };
+    handles.push(tokio::spawn(crate::timers::run_claimer(
+        engine.clone(),
+        claimer,
+        shutdown.clone(),
+    )));
+    handles
 }

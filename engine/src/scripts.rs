@@ -107,6 +107,9 @@ pub struct Scripts {
     pub advance: Script,
     pub restaurant_upsert: Script,
     pub menu_upsert: Script,
+    pub claim_timers: Script,
+    pub schedule_timer: Script,
+    pub record_notification: Script,
 }
 
 impl Scripts {
@@ -129,10 +132,19 @@ impl Scripts {
                 include_str!("../../lua/restaurant_upsert.lua"),
             ),
             menu_upsert: Script::new("menu_upsert", include_str!("../../lua/menu_upsert.lua")),
+            claim_timers: Script::new("claim_timers", include_str!("../../lua/claim_timers.lua")),
+            schedule_timer: Script::new(
+                "schedule_timer",
+                include_str!("../../lua/schedule_timer.lua"),
+            ),
+            record_notification: Script::new(
+                "record_notification",
+                include_str!("../../lua/record_notification.lua"),
+            ),
         }
     }
 
-    pub fn all(&self) -> [&Script; 8] {
+    pub fn all(&self) -> [&Script; 11] {
         [
             &self.place_order,
             &self.record_payment,
@@ -142,6 +154,9 @@ impl Scripts {
             &self.advance,
             &self.restaurant_upsert,
             &self.menu_upsert,
+            &self.claim_timers,
+            &self.schedule_timer,
+            &self.record_notification,
         ]
     }
 

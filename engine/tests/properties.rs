@@ -98,7 +98,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (any::<u8>(), any::<bool>()).prop_map(|(order, admin)| Op::Cancel { order, admin }),
         1 => any::<u8>().prop_map(|order| Op::Release { order }),
         1 => (any::<u8>(), any::<bool>()).prop_map(|(order, confirm)| Op::Advance { order, confirm }),
-        3 => (0..3u8).prop_map(|role| Op::Step { role }),
+        3 => (0..4u8).prop_map(|role| Op::Step { role }),
         1 => any::<u8>().prop_map(|order| Op::Redeliver { order }),
     ]
 }
@@ -134,6 +134,7 @@ async fn run_case(world: &World, ops: Vec<Op>) -> Result<(), TestCaseError> {
             Worker::new(
                 engine.clone(),
                 world.psp.clone(),
+                std::sync::Arc::new(engine::notify::LogNotifier),
                 role,
                 common::fast_options("prop"),
             )
@@ -265,7 +266,10 @@ async fn run_case(world: &World, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
             }
             Op::Step { role } => {
-                workers[role as usize % 3].read_round().await.unwrap();
+                workers[role as usize % workers.len()]
+                    .read_round()
+                    .await
+                    .unwrap();
             }
             Op::Redeliver { order } => {
                 if let Some(id) = pick(order) {

@@ -93,10 +93,27 @@ local function release_lines(o, first)
   return released
 end
 
+-- The delayed tasks of an order, in the partition's timer wheel (a zset of
+-- '<kind>|<order id>' scored by due time, ms of Redis time).
+local TIMER_KINDS = {'payment_window', 'approval_timeout', 'confirm_notice', 'auto_confirm'}
+
+local function timer_set(timers_key, kind, order_id, due)
+  rcall('ZADD', timers_key, due, kind .. '|' .. order_id)
+end
+
+local function timer_clear(timers_key, kind, order_id)
+  rcall('ZREM', timers_key, kind .. '|' .. order_id)
+end
+
+local function timers_clear_all(timers_key, order_id)
+  for _, kind in ipairs(TIMER_KINDS) do timer_clear(timers_key, kind, order_id) end
+end
+
 -- Moves a not-yet-rejected order to REJECTED with `reason`, releasing its
--- stock, and emits OrderRejected to `stream`.
-local function reject(order_key, inflight_key, stream, o, reason, first_line_key, now)
+-- stock, cancelling every timer it had, and emits OrderRejected to `stream`.
+local function reject(order_key, inflight_key, timers_key, stream, o, reason, first_line_key, now)
   local released = release_lines(o, first_line_key)
+  timers_clear_all(timers_key, o.id)
   o.status = 'REJECTED'
   o.reason = reason
   save(order_key, inflight_key, o, {'status', 'reason'}, now)

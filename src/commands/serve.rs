@@ -24,6 +24,17 @@ pub struct ServeArgs {
     pub no_workers: bool,
     #[command(flatten)]
     pub admission: crate::args::AdmissionArgs,
+    /// POST customer notifications to this URL (default: write them to the log).
+    #[arg(long, env = "LUNCHRUSH_NOTIFY_WEBHOOK")]
+    pub notify_webhook: Option<String>,
+}
+
+/// The notifier a process uses: the webhook if one is named, else the log.
+pub fn notifier(webhook: Option<&str>) -> std::sync::Arc<dyn engine::notify::Notifier> {
+    match webhook {
+        Some(url) => std::sync::Arc::new(engine::notify::WebhookNotifier::new(url)),
+        None => std::sync::Arc::new(engine::notify::LogNotifier),
+    }
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -36,6 +47,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     run_engine(
         config,
         limits,
+        notifier(args.notify_webhook.as_deref()),
         listener,
         !args.no_workers,
         super::up::shutdown_signal(),
@@ -50,6 +62,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
 pub async fn run_engine(
     config: engine::Config,
     limits: api::admission::Limits,
+    notifier: std::sync::Arc<dyn engine::notify::Notifier>,
     listener: tokio::net::TcpListener,
     workers: bool,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -67,7 +80,7 @@ pub async fn run_engine(
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let handles = if workers {
         let options = engine::saga::WorkerOptions::new(engine::saga::consumer_name());
-        engine::saga::spawn_workers(&engine, &psp, &options, &stopped)
+        engine::saga::spawn_workers(&engine, &psp, notifier, &options, &stopped)
     } else {
         Vec::new()
     };

@@ -53,6 +53,9 @@ pub struct UpArgs {
     pub tuning: crate::args::TuningArgs,
     #[command(flatten)]
     pub admission: crate::args::AdmissionArgs,
+    /// POST customer notifications to this URL (default: write them to the log).
+    #[arg(long, env = "LUNCHRUSH_NOTIFY_WEBHOOK")]
+    pub notify_webhook: Option<String>,
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
@@ -133,7 +136,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         archiver::ArchiverOptions::new(super::archive::default_consumer()),
         archiver_stopped,
     ));
-    super::serve::run_engine(config, limits, listener, true, shutdown_signal()).await?;
+    let notifier = super::serve::notifier(args.notify_webhook.as_deref());
+    super::serve::run_engine(config, limits, notifier, listener, true, shutdown_signal()).await?;
     let _ = stop_archiver.send(true);
     if let Ok(Err(error)) = archiver.await {
         tracing::error!(%error, "The archiver stopped with an error.");

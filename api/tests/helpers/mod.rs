@@ -54,7 +54,13 @@ pub async fn spawn_app_with(limits: Limits) -> TestApp {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut options = engine::saga::WorkerOptions::new("api-test");
     options.idle_poll_max = Duration::from_millis(10);
-    engine::saga::spawn_workers(&engine, &psp, &options, &stopped);
+    engine::saga::spawn_workers(
+        &engine,
+        &psp,
+        std::sync::Arc::new(engine::notify::LogNotifier),
+        &options,
+        &stopped,
+    );
     let state = api::AppState::new(
         engine.clone(),
         api::postgres_pool(&config.postgres_url).unwrap(),

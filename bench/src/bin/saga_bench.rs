@@ -141,7 +141,13 @@ async fn main() -> anyhow::Result<()> {
     let psp = engine::psp::PspClient::new(&psp_url);
     let options = engine::saga::WorkerOptions::new("bench");
     // Drain phase 1's sagas first so phase 2 measures only its own.
-    let handles = engine::saga::spawn_workers(&engine, &psp, &options, &stopped);
+    let handles = engine::saga::spawn_workers(
+        &engine,
+        &psp,
+        std::sync::Arc::new(engine::notify::LogNotifier),
+        &options,
+        &stopped,
+    );
     while unsettled(&engine).await? > 0 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -24,8 +24,35 @@ pub enum Redis {
     Cluster(RedisCluster),
 }
 
+/// Records every notification it is asked to send (and can be told to fail).
+#[derive(Default)]
+pub struct RecordingNotifier {
+    pub sent: std::sync::Mutex<Vec<engine::notify::Notification>>,
+    pub failing: std::sync::atomic::AtomicBool,
+}
+
+impl engine::notify::Notifier for RecordingNotifier {
+    fn channel(&self) -> &'static str {
+        "test"
+    }
+
+    fn send<'a>(&'a self, n: &'a engine::notify::Notification) -> engine::notify::SendFuture<'a> {
+        Box::pin(async move {
+            if self.failing.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(engine::notify::NotifyError::Failed {
+                    attempts: 1,
+                    reason: "test says no".into(),
+                });
+            }
+            self.sent.lock().unwrap().push(n.clone());
+            Ok(1)
+        })
+    }
+}
+
 pub struct TestEnv {
     pub engine: Engine,
+    pub notifier: std::sync::Arc<RecordingNotifier>,
     pub psp: PspClient,
     pub sim: PspSim,
     pub redis: Redis,
@@ -40,6 +67,7 @@ pub fn fast_options(consumer: &str) -> WorkerOptions {
     options.reclaim_idle = Duration::from_millis(300);
     options.reclaim_every = Duration::from_millis(200);
     options.idle_poll_max = Duration::from_millis(10);
+    options.claim_every = Duration::from_millis(50);
     options
 }
 
@@ -53,6 +81,10 @@ impl TestEnv {
     }
 
     pub async fn start(cluster: bool) -> Self {
+        Self::start_with(cluster, engine::Timers::default()).await
+    }
+
+    pub async fn start_with(cluster: bool, timers: engine::Timers) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let redis = if cluster {
             Redis::Cluster(RedisCluster::start(dir.path(), 3, AppendFsync::Everysec).unwrap())
@@ -78,6 +110,7 @@ impl TestEnv {
             partitions: PARTITIONS,
             key_prefix: "t:".into(),
             jwt_secret: "x".repeat(32),
+            timers,
             ..engine::Config::default()
         };
         config.validate().unwrap();
@@ -90,6 +123,7 @@ impl TestEnv {
         let (shutdown, _) = tokio::sync::watch::channel(false);
         Self {
             engine,
+            notifier: std::sync::Arc::new(RecordingNotifier::default()),
             psp: PspClient::new(&psp_url),
             sim,
             redis,
@@ -101,16 +135,25 @@ impl TestEnv {
 
     /// Starts one worker per role named `consumer`.
     pub fn start_workers(&mut self, consumer: &str) {
-        for role in Role::ALL {
-            let worker = Worker::new(
-                self.engine.clone(),
-                self.psp.clone(),
-                role,
-                fast_options(consumer),
-            );
-            self.workers
-                .push(tokio::spawn(worker.run(self.shutdown.subscribe())));
-        }
+        let handles = engine::saga::spawn_workers(
+            &self.engine,
+            &self.psp,
+            self.notifier.clone(),
+            &fast_options(consumer),
+            &self.shutdown.subscribe(),
+        );
+        self.workers.extend(handles);
+    }
+
+    /// A worker of one role (not running: call its rounds yourself).
+    pub fn worker(&self, role: Role, consumer: &str) -> Worker {
+        Worker::new(
+            self.engine.clone(),
+            self.psp.clone(),
+            self.notifier.clone(),
+            role,
+            fast_options(consumer),
+        )
     }
 
     pub async fn stop_workers(&mut self) {

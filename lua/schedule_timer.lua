@@ -1,0 +1,30 @@
+--[[
+  schedule_timer: set one delayed task of an order, only while the order is
+  in the status the task is for (e.g. auto_confirm only while DISPATCHED: a
+  customer who confirmed meanwhile is never auto-confirmed). Adding an
+  existing timer keeps its first due time (ZADD NX): a redelivered request
+  does not push the deadline back.
+
+  @keys 2
+  Input:
+    KEYS[1] order hash
+    KEYS[2] timer wheel          {pN}:wheel
+    ARGV[1] kind (payment_window | approval_timeout | confirm_notice | auto_confirm)
+    ARGV[2] delay (ms from now, Redis time)
+    ARGV[3] the status the order must be in
+  Output:
+    {'ok', due} scheduled; {'noop', due} already scheduled;
+    {'err', 'not_found' | 'status'} nothing changed.
+  Bounded: O(log(wheel size)).
+]]
+local order_key, wheel = KEYS[1], KEYS[2]
+local kind, delay, required = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local o = load_order(order_key)
+if not o then return {'err', 'not_found'} end
+if o.status ~= required then return {'err', 'status'} end
+local member = kind .. '|' .. o.id
+local existing = rcall('ZSCORE', wheel, member)
+if existing then return {'noop', tostring(existing)} end
+local due = now_ms() + delay
+rcall('ZADD', wheel, 'NX', due, member)
+return {'ok', tostring(due)}
