@@ -10,7 +10,9 @@
     KEYS[4] in-flight index
     KEYS[5] timer wheel
     KEYS[4+2i], KEYS[5+2i]  line i: item hash, per-customer hash
-    ARGV[1] outcome: authorized | declined | captured | voided | refunded | capture_failed
+    ARGV[1] outcome: authorized | declined | captured | voided | refunded | capture_failed |
+            corrected (reconciliation: the provider holds no capture for an order
+            recorded CAPTURED; the payment becomes VOIDED, the order REJECTED reconciled)
     ARGV[2] provider reference
     ARGV[3] approval timeout (ms): a PAID order not answered by then is rejected
   Output:
@@ -38,12 +40,12 @@ local o = load_order(order_key)
 if not o then return {'err', '', '', '0', '', '', 'not_found'} end
 
 local target = ({authorized = 'AUTHORIZED', declined = 'DECLINED', captured = 'CAPTURED',
-  voided = 'VOIDED', refunded = 'REFUNDED', capture_failed = 'VOIDED'})[outcome]
+  voided = 'VOIDED', refunded = 'REFUNDED', capture_failed = 'VOIDED', corrected = 'VOIDED'})[outcome]
 assert(target, 'unknown payment outcome')
 if o.pay == target then return reply('noop', o) end
 local legal = ({NONE = {AUTHORIZED = true, DECLINED = true},
   AUTHORIZED = {CAPTURED = true, VOIDED = true},
-  CAPTURED = {REFUNDED = true}})[o.pay]
+  CAPTURED = {REFUNDED = true, VOIDED = outcome == 'corrected'}})[o.pay]
 if not legal or not legal[target] then return reply('err', o, 'illegal') end
 
 local now = now_ms()
@@ -71,8 +73,10 @@ elseif target == 'CAPTURED' and o.status == 'PAID' then
   emit(order_stream, order_key, o, 'OrderApproved', {}, now)
 elseif (target == 'VOIDED' or target == 'REFUNDED') and o.status ~= 'REJECTED' then
   save(order_key, inflight, o, {'pay', 'psp'}, now)
+  if outcome == 'corrected' then data.corrected = true end
   emit(pay_stream, order_key, o, event, data, now)
-  reject(order_key, inflight, timers, order_stream, o, 'capture_failed', 6, now)
+  reject(order_key, inflight, timers, order_stream, o,
+    outcome == 'corrected' and 'reconciled' or 'capture_failed', 6, now)
 else
   -- The order already moved on (e.g. rejected while the provider worked):
   -- record the fact; the payment worker settles what it implies.

@@ -42,8 +42,8 @@ enum Command {
     Serve(commands::serve::ServeArgs),
     /// Drain every stream into PostgreSQL, exactly once, then trim.
     Archive(commands::archive::ArchiveArgs),
-    /// Find and fix orphans (stuck sagas, held stock, provider mismatches).
-    Reconcile,
+    /// Find and fix orphans (stuck sagas, held stock, provider mismatches, unarchived events).
+    Reconcile(commands::reconcile::ReconcileArgs),
     /// Apply the PostgreSQL migrations.
     Migrate(commands::migrate::MigrateArgs),
     /// Run the payment-provider simulator.
@@ -72,7 +72,7 @@ fn main() -> ExitCode {
             Command::Demo => not_built("demo", "the goose load scenarios"),
             Command::Serve(args) => commands::serve::run(args).await,
             Command::Archive(args) => commands::archive::run(args).await,
-            Command::Reconcile => not_built("reconcile", "reconciliation"),
+            Command::Reconcile(args) => commands::reconcile::run(args).await,
             Command::PspSim(args) => commands::psp_sim::run(args).await,
             Command::Check(args) => commands::check::run(args).await,
         }

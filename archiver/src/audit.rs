@@ -23,6 +23,8 @@ pub struct AuditReport {
     /// Entries still in the streams (archived-but-untrimmed or unarchived).
     pub stream_entries: u64,
     pub violations: Vec<String>,
+    /// The orders behind the violations (for repair).
+    pub broken: Vec<Uuid>,
 }
 
 impl AuditReport {
@@ -86,6 +88,17 @@ pub async fn audit(
     Ok(report)
 }
 
+/// Audits the given orders only.
+pub async fn audit_orders(
+    pool: &deadpool_postgres::Pool,
+    orders: &[Order],
+) -> Result<AuditReport, ArchiveError> {
+    let mut report = AuditReport::default();
+    let client = pool.get().await?;
+    audit_chunk(&client, orders, &mut report).await?;
+    Ok(report)
+}
+
 async fn audit_chunk(
     client: &deadpool_postgres::Object,
     orders: &[Order],
@@ -123,6 +136,7 @@ async fn audit_chunk(
                 "order {}: archived sequence {:?}, Redis is at {}",
                 order.id, seqs, order.seq
             ));
+            report.broken.push(order.id);
             continue;
         }
         let want = (
@@ -133,10 +147,13 @@ async fn audit_chunk(
         );
         match projected.get(&order.id) {
             Some(row) if *row == want => {}
-            other => report.violations.push(format!(
-                "order {}: projection {:?}, Redis has {:?}",
-                order.id, other, want
-            )),
+            other => {
+                report.violations.push(format!(
+                    "order {}: projection {:?}, Redis has {:?}",
+                    order.id, other, want
+                ));
+                report.broken.push(order.id);
+            }
         }
     }
     Ok(())

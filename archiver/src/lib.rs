@@ -28,6 +28,7 @@
 
 pub mod audit;
 pub mod project;
+pub mod repair;
 pub mod schema;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -378,8 +379,34 @@ impl Archiver {
         Ok(entries)
     }
 
+    /// Re-archives one order's events from the live streams (its entry ids
+    /// are on the order) and refolds its projection. Idempotent. Returns
+    /// how many of its entries were still in Redis.
+    pub async fn rearchive_order(
+        &self,
+        order: &engine::domain::Order,
+    ) -> Result<usize, ArchiveError> {
+        let mut entries = Vec::new();
+        for (stream, id) in &order.events {
+            let found: Vec<(String, HashMap<String, String>)> = self
+                .engine
+                .redis()
+                .xrange(stream.as_str(), id.as_str(), id.as_str(), Some(1))
+                .await?;
+            entries.extend(found.into_iter().map(|(id, fields)| Entry {
+                stream: stream.clone(),
+                id,
+                fields,
+            }));
+        }
+        if !entries.is_empty() {
+            self.write_batch(&entries).await?;
+        }
+        Ok(entries.len())
+    }
+
     /// Takes over entries other archivers left pending too long.
-    async fn reclaim(&self, p: u16) -> Result<(), ArchiveError> {
+    pub async fn reclaim(&self, p: u16) -> Result<(), ArchiveError> {
         for stream in partition_streams(&self.engine, p) {
             let _: fred::types::Value = self
                 .engine

@@ -133,6 +133,9 @@ pub enum PaymentOutcome {
     Refunded,
     /// The provider refused a capture (authorization expired or voided).
     CaptureFailed,
+    /// Reconciliation: the provider holds no capture for an order recorded
+    /// CAPTURED; the payment becomes VOIDED and the order REJECTED.
+    Corrected,
 }
 
 impl PaymentOutcome {
@@ -144,6 +147,7 @@ impl PaymentOutcome {
             PaymentOutcome::Voided => "voided",
             PaymentOutcome::Refunded => "refunded",
             PaymentOutcome::CaptureFailed => "capture_failed",
+            PaymentOutcome::Corrected => "corrected",
         }
     }
 }
@@ -973,6 +977,79 @@ impl Engine {
             )
             .await?;
         Ok(reply.first().map(String::as_str) == Some("ok"))
+    }
+
+    /// Returns `units` stranded by orders that no longer exist to stock on
+    /// hand, and removes per-customer counts no live order backs
+    /// (`lua/reclaim_stock.lua`). `Ok(None)` when stock moved since `seen`.
+    pub async fn reclaim_stock(
+        &self,
+        restaurant: &str,
+        item: &str,
+        units: i64,
+        seen: i64,
+        customers: &[(String, i64)],
+    ) -> Result<Option<i64>, EngineError> {
+        let keys = self.keys();
+        let p = keys.partition_of_restaurant(restaurant);
+        let mut args = vec![
+            restaurant.to_string(),
+            item.to_string(),
+            units.to_string(),
+            seen.to_string(),
+        ];
+        for (customer, units) in customers {
+            args.push(customer.clone());
+            args.push(units.to_string());
+        }
+        let reply = self
+            .scripts()
+            .reclaim_stock
+            .call(
+                self.redis(),
+                vec![
+                    keys.restaurant(p, restaurant),
+                    keys.item(p, restaurant, item),
+                    keys.item_per_customer(p, restaurant, item),
+                    keys.stream(p, Topic::Batch),
+                ],
+                args,
+            )
+            .await?;
+        Ok(match reply.first().map(String::as_str) {
+            Some("ok") => reply.get(1).and_then(|s| s.parse().ok()),
+            _ => None,
+        })
+    }
+
+    /// Visits every order of partition `p`, a SCAN page at a time (bounded
+    /// memory: one page of orders at once).
+    pub async fn for_each_order(
+        &self,
+        partition: u16,
+        mut visit: impl FnMut(Order),
+    ) -> Result<(), EngineError> {
+        use fred::types::scan::Scanner;
+        use futures::StreamExt;
+        let mut pages = self
+            .redis()
+            .scan(self.keys().order_pattern(partition), Some(1_000), None);
+        while let Some(page) = pages.next().await {
+            let mut page = page?;
+            let keys = page.take_results().unwrap_or_default();
+            let reads = keys.iter().map(|key| {
+                self.redis()
+                    .hgetall::<HashMap<String, String>, _>(key.clone())
+            });
+            let orders = futures::future::try_join_all(reads).await?;
+            Scanner::next(page);
+            for fields in orders {
+                if let Some(order) = Order::from_fields(partition, &fields) {
+                    visit(order);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Timers scheduled in partition `p` (for metrics).

@@ -31,6 +31,7 @@ pub const CATALOGUE: &[(&str, crate::keys::Topic)] = {
         ("RestaurantUpserted", Menu),
         ("MenuItemUpserted", Menu),
         ("NotificationSent", Orders),
+        ("StockReclaimed", Batch),
         ("TimerFired", Timers),
     ]
 };
@@ -141,6 +142,7 @@ mod tests {
                     "MenuItem",
                     "Timer",
                     "Notification",
+                    "Stock",
                 ];
                 let looks_like_event = prefixes.iter().any(|p| quoted.starts_with(p))
                     && quoted.len() > 8

@@ -15,6 +15,7 @@
 //! - [`check`]: the rule checker (pairs, stock, per-customer limits).
 //! - [`timers`]: the timer wheel and its claimer (delayed tasks).
 //! - [`notify`]: the `Notifier` trait, log and webhook notifiers.
+//! - [`reconcile`]: finding and fixing orphans on the Redis and provider side.
 //!
 //! **Architecture Invariant:** `engine` knows nothing about HTTP routes or
 //! status codes; `api` is the only crate that does.
@@ -30,6 +31,7 @@ pub mod ids;
 pub mod keys;
 pub mod notify;
 pub mod psp;
+pub mod reconcile;
 pub mod saga;
 pub mod scripts;
 pub mod store;

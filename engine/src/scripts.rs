@@ -110,6 +110,7 @@ pub struct Scripts {
     pub claim_timers: Script,
     pub schedule_timer: Script,
     pub record_notification: Script,
+    pub reclaim_stock: Script,
 }
 
 impl Scripts {
@@ -141,10 +142,14 @@ impl Scripts {
                 "record_notification",
                 include_str!("../../lua/record_notification.lua"),
             ),
+            reclaim_stock: Script::new(
+                "reclaim_stock",
+                include_str!("../../lua/reclaim_stock.lua"),
+            ),
         }
     }
 
-    pub fn all(&self) -> [&Script; 11] {
+    pub fn all(&self) -> [&Script; 12] {
         [
             &self.place_order,
             &self.record_payment,
@@ -157,6 +162,7 @@ impl Scripts {
             &self.claim_timers,
             &self.schedule_timer,
             &self.record_notification,
+            &self.reclaim_stock,
         ]
     }
 

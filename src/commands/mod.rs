@@ -4,6 +4,7 @@ pub mod archive;
 pub mod check;
 pub mod migrate;
 pub mod psp_sim;
+pub mod reconcile;
 pub mod serve;
 pub mod token;
 pub mod up;

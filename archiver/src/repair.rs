@@ -1,0 +1,185 @@
+//! Reconciliation's archive side: stream entries older than a bound and
+//! never archived are archived now (taking over what dead archivers left
+//! pending); orders whose archive has a gap or whose projection disagrees
+//! with Redis are re-archived from the streams and refolded.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use engine::keys::Topic;
+use engine::reconcile::{Outcome, Run};
+use fred::prelude::*;
+
+use crate::{ArchiveError, Archiver, ArchiverOptions, GROUP, parse_entry_id};
+
+/// Entries counted per stream when looking for old unarchived ones.
+const SCAN_COUNT_MAX: u64 = 10_000;
+
+/// Kind `unarchived`: entries older than `older_than` that the archiver
+/// group has not acknowledged.
+pub async fn unarchived(
+    engine: &engine::Engine,
+    pool: &deadpool_postgres::Pool,
+    run: &mut Run<'_>,
+) -> Result<(), ArchiveError> {
+    let older_than = run.options.older_than;
+    let cutoff_ms = SystemTime::now()
+        .checked_sub(older_than)
+        .unwrap_or(UNIX_EPOCH)
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_millis() as i64;
+    let mut found = 0u64;
+    for p in 0..engine.keys().partitions() {
+        for topic in Topic::ALL {
+            let stream = engine.keys().stream(p, topic);
+            let length: u64 = engine.redis().xlen(stream.as_str()).await?;
+            if length == 0 {
+                continue;
+            }
+            let pending: Vec<(String, String, u64, u64)> = engine
+                .redis()
+                .custom(
+                    fred::cmd!("XPENDING"),
+                    vec![
+                        stream.clone(),
+                        GROUP.into(),
+                        "IDLE".into(),
+                        older_than.as_millis().to_string(),
+                        "-".into(),
+                        "+".into(),
+                        SCAN_COUNT_MAX.to_string(),
+                    ],
+                )
+                .await
+                .unwrap_or_default();
+            found += pending.len() as u64;
+            let groups: Value = engine.redis().xinfo_groups(stream.as_str()).await?;
+            let last_delivered = groups
+                .into_array()
+                .into_iter()
+                .map(|g| g.into_array())
+                .find(|g| {
+                    g.chunks(2).any(|kv| {
+                        kv[0].as_str().as_deref() == Some("name")
+                            && kv.get(1).and_then(|v| v.as_string()).as_deref() == Some(GROUP)
+                    })
+                })
+                .and_then(|g| {
+                    g.chunks(2)
+                        .find(|kv| kv[0].as_str().as_deref() == Some("last-delivered-id"))
+                        .and_then(|kv| kv.get(1).and_then(|v| v.as_string()))
+                })
+                .unwrap_or_else(|| "0-0".into());
+            let (ms, seq) = parse_entry_id(&last_delivered).unwrap_or((0, 0));
+            let undelivered: Vec<(String, std::collections::HashMap<String, String>)> = engine
+                .redis()
+                .xrange(
+                    stream.as_str(),
+                    format!("{ms}-{}", seq + 1),
+                    format!("{cutoff_ms}-0"),
+                    Some(SCAN_COUNT_MAX),
+                )
+                .await?;
+            found += undelivered.len() as u64;
+        }
+    }
+    if found == 0 {
+        return Ok(());
+    }
+    if run.options.dry_run {
+        run_record(
+            run,
+            "unarchived",
+            "streams",
+            &format!("archive {found} entries"),
+            Outcome::WouldFix,
+            String::new(),
+        );
+        return Ok(());
+    }
+    let mut options = ArchiverOptions::new(format!("{}-archiver", run.options.consumer));
+    options.reclaim_idle = older_than;
+    let archiver = Archiver::new(engine.clone(), pool.clone(), options);
+    archiver.prepare().await?;
+    for p in 0..engine.keys().partitions() {
+        archiver.reclaim(p).await?;
+    }
+    let archived = archiver.drain().await?;
+    run_record(
+        run,
+        "unarchived",
+        "streams",
+        &format!("archive {found} entries"),
+        Outcome::Fixed,
+        format!("{archived} entries archived"),
+    );
+    Ok(())
+}
+
+/// Kind `archive_gap`: orders whose archived events or projection disagree
+/// with Redis; re-archived from the streams and refolded.
+pub async fn projections(
+    engine: &engine::Engine,
+    pool: &deadpool_postgres::Pool,
+    run: &mut Run<'_>,
+) -> Result<(), ArchiveError> {
+    let report = crate::audit::audit(engine, pool).await?;
+    if report.broken.is_empty() {
+        return Ok(());
+    }
+    let archiver = Archiver::new(
+        engine.clone(),
+        pool.clone(),
+        ArchiverOptions::new(format!("{}-archiver", run.options.consumer)),
+    );
+    for id in report.broken {
+        let Ok(Some(order)) = engine.order(&id).await else {
+            continue;
+        };
+        if run.options.dry_run {
+            run_record(
+                run,
+                "archive_gap",
+                id.to_string(),
+                "re-archive from the streams",
+                Outcome::WouldFix,
+                String::new(),
+            );
+            continue;
+        }
+        let present = archiver.rearchive_order(&order).await?;
+        let after = crate::audit::audit_orders(pool, std::slice::from_ref(&order)).await?;
+        let (outcome, detail) = if after.passed() {
+            (Outcome::Fixed, format!("{present} entries re-archived"))
+        } else {
+            (
+                Outcome::Unfixable,
+                format!(
+                    "{present} of {} entries still in Redis: {}",
+                    order.seq,
+                    after.violations.join("; ")
+                ),
+            )
+        };
+        run_record(
+            run,
+            "archive_gap",
+            id.to_string(),
+            "re-archive from the streams",
+            outcome,
+            detail,
+        );
+    }
+    Ok(())
+}
+
+fn run_record(
+    run: &mut Run<'_>,
+    kind: &'static str,
+    subject: impl Into<String>,
+    action: &str,
+    outcome: Outcome,
+    detail: String,
+) {
+    run.push(kind, subject.into(), action, outcome, detail);
+}

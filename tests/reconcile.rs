@@ -1,0 +1,283 @@
+//! `lunchrush reconcile` against injected orphans of every kind: each is
+//! found and fixed, `check` passes afterwards, and a second run finds
+//! nothing.
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use engine::domain::{OrderStatus, PaymentStatus, PlaceOrder};
+use engine::engine::{Actor, ItemPut};
+use engine::keys::{Lane, Topic};
+use fred::prelude::*;
+use stack::LocalStack;
+use stack::psp::{Faults, PspSim};
+
+const BIN: &str = env!("CARGO_BIN_EXE_lunchrush");
+
+fn reconcile(
+    stack: &LocalStack,
+    psp_url: &str,
+    report: &std::path::Path,
+) -> (Output, serde_json::Value) {
+    let output = Command::new(BIN)
+        .args(["reconcile", "--older-than", "2s", "--report"])
+        .arg(report)
+        .env("LUNCHRUSH_REDIS_URL", stack.redis_url())
+        .env("LUNCHRUSH_POSTGRES_URL", stack.postgres_url())
+        .env("LUNCHRUSH_PSP_URL", psp_url)
+        .env("LUNCHRUSH_PARTITIONS", "4")
+        .output()
+        .unwrap();
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(report).unwrap()).unwrap();
+    (output, report)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_finds_and_fixes_every_orphan_kind_once() {
+    let stack = LocalStack::temporary().await.unwrap();
+    let sim = PspSim::open(&stack.home().join("ledger.jsonl"), Faults::default()).unwrap();
+    let psp_url = sim.clone().spawn_local().await.unwrap();
+    let config = engine::Config {
+        redis_url: stack.redis_url(),
+        postgres_url: stack.postgres_url(),
+        psp_url: psp_url.clone(),
+        partitions: 4,
+        jwt_secret: "x".repeat(32),
+        ..engine::Config::default()
+    };
+    let engine = engine::Engine::new(
+        engine::store::connect(&config).await.unwrap(),
+        config.clone(),
+    )
+    .await
+    .unwrap();
+    engine::saga::ensure_groups(
+        &engine,
+        &engine::saga::Role::ALL.map(|r| (r.group(), r.topics())),
+    )
+    .await
+    .unwrap();
+    let psp = engine::psp::PspClient::new(&psp_url);
+    engine
+        .put_restaurant("r1", "r1", true, true, Lane::Online)
+        .await
+        .unwrap();
+    let put = ItemPut {
+        name: "meal".into(),
+        price: 6_000,
+        stock: 50,
+        available: true,
+        max_per_customer: Some(5),
+    };
+    engine
+        .put_item("r1", "meal", &put, Lane::Online)
+        .await
+        .unwrap();
+    let place = |i: u32| {
+        let engine = engine.clone();
+        async move {
+            let request = PlaceOrder::parse(
+                &format!("c{i}"),
+                "r1",
+                &[("meal".into(), 1)],
+                6_000,
+                &format!("k{i}"),
+            )
+            .unwrap();
+            engine.place_order(&request).await.unwrap().order_id
+        }
+    };
+    let p = engine.keys().partition_of_restaurant("r1");
+
+    // 1. A saga stuck PENDING with stock held (no worker ever ran).
+    let stuck = place(1).await;
+    // 2. Stock held by an order that no longer exists.
+    let vanished = place(2).await;
+    let _: i64 = engine
+        .redis()
+        .del(engine.keys().order(p, &vanished))
+        .await
+        .unwrap();
+    let _: i64 = engine
+        .redis()
+        .zrem(engine.keys().inflight(p), vanished.to_string())
+        .await
+        .unwrap();
+    // 3. A provider charge with no order at all.
+    let ghost = engine::ids::new_order_id(p);
+    psp.authorize(&ghost.to_string(), 9_999).await.unwrap();
+    psp.capture(&ghost.to_string()).await.unwrap();
+    // 4. An order recorded CAPTURED that the provider only authorized.
+    let claimed = place(4).await;
+    engine::saga::drive_payment(&engine, &psp, &claimed, Lane::Online)
+        .await
+        .unwrap();
+    let _: () = engine
+        .redis()
+        .hset(
+            engine.keys().order(p, &claimed),
+            [
+                ("status", "APPROVED"),
+                ("pay", "CAPTURED"),
+                ("decision", "approved"),
+            ],
+        )
+        .await
+        .unwrap();
+    let _: i64 = engine
+        .redis()
+        .zrem(engine.keys().inflight(p), claimed.to_string())
+        .await
+        .unwrap();
+    // 5. A pending entry of a consumer that died (it read, never acked).
+    let orphaned = place(5).await;
+    let taken = engine::saga::read_group(
+        engine.redis(),
+        "payment",
+        "dead-consumer",
+        100,
+        vec![engine.keys().stream(p, Topic::Orders)],
+        vec![">"],
+    )
+    .await
+    .unwrap();
+    assert!(!taken.is_empty());
+    // 6. A parked compensation: rejected while authorized, its void parked.
+    let parked = place(6).await;
+    engine::saga::drive_payment(&engine, &psp, &parked, Lane::Online)
+        .await
+        .unwrap();
+    let order = engine.order(&parked).await.unwrap().unwrap();
+    engine
+        .cancel(&order, Actor::Admin, None, Lane::Online)
+        .await
+        .unwrap();
+    let _: String = engine
+        .redis()
+        .xadd(
+            engine.keys().stream(p, Topic::Parked),
+            false,
+            None,
+            "*",
+            vec![
+                ("source", "x"),
+                ("reason", "provider unavailable"),
+                ("action", "void"),
+                ("f.order", parked.to_string().as_str()),
+            ],
+        )
+        .await
+        .unwrap();
+    // 7. A deleted archive row: archive everything, then lose one row.
+    let pool = api::postgres_pool(&config.postgres_url).unwrap();
+    let archiver = archiver::Archiver::new(
+        engine.clone(),
+        pool.clone(),
+        archiver::ArchiverOptions::new("test-archiver"),
+    );
+    archiver.prepare().await.unwrap();
+    archiver.drain().await.unwrap();
+    let healthy = place(7).await;
+    engine::saga::drive_payment(&engine, &psp, &healthy, Lane::Online)
+        .await
+        .unwrap();
+    engine::saga::auto_approve(&engine, &healthy, Lane::Online)
+        .await
+        .unwrap();
+    engine::saga::drive_payment(&engine, &psp, &healthy, Lane::Online)
+        .await
+        .unwrap();
+    archiver.drain().await.unwrap();
+    pool.get()
+        .await
+        .unwrap()
+        .execute(
+            "DELETE FROM saga_events WHERE order_id = $1 AND seq = 2",
+            &[&healthy],
+        )
+        .await
+        .unwrap();
+
+    let report_path = stack.home().join("report.json");
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let (output, report) = reconcile(&stack, &psp_url, &report_path);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary = &report["summary"];
+    for kind in [
+        "stuck_saga",
+        "held_stock",
+        "charge_without_order",
+        "captured_without_charge",
+        "dead_consumer_pending",
+        "parked_compensation",
+        "archive_gap",
+    ] {
+        assert!(
+            summary[kind]["found"].as_u64().unwrap_or(0) >= 1,
+            "{kind} not found: {stdout}"
+        );
+        assert_eq!(summary[kind]["unfixable"], 0, "{kind}: {stdout}");
+        assert_eq!(
+            summary[kind]["found"], summary[kind]["fixed"],
+            "{kind}: {stdout}"
+        );
+    }
+
+    // The stuck saga was re-driven to the end; the phantom capture corrected.
+    let stuck = engine.order(&stuck).await.unwrap().unwrap();
+    assert_eq!(
+        (stuck.status, stuck.pay),
+        (OrderStatus::Approved, PaymentStatus::Captured)
+    );
+    let orphaned = engine.order(&orphaned).await.unwrap().unwrap();
+    assert_eq!(
+        (orphaned.status, orphaned.pay),
+        (OrderStatus::Approved, PaymentStatus::Captured)
+    );
+    let claimed = engine.order(&claimed).await.unwrap().unwrap();
+    assert_eq!(
+        (claimed.status, claimed.pay, claimed.reason.as_str()),
+        (OrderStatus::Rejected, PaymentStatus::Voided, "reconciled")
+    );
+    assert_eq!(
+        sim.payment(&claimed.id.to_string()).unwrap().state,
+        "voided"
+    );
+    assert_eq!(sim.payment(&ghost.to_string()).unwrap().state, "refunded");
+    assert_eq!(sim.payment(&parked.to_string()).unwrap().state, "voided");
+    let report = engine::check::check(&engine, true).await.unwrap();
+    assert!(report.passed(), "{report}");
+    archiver.drain().await.unwrap();
+    let audit = archiver::audit::audit(&engine, &pool).await.unwrap();
+    assert!(audit.passed(), "{audit}");
+    let runs: i64 = pool
+        .get()
+        .await
+        .unwrap()
+        .query_one(
+            "SELECT count(*) FROM reconciliation_fixes WHERE outcome = 'fixed'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(runs >= 7);
+
+    // A second run finds nothing to fix.
+    let (output, report) = reconcile(&stack, &psp_url, &report_path);
+    assert_eq!(output.status.code(), Some(0));
+    let found: u64 = report["summary"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|c| c["found"].as_u64().unwrap())
+        .sum();
+    assert_eq!(found, 0, "{}", String::from_utf8_lossy(&output.stdout));
+}
