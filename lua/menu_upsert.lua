@@ -55,6 +55,7 @@ if #fields > 0 then rcall('HSET', item_key, unpack(fields)) end
 if delta ~= 0 then
   rcall('HINCRBY', item_key, 'stock', delta)
   rcall('HINCRBY', item_key, 'supplied', delta)
+  rcall('HINCRBY', item_key, 'sv', 1)
 end
 rcall('SADD', items_key, item)
 local f = rcall('HMGET', item_key, 'name', 'price', 'stock', 'available', 'max_pc')

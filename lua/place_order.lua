@@ -93,6 +93,7 @@ if total ~= expected_total then return {'err', 'price_changed', tostring(total)}
 for i = 1, n do
   local line = lines[i]
   rcall('HINCRBY', KEYS[5 + 2 * i], 'stock', -line[2])
+  rcall('HINCRBY', KEYS[5 + 2 * i], 'sv', 1)
   if line[4] == 1 then rcall('HINCRBY', KEYS[6 + 2 * i], customer, line[2]) end
 end
 local now = now_ms()

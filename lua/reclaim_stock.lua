@@ -13,8 +13,9 @@
     ARGV[1] restaurant id
     ARGV[2] item id
     ARGV[3] units to return to stock (>= 0)
-    ARGV[4] stock on hand the caller saw (compare-and-set: live traffic
-            moved it since? then nothing changes and the caller rescans)
+    ARGV[4] the item's stock version (`sv`) the caller saw before counting
+            (compare-and-set: any stock change since, even one undone by
+            another, refuses the fix and the caller rescans)
     ARGV[5], ARGV[6] ... customer, units to remove from their count
   Output:
     {'ok', stock} or {'err', 'stale' | 'not_found' | 'overdraw'}.
@@ -24,9 +25,8 @@
 ]]
 local restaurant_key, item_key, pc_key, stream = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local rid, item, units, seen = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
-local stock = rcall('HGET', item_key, 'stock')
-if not stock then return {'err', 'not_found'} end
-if stock ~= seen then return {'err', 'stale'} end
+if rcall('EXISTS', item_key) == 0 then return {'err', 'not_found'} end
+if (rcall('HGET', item_key, 'sv') or '0') ~= seen then return {'err', 'stale'} end
 for i = 5, #ARGV, 2 do
   local held = tonumber(rcall('HGET', pc_key, ARGV[i]) or '0')
   if held < tonumber(ARGV[i + 1]) then return {'err', 'overdraw'} end
@@ -36,6 +36,7 @@ for i = 5, #ARGV, 2 do
   if left <= 0 then rcall('HDEL', pc_key, ARGV[i]) end
 end
 local now_stock = rcall('HINCRBY', item_key, 'stock', units)
+rcall('HINCRBY', item_key, 'sv', 1)
 local seq = rcall('HINCRBY', restaurant_key, 'mseq', 1)
 rcall('XADD', stream, '*', 'v', '1', 'type', 'StockReclaimed', 'order', '', 'saga', '',
   'seq', tostring(seq), 'ts', tostring(now_ms()),

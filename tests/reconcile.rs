@@ -281,3 +281,144 @@ async fn reconcile_finds_and_fixes_every_orphan_kind_once() {
         .sum();
     assert_eq!(found, 0, "{}", String::from_utf8_lossy(&output.stdout));
 }
+
+/// Reconciliation run in a loop beside live traffic (workers, archiver and a
+/// steady stream of placements) finds nothing to fix in healthy orders and
+/// changes none of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_in_a_loop_beside_traffic_changes_no_healthy_order() {
+    let stack = LocalStack::temporary().await.unwrap();
+    let sim = PspSim::open(
+        &stack.home().join("ledger.jsonl"),
+        Faults {
+            decline_rate: 0.1,
+            ..Faults::default()
+        },
+    )
+    .unwrap();
+    let psp_url = sim.spawn_local().await.unwrap();
+    let config = engine::Config {
+        redis_url: stack.redis_url(),
+        postgres_url: stack.postgres_url(),
+        psp_url: psp_url.clone(),
+        partitions: 4,
+        jwt_secret: "x".repeat(32),
+        ..engine::Config::default()
+    };
+    let engine = engine::Engine::new(
+        engine::store::connect(&config).await.unwrap(),
+        config.clone(),
+    )
+    .await
+    .unwrap();
+    engine::saga::ensure_groups(
+        &engine,
+        &engine::saga::Role::ALL.map(|r| (r.group(), r.topics())),
+    )
+    .await
+    .unwrap();
+    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    let psp = engine::psp::PspClient::new(&psp_url);
+    engine::saga::spawn_workers(
+        &engine,
+        &psp,
+        std::sync::Arc::new(engine::notify::LogNotifier),
+        &engine::saga::WorkerOptions::new("w"),
+        &stopped,
+    );
+    let pool = api::postgres_pool(&config.postgres_url).unwrap();
+    let archiver = archiver::Archiver::new(
+        engine.clone(),
+        pool.clone(),
+        archiver::ArchiverOptions::new("a"),
+    );
+    archiver.prepare().await.unwrap();
+    tokio::spawn(archiver.run(stopped.clone()));
+    for r in 0..4 {
+        let rid = format!("r{r}");
+        engine
+            .put_restaurant(&rid, &rid, true, true, Lane::Online)
+            .await
+            .unwrap();
+        let put = ItemPut {
+            name: "meal".into(),
+            price: 6_000,
+            stock: 100_000,
+            available: true,
+            max_per_customer: None,
+        };
+        engine
+            .put_item(&rid, "meal", &put, Lane::Online)
+            .await
+            .unwrap();
+    }
+    let load = {
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let mut i = 0;
+            while started.elapsed() < Duration::from_secs(10) {
+                let request = PlaceOrder::parse(
+                    &format!("c{i}"),
+                    &format!("r{}", i % 4),
+                    &[("meal".into(), 1)],
+                    6_000,
+                    &format!("k{i}"),
+                )
+                .unwrap();
+                engine.place_order(&request).await.unwrap();
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            i
+        })
+    };
+    let report_path = stack.home().join("loop.json");
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        let (output, report) = reconcile(&stack, &psp_url, &report_path);
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        let touched: Vec<&serde_json::Value> = report["fixes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| !matches!(f["kind"].as_str(), Some("unarchived" | "dead_letter")))
+            .collect();
+        assert!(
+            touched.is_empty(),
+            "reconciliation touched healthy orders: {touched:?}"
+        );
+    }
+    let placed = load.await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut unsettled = 0u64;
+        for p in 0..4 {
+            let n: u64 = engine
+                .redis()
+                .zcard(engine.keys().inflight(p))
+                .await
+                .unwrap();
+            unsettled += n;
+        }
+        if unsettled == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{unsettled} sagas never settled"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let report = engine::check::check(&engine, true).await.unwrap();
+    assert!(report.passed(), "{report}");
+    assert_eq!(report.orders, placed as u64);
+    let reconciled: i64 = pool.get().await.unwrap()
+        .query_one("SELECT count(*) FROM reconciliation_fixes WHERE kind NOT IN ('unarchived', 'dead_letter')", &[]).await.unwrap().get(0);
+    assert_eq!(reconciled, 0);
+}

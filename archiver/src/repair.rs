@@ -132,10 +132,21 @@ pub async fn projections(
         pool.clone(),
         ArchiverOptions::new(format!("{}-archiver", run.options.consumer)),
     );
+    // An order that changed recently, or whose events are still on their
+    // way to the archive, is lagging, not broken.
+    let cutoff_ms = SystemTime::now()
+        .checked_sub(run.options.older_than)
+        .unwrap_or(UNIX_EPOCH)
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_millis() as i64;
     for id in report.broken {
         let Ok(Some(order)) = engine.order(&id).await else {
             continue;
         };
+        if order.updated_ms >= cutoff_ms || archive_pending(engine, &order).await? {
+            continue;
+        }
         if run.options.dry_run {
             run_record(
                 run,
@@ -171,6 +182,55 @@ pub async fn projections(
         );
     }
     Ok(())
+}
+
+/// Whether some event of `order` is still on its way to the archive
+/// (delivered to no archiver yet, or pending with one): lag, not a gap.
+async fn archive_pending(
+    engine: &engine::Engine,
+    order: &engine::domain::Order,
+) -> Result<bool, ArchiveError> {
+    for (stream, id) in &order.events {
+        let groups: Value = engine.redis().xinfo_groups(stream.as_str()).await?;
+        let last_delivered = groups
+            .into_array()
+            .into_iter()
+            .map(|g| g.into_array())
+            .find(|g| {
+                g.chunks(2).any(|kv| {
+                    kv[0].as_str().as_deref() == Some("name")
+                        && kv.get(1).and_then(|v| v.as_string()).as_deref() == Some(GROUP)
+                })
+            })
+            .and_then(|g| {
+                g.chunks(2)
+                    .find(|kv| kv[0].as_str().as_deref() == Some("last-delivered-id"))
+                    .and_then(|kv| kv.get(1).and_then(|v| v.as_string()))
+            })
+            .and_then(|text| parse_entry_id(&text))
+            .unwrap_or((0, 0));
+        if parse_entry_id(id).is_some_and(|entry| entry > last_delivered) {
+            return Ok(true);
+        }
+        let pending: Vec<(String, String, u64, u64)> = engine
+            .redis()
+            .custom(
+                fred::cmd!("XPENDING"),
+                vec![
+                    stream.clone(),
+                    GROUP.into(),
+                    id.clone(),
+                    id.clone(),
+                    "1".into(),
+                ],
+            )
+            .await
+            .unwrap_or_default();
+        if !pending.is_empty() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 fn run_record(

@@ -390,6 +390,9 @@ pub struct MenuItem {
     /// Initial stock plus restocks (for the conservation check).
     #[serde(skip)]
     pub supplied: i64,
+    /// Bumped by every stock change (reconciliation's compare-and-set).
+    #[serde(skip)]
+    pub stock_version: i64,
 }
 
 #[cfg(test)]

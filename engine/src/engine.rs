@@ -444,6 +444,7 @@ impl Engine {
                 available: reply[4] == "1",
                 max_per_customer: reply[5].parse().ok().filter(|&m: &i64| m > 0),
                 supplied: 0,
+                stock_version: 0,
             }),
             Some("err") => Err(match reply.get(1).map(String::as_str) {
                 Some("restaurant_not_found") => MenuError::RestaurantNotFound(restaurant.into()),
@@ -490,6 +491,7 @@ impl Engine {
                     available: f.get("available").map(String::as_str) == Some("1"),
                     max_per_customer: Some(int("max_pc")).filter(|&m| m > 0),
                     supplied: int("supplied"),
+                    stock_version: int("sv"),
                     item,
                 }
             })
@@ -981,7 +983,8 @@ impl Engine {
 
     /// Returns `units` stranded by orders that no longer exist to stock on
     /// hand, and removes per-customer counts no live order backs
-    /// (`lua/reclaim_stock.lua`). `Ok(None)` when stock moved since `seen`.
+    /// (`lua/reclaim_stock.lua`). `Ok(None)` when the item's stock version
+    /// moved since `seen`.
     pub async fn reclaim_stock(
         &self,
         restaurant: &str,

@@ -5,7 +5,7 @@
 //! <prefix>{pN}:restaurants                set of restaurant ids in partition N
 //! <prefix>{pN}:r:<rid>                    hash: name open auto mseq
 //! <prefix>{pN}:r:<rid>:items              set of item ids
-//! <prefix>{pN}:r:<rid>:i:<item>           hash: name price stock supplied available max_pc
+//! <prefix>{pN}:r:<rid>:i:<item>           hash: name price stock supplied sv available max_pc
 //! <prefix>{pN}:r:<rid>:i:<item>:pc        hash: customer -> units held (max_per_customer items)
 //! <prefix>{pN}:o:<order>                  hash: the order (see lua/includes/common.lua)
 //! <prefix>{pN}:idem:<customer>:<key>      string: the first answer to an Idempotency-Key

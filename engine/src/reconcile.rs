@@ -337,7 +337,7 @@ impl Reconciler {
                     for item in menu.items {
                         before.insert(
                             (restaurant.clone(), item.item.clone()),
-                            (item.stock, item.supplied),
+                            (item.stock, item.supplied, item.stock_version),
                         );
                     }
                 }
@@ -364,7 +364,7 @@ impl Reconciler {
                     }
                 })
                 .await?;
-            for ((restaurant, item), (stock, supplied)) in before {
+            for ((restaurant, item), (stock, supplied, version)) in before {
                 let units = held
                     .get(&(restaurant.clone(), item.clone()))
                     .copied()
@@ -386,6 +386,18 @@ impl Reconciler {
                     })
                     .collect();
                 if stranded == 0 && customers.is_empty() {
+                    continue;
+                }
+                // Live traffic moved this item during the scan (even a move
+                // undone by another bumps the stock version): the numbers do
+                // not belong to one moment, so nothing is concluded.
+                let now: Option<String> = self
+                    .engine
+                    .redis()
+                    .hget(self.engine.keys().item(p, &restaurant, &item), "sv")
+                    .await?;
+                if now.and_then(|s| s.parse::<i64>().ok()).unwrap_or(0) != version {
+                    tracing::debug!(%restaurant, %item, "Stock moved during the scan; not judged this run.");
                     continue;
                 }
                 let subject = format!("{restaurant}/{item}");
@@ -414,7 +426,7 @@ impl Reconciler {
                 run.pace().await;
                 let fixed = self
                     .engine
-                    .reclaim_stock(&restaurant, &item, stranded, stock, &customers)
+                    .reclaim_stock(&restaurant, &item, stranded, version, &customers)
                     .await?;
                 let outcome = if fixed.is_some() {
                     Outcome::Fixed
@@ -485,43 +497,17 @@ impl Reconciler {
                 };
                 seen_at_provider.push(id);
                 let order = self.engine.order(&id).await?;
-                let charged = matches!(payment.state.as_str(), "authorized" | "captured");
-                let (kind, action) = match &order {
-                    None if charged => (
-                        "charge_without_order",
-                        if payment.state == "captured" {
-                            "refund"
-                        } else {
-                            "void"
-                        },
-                    ),
-                    None => continue,
-                    Some(o)
-                        if charged
-                            && o.total != payment.amount
-                            && o.status != OrderStatus::Rejected =>
-                    {
-                        ("amount_mismatch", "cancel and compensate")
-                    }
-                    Some(o) if charged && o.status == OrderStatus::Rejected => (
-                        "charge_on_rejected_order",
-                        if payment.state == "captured" {
-                            "refund"
-                        } else {
-                            "void"
-                        },
-                    ),
-                    Some(o)
-                        if o.pay == PaymentStatus::Captured
-                            && payment.state != "captured"
-                            && payment.state != "refunded" =>
-                    {
-                        ("captured_without_charge", "correct and compensate")
-                    }
-                    Some(o) if o.updated_ms < cutoff && provider_ahead(o.pay, &payment.state) => {
-                        ("provider_ahead", "record the provider's state")
-                    }
-                    _ => continue,
+                if classify(order.as_ref(), payment, cutoff).is_none() {
+                    continue;
+                }
+                // The listing is a snapshot: ask the provider and the order
+                // again, and act only on a mismatch that still holds.
+                let Some(payment) = &self.psp.lookup(&payment.key).await? else {
+                    continue;
+                };
+                let order = self.engine.order(&id).await?;
+                let Some((kind, action)) = classify(order.as_ref(), payment, cutoff) else {
+                    continue;
                 };
                 let subject = id.to_string();
                 let detail = format!(
@@ -861,6 +847,43 @@ impl Reconciler {
             }
         }
         Ok(())
+    }
+}
+
+/// The orphan kind of a provider payment and its order, if any. Orders that
+/// changed after `cutoff` are left alone: their saga may still be running.
+fn classify(
+    order: Option<&Order>,
+    payment: &crate::psp::ProviderPayment,
+    cutoff: i64,
+) -> Option<(&'static str, &'static str)> {
+    let charged = matches!(payment.state.as_str(), "authorized" | "captured");
+    let compensation = if payment.state == "captured" {
+        "refund"
+    } else {
+        "void"
+    };
+    match order {
+        None if charged => Some(("charge_without_order", compensation)),
+        None => None,
+        Some(o) if o.updated_ms >= cutoff => None,
+        Some(o) if charged && o.total != payment.amount && o.status != OrderStatus::Rejected => {
+            Some(("amount_mismatch", "cancel and compensate"))
+        }
+        Some(o) if charged && o.status == OrderStatus::Rejected => {
+            Some(("charge_on_rejected_order", compensation))
+        }
+        Some(o)
+            if o.pay == PaymentStatus::Captured
+                && payment.state != "captured"
+                && payment.state != "refunded" =>
+        {
+            Some(("captured_without_charge", "correct and compensate"))
+        }
+        Some(o) if provider_ahead(o.pay, &payment.state) => {
+            Some(("provider_ahead", "record the provider's state"))
+        }
+        _ => None,
     }
 }
 

@@ -5,6 +5,8 @@
   The order hash fields they rely on:
     id saga cust rid status reason pay total lines ver seq created updated
     decision psp evs
+  Every change of an item's stock also bumps its `sv` (stock version), so
+  reconciliation can tell that nothing moved while it counted (no ABA).
   `lines` is JSON: [[item, qty, price, counted], ...]; `counted` is 1 when the
   line counts towards the item's max_per_customer (tracked in the item's
   per-customer hash, KEYS passed beside the item hash).
@@ -84,6 +86,7 @@ local function release_lines(o, first)
     local item_key = KEYS[first + 2 * (i - 1)]
     local pc_key = KEYS[first + 2 * (i - 1) + 1]
     rcall('HINCRBY', item_key, 'stock', line[2])
+    rcall('HINCRBY', item_key, 'sv', 1)
     if tonumber(line[4]) == 1 then
       local left = rcall('HINCRBY', pc_key, o.cust, -line[2])
       if left <= 0 then rcall('HDEL', pc_key, o.cust) end
