@@ -36,8 +36,8 @@ struct Cli {
 enum Command {
     /// Start the local stack (Redis, PostgreSQL, the API) and serve until Ctrl-C.
     Up(commands::up::UpArgs),
-    /// Start the local stack, run a short lunch-peak load and keep serving.
-    Demo,
+    /// Start the local stack, run a short lunch-peak load, print a summary and keep serving.
+    Demo(commands::demo::DemoArgs),
     /// Serve the HTTP API and run the saga workers against existing Redis/Postgres.
     Serve(commands::serve::ServeArgs),
     /// Drain every stream into PostgreSQL, exactly once, then trim.
@@ -69,7 +69,7 @@ fn main() -> ExitCode {
             Command::Up(args) => commands::up::run(args).await,
             Command::Migrate(args) => commands::migrate::run(args).await,
             Command::Token(args) => commands::token::run(args),
-            Command::Demo => not_built("demo", "the goose load scenarios"),
+            Command::Demo(args) => commands::demo::run(args).await,
             Command::Serve(args) => commands::serve::run(args).await,
             Command::Archive(args) => commands::archive::run(args).await,
             Command::Reconcile(args) => commands::reconcile::run(args).await,
@@ -84,9 +84,4 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
-}
-
-fn not_built(command: &str, needs: &str) -> anyhow::Result<ExitCode> {
-    eprintln!("lunchrush {command} is not built yet: it arrives with {needs}.");
-    Ok(ExitCode::from(2))
 }

@@ -2,6 +2,7 @@
 
 pub mod archive;
 pub mod check;
+pub mod demo;
 pub mod migrate;
 pub mod psp_sim;
 pub mod reconcile;

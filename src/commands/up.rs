@@ -59,6 +59,40 @@ pub struct UpArgs {
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
+    let running = start(args).await?;
+    shutdown_signal().await;
+    running.stop().await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The whole system running in this process (see [`start`]).
+pub struct Running {
+    pub api_url: String,
+    pub config: engine::Config,
+    stop: tokio::sync::watch::Sender<bool>,
+    engine_task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    archiver_task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    stack: LocalStack,
+}
+
+impl Running {
+    /// Stops the API and workers (requests in flight finish), the
+    /// archiver, then Redis and PostgreSQL.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        let served = self.engine_task.await.context("the engine task")?;
+        if let Ok(Err(error)) = self.archiver_task.await {
+            tracing::error!(%error, "The archiver stopped with an error.");
+        }
+        tracing::info!("Stopping the local stack.");
+        drop(self.stack);
+        served
+    }
+}
+
+/// Starts the local stack, the simulator, the archiver, the workers and the
+/// API, writes stack.env and prints the READY line.
+pub async fn start(args: UpArgs) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&args.home)
         .with_context(|| format!("create {}", args.home.display()))?;
     let home = std::fs::canonicalize(&args.home)?;
@@ -130,21 +164,32 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     tracing::info!(home = %home.display(), "Local stack is up; Ctrl-C stops it.");
 
     let limits = args.admission.limits()?;
-    let (stop_archiver, archiver_stopped) = tokio::sync::watch::channel(false);
-    let archiver = tokio::spawn(super::archive::start(
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let archiver_task = tokio::spawn(super::archive::start(
         config.clone(),
         archiver::ArchiverOptions::new(super::archive::default_consumer()),
-        archiver_stopped,
+        stopped.clone(),
     ));
     let notifier = super::serve::notifier(args.notify_webhook.as_deref());
-    super::serve::run_engine(config, limits, notifier, listener, true, shutdown_signal()).await?;
-    let _ = stop_archiver.send(true);
-    if let Ok(Err(error)) = archiver.await {
-        tracing::error!(%error, "The archiver stopped with an error.");
-    }
-    tracing::info!("Stopping the local stack.");
-    drop(stack);
-    Ok(ExitCode::SUCCESS)
+    let mut engine_stopped = stopped;
+    let engine_task = tokio::spawn(super::serve::run_engine(
+        config.clone(),
+        limits,
+        notifier,
+        listener,
+        true,
+        async move {
+            let _ = engine_stopped.wait_for(|stop| *stop).await;
+        },
+    ));
+    Ok(Running {
+        api_url,
+        config,
+        stop,
+        engine_task,
+        archiver_task,
+        stack,
+    })
 }
 
 /// Binds the API: the asked address, else the previous port, else 8080, else any.
