@@ -2,15 +2,15 @@
 //! load: once it runs again, the archive holds every event exactly once,
 //! projections agree with Redis and the streams are trimmed.
 
+mod common;
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use engine::domain::PlaceOrder;
-use engine::engine::ItemPut;
-use engine::keys::Lane;
 use fred::prelude::*;
 use stack::LocalStack;
-use stack::psp::{Faults, PspSim};
+use stack::psp::Faults;
 
 const BIN: &str = env!("CARGO_BIN_EXE_lunchrush");
 
@@ -30,60 +30,13 @@ fn spawn_archiver(stack: &LocalStack) -> Child {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_archiver_restarts_and_archives_everything_once() {
-    let stack = LocalStack::temporary().await.unwrap();
-    let sim = PspSim::open(&stack.home().join("ledger.jsonl"), Faults::default()).unwrap();
-    let psp_url = sim.spawn_local().await.unwrap();
-    let config = engine::Config {
-        redis_url: stack.redis_url(),
-        postgres_url: stack.postgres_url(),
-        psp_url: psp_url.clone(),
-        partitions: 4,
-        jwt_secret: "x".repeat(32),
-        ..engine::Config::default()
-    };
-    let engine = engine::Engine::new(
-        engine::store::connect(&config).await.unwrap(),
-        config.clone(),
-    )
-    .await
-    .unwrap();
-    engine::saga::ensure_groups(
-        &engine,
-        &engine::saga::Role::ALL.map(|r| (r.group(), r.topics())),
-    )
-    .await
-    .unwrap();
-    let (_stop, stopped) = tokio::sync::watch::channel(false);
-    let options = engine::saga::WorkerOptions::new("w");
-    engine::saga::spawn_workers(
-        &engine,
-        &engine::psp::PspClient::new(&psp_url),
-        std::sync::Arc::new(engine::notify::LogNotifier),
-        &options,
-        &stopped,
-    );
-    for r in 0..4 {
-        let rid = format!("r{r}");
-        engine
-            .put_restaurant(&rid, &rid, true, true, Lane::Online)
-            .await
-            .unwrap();
-        let put = ItemPut {
-            name: "meal".into(),
-            price: 5_000,
-            stock: 10_000,
-            available: true,
-            max_per_customer: None,
-        };
-        engine
-            .put_item(&rid, "meal", &put, Lane::Online)
-            .await
-            .unwrap();
-    }
-    let pool = api::postgres_pool(&config.postgres_url).unwrap();
+    let fx = common::fixture(Faults::default()).await;
+    fx.start_workers();
+    fx.seed(4, 5_000, 10_000, None).await;
+    let (stack, engine, pool) = (&fx.stack, &fx.engine, &fx.pool);
     let mut placed = 0;
     for round in 0..3 {
-        let mut archiver = spawn_archiver(&stack);
+        let mut archiver = spawn_archiver(stack);
         for _ in 0..150 {
             let request = PlaceOrder::parse(
                 &format!("c{placed}"),
@@ -100,7 +53,7 @@ async fn a_killed_archiver_restarts_and_archives_everything_once() {
         archiver.kill().unwrap();
         archiver.wait().unwrap();
     }
-    let mut archiver = spawn_archiver(&stack);
+    let mut archiver = spawn_archiver(stack);
     let deadline = Instant::now() + Duration::from_secs(90);
     let report = loop {
         let mut unsettled = 0u64;
@@ -113,7 +66,7 @@ async fn a_killed_archiver_restarts_and_archives_everything_once() {
             unsettled += n;
         }
         if unsettled == 0 {
-            let report = archiver::audit::audit(&engine, &pool).await.unwrap();
+            let report = archiver::audit::audit(engine, pool).await.unwrap();
             if report.passed() && report.stream_entries == 0 {
                 break report;
             }

@@ -2,15 +2,17 @@
 //! found and fixed, `check` passes afterwards, and a second run finds
 //! nothing.
 
+mod common;
+
 use std::process::{Command, Output};
 use std::time::Duration;
 
 use engine::domain::{OrderStatus, PaymentStatus, PlaceOrder};
-use engine::engine::{Actor, ItemPut};
+use engine::engine::Actor;
 use engine::keys::{Lane, Topic};
 use fred::prelude::*;
 use stack::LocalStack;
-use stack::psp::{Faults, PspSim};
+use stack::psp::Faults;
 
 const BIN: &str = env!("CARGO_BIN_EXE_lunchrush");
 
@@ -35,45 +37,9 @@ fn reconcile(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconcile_finds_and_fixes_every_orphan_kind_once() {
-    let stack = LocalStack::temporary().await.unwrap();
-    let sim = PspSim::open(&stack.home().join("ledger.jsonl"), Faults::default()).unwrap();
-    let psp_url = sim.clone().spawn_local().await.unwrap();
-    let config = engine::Config {
-        redis_url: stack.redis_url(),
-        postgres_url: stack.postgres_url(),
-        psp_url: psp_url.clone(),
-        partitions: 4,
-        jwt_secret: "x".repeat(32),
-        ..engine::Config::default()
-    };
-    let engine = engine::Engine::new(
-        engine::store::connect(&config).await.unwrap(),
-        config.clone(),
-    )
-    .await
-    .unwrap();
-    engine::saga::ensure_groups(
-        &engine,
-        &engine::saga::Role::ALL.map(|r| (r.group(), r.topics())),
-    )
-    .await
-    .unwrap();
-    let psp = engine::psp::PspClient::new(&psp_url);
-    engine
-        .put_restaurant("r1", "r1", true, true, Lane::Online)
-        .await
-        .unwrap();
-    let put = ItemPut {
-        name: "meal".into(),
-        price: 6_000,
-        stock: 50,
-        available: true,
-        max_per_customer: Some(5),
-    };
-    engine
-        .put_item("r1", "meal", &put, Lane::Online)
-        .await
-        .unwrap();
+    let fx = common::fixture(Faults::default()).await;
+    fx.seed(2, 6_000, 50, Some(5)).await;
+    let (stack, sim, engine, psp, psp_url) = (&fx.stack, &fx.sim, &fx.engine, &fx.psp, &fx.psp_url);
     let place = |i: u32| {
         let engine = engine.clone();
         async move {
@@ -110,7 +76,7 @@ async fn reconcile_finds_and_fixes_every_orphan_kind_once() {
     psp.capture(&ghost.to_string()).await.unwrap();
     // 4. An order recorded CAPTURED that the provider only authorized.
     let claimed = place(4).await;
-    engine::saga::drive_payment(&engine, &psp, &claimed, Lane::Online)
+    engine::saga::drive_payment(engine, psp, &claimed, Lane::Online)
         .await
         .unwrap();
     let _: () = engine
@@ -145,7 +111,7 @@ async fn reconcile_finds_and_fixes_every_orphan_kind_once() {
     assert!(!taken.is_empty());
     // 6. A parked compensation: rejected while authorized, its void parked.
     let parked = place(6).await;
-    engine::saga::drive_payment(&engine, &psp, &parked, Lane::Online)
+    engine::saga::drive_payment(engine, psp, &parked, Lane::Online)
         .await
         .unwrap();
     let order = engine.order(&parked).await.unwrap().unwrap();
@@ -170,7 +136,7 @@ async fn reconcile_finds_and_fixes_every_orphan_kind_once() {
         .await
         .unwrap();
     // 7. A deleted archive row: archive everything, then lose one row.
-    let pool = api::postgres_pool(&config.postgres_url).unwrap();
+    let pool = &fx.pool;
     let archiver = archiver::Archiver::new(
         engine.clone(),
         pool.clone(),
@@ -179,13 +145,13 @@ async fn reconcile_finds_and_fixes_every_orphan_kind_once() {
     archiver.prepare().await.unwrap();
     archiver.drain().await.unwrap();
     let healthy = place(7).await;
-    engine::saga::drive_payment(&engine, &psp, &healthy, Lane::Online)
+    engine::saga::drive_payment(engine, psp, &healthy, Lane::Online)
         .await
         .unwrap();
-    engine::saga::auto_approve(&engine, &healthy, Lane::Online)
+    engine::saga::auto_approve(engine, &healthy, Lane::Online)
         .await
         .unwrap();
-    engine::saga::drive_payment(&engine, &psp, &healthy, Lane::Online)
+    engine::saga::drive_payment(engine, psp, &healthy, Lane::Online)
         .await
         .unwrap();
     archiver.drain().await.unwrap();
@@ -201,7 +167,7 @@ async fn reconcile_finds_and_fixes_every_orphan_kind_once() {
 
     let report_path = stack.home().join("report.json");
     tokio::time::sleep(Duration::from_millis(2_500)).await;
-    let (output, report) = reconcile(&stack, &psp_url, &report_path);
+    let (output, report) = reconcile(stack, psp_url, &report_path);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(
         output.status.code(),
@@ -252,10 +218,10 @@ async fn reconcile_finds_and_fixes_every_orphan_kind_once() {
     );
     assert_eq!(sim.payment(&ghost.to_string()).unwrap().state, "refunded");
     assert_eq!(sim.payment(&parked.to_string()).unwrap().state, "voided");
-    let report = engine::check::check(&engine, true).await.unwrap();
+    let report = engine::check::check(engine, true).await.unwrap();
     assert!(report.passed(), "{report}");
     archiver.drain().await.unwrap();
-    let audit = archiver::audit::audit(&engine, &pool).await.unwrap();
+    let audit = archiver::audit::audit(engine, pool).await.unwrap();
     assert!(audit.passed(), "{audit}");
     let runs: i64 = pool
         .get()
@@ -271,7 +237,7 @@ async fn reconcile_finds_and_fixes_every_orphan_kind_once() {
     assert!(runs >= 7);
 
     // A second run finds nothing to fix.
-    let (output, report) = reconcile(&stack, &psp_url, &report_path);
+    let (output, report) = reconcile(stack, psp_url, &report_path);
     assert_eq!(output.status.code(), Some(0));
     let found: u64 = report["summary"]
         .as_object()
@@ -287,71 +253,22 @@ async fn reconcile_finds_and_fixes_every_orphan_kind_once() {
 /// changes none of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconcile_in_a_loop_beside_traffic_changes_no_healthy_order() {
-    let stack = LocalStack::temporary().await.unwrap();
-    let sim = PspSim::open(
-        &stack.home().join("ledger.jsonl"),
-        Faults {
-            decline_rate: 0.1,
-            ..Faults::default()
-        },
-    )
-    .unwrap();
-    let psp_url = sim.spawn_local().await.unwrap();
-    let config = engine::Config {
-        redis_url: stack.redis_url(),
-        postgres_url: stack.postgres_url(),
-        psp_url: psp_url.clone(),
-        partitions: 4,
-        jwt_secret: "x".repeat(32),
-        ..engine::Config::default()
-    };
-    let engine = engine::Engine::new(
-        engine::store::connect(&config).await.unwrap(),
-        config.clone(),
-    )
-    .await
-    .unwrap();
-    engine::saga::ensure_groups(
-        &engine,
-        &engine::saga::Role::ALL.map(|r| (r.group(), r.topics())),
-    )
-    .await
-    .unwrap();
+    let fx = common::fixture(Faults {
+        decline_rate: 0.1,
+        ..Faults::default()
+    })
+    .await;
+    fx.start_workers();
+    fx.seed(4, 6_000, 100_000, None).await;
+    let (stack, engine, pool, psp_url) = (&fx.stack, &fx.engine, &fx.pool, &fx.psp_url);
     let (_stop, stopped) = tokio::sync::watch::channel(false);
-    let psp = engine::psp::PspClient::new(&psp_url);
-    engine::saga::spawn_workers(
-        &engine,
-        &psp,
-        std::sync::Arc::new(engine::notify::LogNotifier),
-        &engine::saga::WorkerOptions::new("w"),
-        &stopped,
-    );
-    let pool = api::postgres_pool(&config.postgres_url).unwrap();
     let archiver = archiver::Archiver::new(
         engine.clone(),
         pool.clone(),
         archiver::ArchiverOptions::new("a"),
     );
     archiver.prepare().await.unwrap();
-    tokio::spawn(archiver.run(stopped.clone()));
-    for r in 0..4 {
-        let rid = format!("r{r}");
-        engine
-            .put_restaurant(&rid, &rid, true, true, Lane::Online)
-            .await
-            .unwrap();
-        let put = ItemPut {
-            name: "meal".into(),
-            price: 6_000,
-            stock: 100_000,
-            available: true,
-            max_per_customer: None,
-        };
-        engine
-            .put_item(&rid, "meal", &put, Lane::Online)
-            .await
-            .unwrap();
-    }
+    tokio::spawn(archiver.run(stopped));
     let load = {
         let engine = engine.clone();
         tokio::spawn(async move {
@@ -376,7 +293,7 @@ async fn reconcile_in_a_loop_beside_traffic_changes_no_healthy_order() {
     let report_path = stack.home().join("loop.json");
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(2_500)).await;
-        let (output, report) = reconcile(&stack, &psp_url, &report_path);
+        let (output, report) = reconcile(stack, psp_url, &report_path);
         assert_eq!(
             output.status.code(),
             Some(0),
@@ -397,15 +314,7 @@ async fn reconcile_in_a_loop_beside_traffic_changes_no_healthy_order() {
     let placed = load.await.unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let mut unsettled = 0u64;
-        for p in 0..4 {
-            let n: u64 = engine
-                .redis()
-                .zcard(engine.keys().inflight(p))
-                .await
-                .unwrap();
-            unsettled += n;
-        }
+        let unsettled = fx.unsettled().await;
         if unsettled == 0 {
             break;
         }
@@ -415,7 +324,7 @@ async fn reconcile_in_a_loop_beside_traffic_changes_no_healthy_order() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let report = engine::check::check(&engine, true).await.unwrap();
+    let report = engine::check::check(engine, true).await.unwrap();
     assert!(report.passed(), "{report}");
     assert_eq!(report.orders, placed as u64);
     let reconciled: i64 = pool.get().await.unwrap()

@@ -600,27 +600,48 @@ impl Archiver {
     }
 
     async fn groups(&self, stream: &str) -> Result<Vec<GroupInfo>, ArchiveError> {
-        let raw: fred::types::Value = self.engine.redis().xinfo_groups(stream).await?;
-        let mut groups = Vec::new();
-        for group in raw.into_array() {
-            let map = pairs_of(&group);
-            let text = |k: &str| map.get(k).and_then(Value::as_str).map(str::to_string);
-            let number = |k: &str| map.get(k).and_then(Value::as_u64).unwrap_or(0);
-            groups.push(GroupInfo {
-                name: text("name").unwrap_or_default(),
-                pending: number("pending"),
-                lag: number("lag"),
-                last_delivered: text("last-delivered-id")
-                    .as_deref()
-                    .and_then(parse_entry_id)
-                    .unwrap_or((0, 0)),
-            });
-        }
-        Ok(groups)
+        group_infos(self.engine.redis(), stream).await
     }
 }
 
-struct GroupInfo {
+/// The consumer groups of a stream (XINFO GROUPS), parsed.
+pub(crate) async fn group_infos(
+    redis: &Client,
+    stream: &str,
+) -> Result<Vec<GroupInfo>, ArchiveError> {
+    let raw: fred::types::Value = redis.xinfo_groups(stream).await?;
+    let mut groups = Vec::new();
+    for group in raw.into_array() {
+        let map = pairs_of(&group);
+        let text = |k: &str| map.get(k).and_then(Value::as_str).map(str::to_string);
+        let number = |k: &str| map.get(k).and_then(Value::as_u64).unwrap_or(0);
+        groups.push(GroupInfo {
+            name: text("name").unwrap_or_default(),
+            pending: number("pending"),
+            lag: number("lag"),
+            last_delivered: text("last-delivered-id")
+                .as_deref()
+                .and_then(parse_entry_id)
+                .unwrap_or((0, 0)),
+        });
+    }
+    Ok(groups)
+}
+
+/// The last entry id of `stream` delivered to the archiver group ((0, 0) if none).
+pub(crate) async fn archiver_last_delivered(
+    redis: &Client,
+    stream: &str,
+) -> Result<(i64, i64), ArchiveError> {
+    Ok(group_infos(redis, stream)
+        .await?
+        .into_iter()
+        .find(|g| g.name == GROUP)
+        .map(|g| g.last_delivered)
+        .unwrap_or((0, 0)))
+}
+
+pub(crate) struct GroupInfo {
     name: String,
     pending: u64,
     lag: u64,

@@ -53,24 +53,7 @@ pub async fn unarchived(
                 .await
                 .unwrap_or_default();
             found += pending.len() as u64;
-            let groups: Value = engine.redis().xinfo_groups(stream.as_str()).await?;
-            let last_delivered = groups
-                .into_array()
-                .into_iter()
-                .map(|g| g.into_array())
-                .find(|g| {
-                    g.chunks(2).any(|kv| {
-                        kv[0].as_str().as_deref() == Some("name")
-                            && kv.get(1).and_then(|v| v.as_string()).as_deref() == Some(GROUP)
-                    })
-                })
-                .and_then(|g| {
-                    g.chunks(2)
-                        .find(|kv| kv[0].as_str().as_deref() == Some("last-delivered-id"))
-                        .and_then(|kv| kv.get(1).and_then(|v| v.as_string()))
-                })
-                .unwrap_or_else(|| "0-0".into());
-            let (ms, seq) = parse_entry_id(&last_delivered).unwrap_or((0, 0));
+            let (ms, seq) = crate::archiver_last_delivered(engine.redis(), &stream).await?;
             let undelivered: Vec<(String, std::collections::HashMap<String, String>)> = engine
                 .redis()
                 .xrange(
@@ -191,24 +174,7 @@ async fn archive_pending(
     order: &engine::domain::Order,
 ) -> Result<bool, ArchiveError> {
     for (stream, id) in &order.events {
-        let groups: Value = engine.redis().xinfo_groups(stream.as_str()).await?;
-        let last_delivered = groups
-            .into_array()
-            .into_iter()
-            .map(|g| g.into_array())
-            .find(|g| {
-                g.chunks(2).any(|kv| {
-                    kv[0].as_str().as_deref() == Some("name")
-                        && kv.get(1).and_then(|v| v.as_string()).as_deref() == Some(GROUP)
-                })
-            })
-            .and_then(|g| {
-                g.chunks(2)
-                    .find(|kv| kv[0].as_str().as_deref() == Some("last-delivered-id"))
-                    .and_then(|kv| kv.get(1).and_then(|v| v.as_string()))
-            })
-            .and_then(|text| parse_entry_id(&text))
-            .unwrap_or((0, 0));
+        let last_delivered = crate::archiver_last_delivered(engine.redis(), stream).await?;
         if parse_entry_id(id).is_some_and(|entry| entry > last_delivered) {
             return Ok(true);
         }

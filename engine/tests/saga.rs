@@ -558,3 +558,105 @@ async fn a_compensation_that_keeps_failing_is_parked_not_dropped() {
         10
     );
 }
+
+/// The checker can fail: each kind of broken state — a mismatched pair,
+/// stock that was never released, an oversold item, a per-customer count
+/// with no order behind it — is reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checker_catches_every_kind_of_violation() {
+    let mut env = TestEnv::standalone().await;
+    env.restaurant("r-check", true, "cake", 5_000, 10).await;
+    env.item("r-check", "tart", 4_000, 10, Some(2)).await;
+    env.start_workers("w1");
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let request = env.request(
+            &format!("c{i}"),
+            "r-check",
+            &[("cake", 1), ("tart", 1)],
+            9_000,
+            &format!("k{i}"),
+        );
+        ids.push(env.engine.place_order(&request).await.unwrap().order_id);
+    }
+    env.settle(SETTLE).await;
+    env.stop_workers().await;
+    env.assert_rule_holds().await;
+    let keys = env.engine.keys().clone();
+    let p = keys.partition_of_restaurant("r-check");
+    let redis = env.engine.redis();
+    let violations = || async {
+        engine::check::check(&env.engine, true)
+            .await
+            .unwrap()
+            .violations
+    };
+
+    // 1. "Order rejected, payment captured".
+    let _: () = redis
+        .hset(keys.order(p, &ids[0]), ("status", "REJECTED"))
+        .await
+        .unwrap();
+    let found = violations().await;
+    assert!(
+        found
+            .iter()
+            .any(|v| v.contains("REJECTED with payment CAPTURED")),
+        "{found:?}"
+    );
+    // ... which also means its stock is no longer held by a live order.
+    assert!(
+        found
+            .iter()
+            .any(|v| v.contains("cake") && v.contains("supplied")),
+        "{found:?}"
+    );
+    let _: () = redis
+        .hset(keys.order(p, &ids[0]), ("status", "APPROVED"))
+        .await
+        .unwrap();
+    assert!(violations().await.is_empty());
+
+    // 2. "Order approved, nothing charged".
+    let _: () = redis
+        .hset(keys.order(p, &ids[1]), ("pay", "NONE"))
+        .await
+        .unwrap();
+    assert!(
+        violations()
+            .await
+            .iter()
+            .any(|v| v.contains("APPROVED with payment NONE"))
+    );
+    let _: () = redis
+        .hset(keys.order(p, &ids[1]), ("pay", "CAPTURED"))
+        .await
+        .unwrap();
+
+    // 3. Sold beyond stock: units on hand below zero.
+    let _: i64 = redis
+        .hincrby(keys.item(p, "r-check", "cake"), "stock", -20)
+        .await
+        .unwrap();
+    let found = violations().await;
+    assert!(found.iter().any(|v| v.contains("oversold")), "{found:?}");
+    let _: i64 = redis
+        .hincrby(keys.item(p, "r-check", "cake"), "stock", 20)
+        .await
+        .unwrap();
+
+    // 4. A per-customer count no order backs, over the limit.
+    let _: i64 = redis
+        .hincrby(keys.item_per_customer(p, "r-check", "tart"), "c0", 5)
+        .await
+        .unwrap();
+    let found = violations().await;
+    assert!(
+        found.iter().any(|v| v.contains("customer c0 counted 6")),
+        "{found:?}"
+    );
+    assert!(
+        found.iter().any(|v| v.contains("max_per_customer 2")),
+        "{found:?}"
+    );
+}
