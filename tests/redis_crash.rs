@@ -26,7 +26,10 @@ fn cut_aof_tail(dir: &std::path::Path, share: f64) -> u64 {
         .filter(|p| p.to_string_lossy().ends_with(".incr.aof"))
         .max()
         .expect("an incremental AOF file");
-    let file = std::fs::OpenOptions::new().write(true).open(&newest).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&newest)
+        .unwrap();
     let length = file.metadata().unwrap().len();
     let cut = (length as f64 * share) as u64;
     file.set_len(length - cut).unwrap();
