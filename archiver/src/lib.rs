@@ -455,7 +455,12 @@ impl Archiver {
             )
             .await?;
         let tx = client.transaction().await?;
-        copy_events(&tx, &events).await?;
+        // Each payload is parsed once, here, for the COPY and every projection.
+        let payloads: Vec<Value> = events
+            .iter()
+            .map(|e| serde_json::from_str(&e.data).unwrap_or_else(|_| json!({"raw": e.data})))
+            .collect();
+        copy_events(&tx, &events, &payloads).await?;
         tx.execute(
             "INSERT INTO saga_events (stream, entry_id, entry_ms, entry_seq, order_id, saga_id, seq, \
              type, schema_version, payload, event_time, part_time) \
@@ -466,9 +471,9 @@ impl Archiver {
         )
         .await?;
         insert_dead_letters(&tx, &dead).await?;
-        insert_menu_history(&tx, &events).await?;
-        insert_delayed_task_history(&tx, &events).await?;
-        insert_order_items(&tx, &events).await?;
+        insert_menu_history(&tx, &events, &payloads).await?;
+        insert_delayed_task_history(&tx, &events, &payloads).await?;
+        insert_order_items(&tx, &events, &payloads).await?;
         refold_orders(&tx, &events).await?;
         advance_watermarks(&tx, entries).await?;
         tx.commit().await?;
@@ -715,6 +720,7 @@ pub fn civil_month(days: i64) -> (i32, u32) {
 async fn copy_events(
     tx: &tokio_postgres::Transaction<'_>,
     events: &[Event],
+    payloads: &[Value],
 ) -> Result<(), ArchiveError> {
     if events.is_empty() {
         return Ok(());
@@ -741,12 +747,10 @@ async fn copy_events(
     ];
     let writer = BinaryCopyInWriter::new(sink, &types);
     futures::pin_mut!(writer);
-    for event in events {
+    for (event, payload) in events.iter().zip(payloads) {
         let (ms, seq) = parse_entry_id(&event.id).unwrap_or((0, 0));
         let order: Option<Uuid> = event.order_id();
         let saga: Option<Uuid> = event.saga.parse().ok();
-        let payload: Value =
-            serde_json::from_str(&event.data).unwrap_or_else(|_| json!({"raw": event.data}));
         writer
             .as_mut()
             .write(&[
@@ -759,7 +763,7 @@ async fn copy_events(
                 &(event.seq as i64),
                 &event.kind,
                 &(event.version as i32),
-                &Json(&payload),
+                &Json(payload),
                 &ms_time(event.ts_ms),
                 &part_time(event),
             ])
@@ -798,9 +802,9 @@ async fn insert_dead_letters(
 async fn insert_menu_history(
     tx: &tokio_postgres::Transaction<'_>,
     events: &[Event],
+    payloads: &[Value],
 ) -> Result<(), ArchiveError> {
-    for event in events {
-        let data: Value = serde_json::from_str(&event.data).unwrap_or(Value::Null);
+    for (event, data) in events.iter().zip(payloads) {
         let text = |k: &str| data.get(k).and_then(Value::as_str).map(str::to_string);
         let number = |k: &str| data.get(k).and_then(Value::as_i64);
         let flag = |k: &str| data.get(k).and_then(Value::as_bool);
@@ -845,9 +849,9 @@ async fn insert_menu_history(
 async fn insert_delayed_task_history(
     tx: &tokio_postgres::Transaction<'_>,
     events: &[Event],
+    payloads: &[Value],
 ) -> Result<(), ArchiveError> {
-    for event in events {
-        let data: Value = serde_json::from_str(&event.data).unwrap_or(Value::Null);
+    for (event, data) in events.iter().zip(payloads) {
         let text = |k: &str| data.get(k).and_then(Value::as_str).map(str::to_string);
         let number = |k: &str| data.get(k).and_then(Value::as_i64);
         match event.kind.as_str() {
@@ -894,14 +898,18 @@ async fn insert_delayed_task_history(
 async fn insert_order_items(
     tx: &tokio_postgres::Transaction<'_>,
     events: &[Event],
+    payloads: &[Value],
 ) -> Result<(), ArchiveError> {
     let (mut orders, mut items, mut qtys, mut prices) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for event in events.iter().filter(|e| e.kind == "OrderPlaced") {
+    for (event, data) in events
+        .iter()
+        .zip(payloads)
+        .filter(|(e, _)| e.kind == "OrderPlaced")
+    {
         let Some(order) = event.order_id() else {
             continue;
         };
-        let data: Value = serde_json::from_str(&event.data).unwrap_or(Value::Null);
         for line in data
             .get("l")
             .and_then(Value::as_array)

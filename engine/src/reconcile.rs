@@ -457,19 +457,7 @@ impl Reconciler {
         provider_state: &str,
         reference: &str,
     ) -> Result<(), ReconcileError> {
-        use PaymentOutcome as P;
-        let steps: Vec<P> = match (order.pay, provider_state) {
-            (PaymentStatus::None, "authorized") => vec![P::Authorized],
-            (PaymentStatus::None, "declined") => vec![P::Declined],
-            (PaymentStatus::None, "captured") => vec![P::Authorized, P::Captured],
-            (PaymentStatus::None, "voided") => vec![P::Authorized, P::Voided],
-            (PaymentStatus::None, "refunded") => vec![P::Authorized, P::Captured, P::Refunded],
-            (PaymentStatus::Authorized, "captured") => vec![P::Captured],
-            (PaymentStatus::Authorized, "voided") => vec![P::Voided],
-            (PaymentStatus::Authorized, "refunded") => vec![P::Captured, P::Refunded],
-            (PaymentStatus::Captured, "refunded") => vec![P::Refunded],
-            _ => vec![],
-        };
+        let steps = saga::catch_up(order.pay, provider_state, false);
         for step in steps {
             self.engine
                 .record_payment(order, step, reference, Lane::Batch)
@@ -889,14 +877,5 @@ fn classify(
 
 /// Whether the provider's state is ahead of what the order records.
 fn provider_ahead(pay: PaymentStatus, provider: &str) -> bool {
-    matches!(
-        (pay, provider),
-        (
-            PaymentStatus::None,
-            "authorized" | "declined" | "captured" | "voided" | "refunded"
-        ) | (
-            PaymentStatus::Authorized,
-            "captured" | "voided" | "refunded"
-        ) | (PaymentStatus::Captured, "refunded")
-    )
+    !saga::catch_up(pay, provider, false).is_empty()
 }

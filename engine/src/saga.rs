@@ -198,8 +198,9 @@ pub fn payment_action(order: &Order) -> Option<PaymentAction> {
     }
 }
 
-/// The records that bring our payment state up to the provider's.
-fn catch_up(ours: PaymentStatus, provider: &str, capturing: bool) -> Vec<PaymentOutcome> {
+/// The records that bring our payment state up to the provider's (empty
+/// when the provider is not ahead of us).
+pub fn catch_up(ours: PaymentStatus, provider: &str, capturing: bool) -> Vec<PaymentOutcome> {
     use PaymentOutcome::*;
     use PaymentStatus as P;
     let voided = if capturing { CaptureFailed } else { Voided };
