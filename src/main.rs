@@ -50,6 +50,8 @@ enum Command {
     PspSim(commands::psp_sim::PspSimArgs),
     /// Print a signed API token.
     Token(commands::token::TokenArgs),
+    /// Bulk-import restaurants and menus from JSON Lines (batch lane, rate-limited).
+    Import(commands::import::ImportArgs),
     /// Check the rule: no mismatched order/payment pair, stock conserved.
     Check(commands::check::CheckArgs),
 }
@@ -75,6 +77,7 @@ fn main() -> ExitCode {
             Command::Reconcile(args) => commands::reconcile::run(args).await,
             Command::PspSim(args) => commands::psp_sim::run(args).await,
             Command::Check(args) => commands::check::run(args).await,
+            Command::Import(args) => commands::import::run(args).await,
         }
     });
     match outcome {

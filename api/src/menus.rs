@@ -36,15 +36,30 @@ pub struct RestaurantPatch {
     auto_approve: Option<bool>,
 }
 
+/// The body of `PUT /v1/restaurants/{rid}/menu/{item}` (and one item of a
+/// `lunchrush import` line).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ItemPutBody {
-    name: String,
-    price: i64,
-    stock: i64,
-    available: bool,
+    pub name: String,
+    pub price: i64,
+    pub stock: i64,
+    pub available: bool,
     #[serde(default)]
-    max_per_customer: Option<i64>,
+    pub max_per_customer: Option<i64>,
+}
+
+impl ItemPutBody {
+    /// The item, validated: the precise problem otherwise.
+    pub fn validate(&self) -> Result<ItemPut, Problem> {
+        Ok(ItemPut {
+            name: domain::parse_name("name", &self.name)?,
+            price: domain::parse_price("price", self.price)?,
+            stock: domain::parse_stock("stock", self.stock)?,
+            available: self.available,
+            max_per_customer: max_per_customer(self.max_per_customer)?,
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -147,13 +162,7 @@ pub async fn put_item(
     let rid = path_id("restaurant id", &rid)?;
     let item = path_id("item id", &item)?;
     auth.require_restaurant(&rid)?;
-    let put = ItemPut {
-        name: domain::parse_name("name", &body.name)?,
-        price: domain::parse_price("price", body.price)?,
-        stock: domain::parse_stock("stock", body.stock)?,
-        available: body.available,
-        max_per_customer: max_per_customer(body.max_per_customer)?,
-    };
+    let put = body.validate()?;
     let item = state
         .engine
         .put_item(&rid, &item, &put, Lane::Online)

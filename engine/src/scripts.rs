@@ -27,6 +27,8 @@ impl Script {
         let (keys_fixed, keys_per_line) = parse_keys_header(body)
             .unwrap_or_else(|| panic!("lua/{name}.lua declares no `@keys` line"));
         let source = format!("{COMMON}\n{body}");
+        #[cfg(feature = "sabotage-skip-release-on-decline")]
+        let source = sabotage(name, source);
         let sha = fred::util::sha1_hash(&source);
         Self {
             name,
@@ -35,6 +37,11 @@ impl Script {
             keys_fixed,
             keys_per_line,
         }
+    }
+
+    /// The SHA-1 EVALSHA names the script by.
+    pub fn sha(&self) -> &str {
+        &self.sha
     }
 
     /// Runs the script; `keys` must match the declared count.
@@ -178,6 +185,20 @@ impl Scripts {
 impl Default for Scripts {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// A deliberately broken build, to prove the checker can fail: a declined
+/// payment rejects the order but no longer puts its stock back. Compiled only
+/// with the `sabotage-skip-release-on-decline` feature (`bench/chaos --sabotage`).
+#[cfg(feature = "sabotage-skip-release-on-decline")]
+fn sabotage(name: &str, source: String) -> String {
+    const RELEASE: &str = "rcall('HINCRBY', item_key, 'stock', line[2])";
+    assert!(source.contains(RELEASE), "the sabotaged line moved");
+    if name == "record_payment" {
+        source.replace(RELEASE, "")
+    } else {
+        source
     }
 }
 

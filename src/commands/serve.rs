@@ -22,6 +22,9 @@ pub struct ServeArgs {
     /// Serve the API only; run no saga workers in this process.
     #[arg(long, env = "LUNCHRUSH_NO_WORKERS")]
     pub no_workers: bool,
+    /// Take over saga events another (dead) process left pending this long.
+    #[arg(long, env = "LUNCHRUSH_RECLAIM_IDLE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub reclaim_idle: std::time::Duration,
     #[command(flatten)]
     pub admission: crate::args::AdmissionArgs,
     /// POST customer notifications to this URL (default: write them to the log).
@@ -49,11 +52,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         limits,
         notifier(args.notify_webhook.as_deref()),
         listener,
-        !args.no_workers,
+        (!args.no_workers).then(|| worker_options(args.reclaim_idle)),
         super::up::shutdown_signal(),
     )
     .await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// This process's saga worker settings: a unique consumer name.
+pub fn worker_options(reclaim_idle: std::time::Duration) -> engine::saga::WorkerOptions {
+    engine::saga::WorkerOptions {
+        reclaim_idle,
+        ..engine::saga::WorkerOptions::new(engine::saga::consumer_name())
+    }
 }
 
 /// Connects, loads the scripts, creates the consumer groups, starts the
@@ -64,7 +75,7 @@ pub async fn run_engine(
     limits: api::admission::Limits,
     notifier: std::sync::Arc<dyn engine::notify::Notifier>,
     listener: tokio::net::TcpListener,
-    workers: bool,
+    workers: Option<engine::saga::WorkerOptions>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let redis = engine::store::connect(&config).await?;
@@ -78,11 +89,10 @@ pub async fn run_engine(
         .context("create the consumer groups")?;
     let psp = engine::psp::PspClient::new(&config.psp_url);
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let handles = if workers {
-        let options = engine::saga::WorkerOptions::new(engine::saga::consumer_name());
-        engine::saga::spawn_workers(&engine, &psp, notifier, &options, &stopped)
-    } else {
-        Vec::new()
+    let running_workers = workers.is_some();
+    let handles = match &workers {
+        Some(options) => engine::saga::spawn_workers(&engine, &psp, notifier, options, &stopped),
+        None => Vec::new(),
     };
     let state = api::AppState::new(
         engine,
@@ -90,7 +100,7 @@ pub async fn run_engine(
         config.jwt_secret.as_bytes(),
         limits,
     );
-    tracing::info!(listen = %config.listen, workers, partitions = config.partitions,
+    tracing::info!(listen = %config.listen, workers = running_workers, partitions = config.partitions,
         "Engine serving.");
     let served = api::serve(listener, state, shutdown).await;
     let _ = stop.send(true);

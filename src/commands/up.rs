@@ -177,7 +177,9 @@ pub async fn start(args: UpArgs) -> anyhow::Result<Running> {
         limits,
         notifier,
         listener,
-        true,
+        Some(engine::saga::WorkerOptions::new(
+            engine::saga::consumer_name(),
+        )),
         async move {
             let _ = engine_stopped.wait_for(|stop| *stop).await;
         },
