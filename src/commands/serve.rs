@@ -104,9 +104,21 @@ pub async fn run_engine(
         "Engine serving.");
     let served = api::serve(listener, state, shutdown).await;
     let _ = stop.send(true);
-    for handle in handles {
-        let _ = handle.await;
+    // Each worker finishes its batch; but with Redis gone a batch never
+    // finishes, and nothing unacknowledged is lost by leaving (another
+    // process reclaims it): give up waiting after a while.
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        for handle in handles {
+            let _ = handle.await;
+        }
+        let _ = fred::interfaces::ClientLike::quit(&redis).await;
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(grace = ?SHUTDOWN_GRACE, "Workers did not stop in time; leaving their pending events to be reclaimed.");
     }
-    let _ = fred::interfaces::ClientLike::quit(&redis).await;
     served
 }
+
+/// How long a stopping engine waits for its workers' batches.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);

@@ -152,12 +152,19 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let before = commands_processed(&client).await?;
+    let redis_pid = redis.pid().unwrap_or(0);
+    let cpu_before = (
+        bench::cpu_seconds(redis_pid),
+        bench::cpu_seconds(std::process::id()),
+    );
     let started = Instant::now();
     place_all(&engine, &args, "s").await?;
     while unsettled(&engine).await? > 0 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let saga_time = started.elapsed();
+    let cpu_redis = bench::cpu_seconds(redis_pid) - cpu_before.0;
+    let cpu_rest = bench::cpu_seconds(std::process::id()) - cpu_before.1;
     let saga_ops = commands_processed(&client).await? - before;
     let _ = stop.send(true);
     for handle in handles {
@@ -185,6 +192,18 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "  redis commands per full saga      {:>10.1}",
         saga_ops as f64 / n
+    );
+    println!(
+        "  redis-server CPU µs per saga      {:>10.0}",
+        cpu_redis * 1e6 / n
+    );
+    println!(
+        "  this process CPU µs per saga      {:>10.0}   (engine, workers, provider simulator, load)",
+        cpu_rest * 1e6 / n
+    );
+    println!(
+        "  one Redis's ceiling (sagas/s)     {:>10.0}   (1 s / Redis CPU per saga)",
+        n / cpu_redis.max(1e-9)
     );
     println!(
         "  checker                           {:>10}",
