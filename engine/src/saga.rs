@@ -255,6 +255,7 @@ pub async fn drive_payment(
             // payment): nothing to record, and nothing more to do.
             return Ok(());
         }
+        let mut after = None;
         for step in steps {
             let t = engine
                 .record_payment(&order, step, &provider.reference, lane)
@@ -262,6 +263,24 @@ pub async fn drive_payment(
             if let Outcome::Refused(detail) = &t.outcome {
                 tracing::warn!(order = %order.id, step = step.as_str(), %detail,
                     "Provider outcome refused by the payment state machine.");
+            }
+            after = Some(t);
+        }
+        // The last transition returned the order's state after it: when no
+        // step is owed there, stop without re-reading the order. (A later
+        // change that owes one — approval, rejection — arrives as its own
+        // event.)
+        if let Some(t) = after.filter(|t| t.is_done())
+            && let (Some(status), Some(pay)) = (t.status, t.pay)
+        {
+            let now = Order {
+                status,
+                pay,
+                decision: t.decision,
+                ..order
+            };
+            if payment_action(&now).is_none() {
+                return Ok(());
             }
         }
     }
