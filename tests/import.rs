@@ -4,13 +4,9 @@
 
 mod common;
 
-use std::process::Command;
-
 use engine::keys::Topic;
 use fred::prelude::*;
 use stack::psp::Faults;
-
-const BIN: &str = env!("CARGO_BIN_EXE_lunchrush");
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn import_writes_good_lines_on_the_batch_lane_and_refuses_bad_ones() {
@@ -29,12 +25,8 @@ async fn import_writes_good_lines_on_the_batch_lane_and_refuses_bad_ones() {
         .join("\n"),
     )
     .unwrap();
-    let output = Command::new(BIN)
-        .args(["import", file.to_str().unwrap(), "--max-rate", "0"])
-        .env("LUNCHRUSH_REDIS_URL", fx.stack.redis_url())
-        .env("LUNCHRUSH_POSTGRES_URL", fx.stack.postgres_url())
-        .env("LUNCHRUSH_PSP_URL", &fx.psp_url)
-        .env("LUNCHRUSH_PARTITIONS", "4")
+    let output = fx
+        .lunchrush(&["import", file.to_str().unwrap(), "--max-rate", "0"])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);

@@ -6,13 +6,10 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use engine::domain::PlaceOrder;
 use stack::psp::Faults;
-
-const BIN: &str = env!("CARGO_BIN_EXE_lunchrush");
 
 /// Truncates the newest incremental AOF file by `share` of its length;
 /// Redis loads what precedes the cut (`aof-load-truncated yes`, the default,
@@ -76,12 +73,8 @@ async fn reconciliation_repairs_what_a_redis_crash_loses() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    let output = Command::new(BIN)
-        .args(["reconcile", "--older-than", "1s"])
-        .env("LUNCHRUSH_REDIS_URL", fx.stack.redis_url())
-        .env("LUNCHRUSH_POSTGRES_URL", fx.stack.postgres_url())
-        .env("LUNCHRUSH_PSP_URL", &fx.psp_url)
-        .env("LUNCHRUSH_PARTITIONS", "4")
+    let output = fx
+        .lunchrush(&["reconcile", "--older-than", "1s"])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);

@@ -85,6 +85,19 @@ impl Fixture {
         }
     }
 
+    /// `lunchrush ARGS` configured for this fixture's stack, provider
+    /// simulator and partitions.
+    pub fn lunchrush(&self, args: &[&str]) -> std::process::Command {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_lunchrush"));
+        command
+            .args(args)
+            .env("LUNCHRUSH_REDIS_URL", self.stack.redis_url())
+            .env("LUNCHRUSH_POSTGRES_URL", self.stack.postgres_url())
+            .env("LUNCHRUSH_PSP_URL", &self.psp_url)
+            .env("LUNCHRUSH_PARTITIONS", self.config.partitions.to_string());
+        command
+    }
+
     /// Sagas not yet at rest, over every partition.
     pub async fn unsettled(&self) -> u64 {
         let mut total = 0;
