@@ -8,7 +8,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use engine::domain::PlaceOrder;
-use fred::prelude::*;
 use stack::LocalStack;
 use stack::psp::Faults;
 
@@ -56,16 +55,7 @@ async fn a_killed_archiver_restarts_and_archives_everything_once() {
     let mut archiver = spawn_archiver(stack);
     let deadline = Instant::now() + Duration::from_secs(90);
     let report = loop {
-        let mut unsettled = 0u64;
-        for p in 0..4 {
-            let n: u64 = engine
-                .redis()
-                .zcard(engine.keys().inflight(p))
-                .await
-                .unwrap();
-            unsettled += n;
-        }
-        if unsettled == 0 {
+        if engine.unsettled().await.unwrap() == 0 {
             let report = archiver::audit::audit(engine, pool).await.unwrap();
             if report.passed() && report.stream_entries == 0 {
                 break report;

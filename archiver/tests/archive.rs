@@ -109,16 +109,7 @@ async fn place(env: &Env, from: usize, to: usize) {
 }
 
 async fn unsettled(engine: &engine::Engine) -> u64 {
-    let mut total = 0;
-    for p in 0..engine.keys().partitions() {
-        let n: u64 = engine
-            .redis()
-            .zcard(engine.keys().inflight(p))
-            .await
-            .unwrap();
-        total += n;
-    }
-    total
+    engine.unsettled().await.unwrap()
 }
 
 /// Waits until every saga is settled, the archive audit passes and the

@@ -652,6 +652,17 @@ impl Engine {
         Ok(Order::from_fields(p, &fields))
     }
 
+    /// Sagas not yet at rest, over every partition (the in-flight indexes'
+    /// sizes): 0 once the system is quiet.
+    pub async fn unsettled(&self) -> Result<u64, EngineError> {
+        let mut total = 0;
+        for p in 0..self.keys().partitions() {
+            let n: u64 = self.redis().zcard(self.keys().inflight(p)).await?;
+            total += n;
+        }
+        Ok(total)
+    }
+
     /// Every order id of a partition (SCAN; for tests and tools, not the
     /// online path).
     pub async fn order_ids(&self, partition: u16) -> Result<Vec<Uuid>, EngineError> {

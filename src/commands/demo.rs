@@ -172,16 +172,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     .await?;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let mut unsettled = 0u64;
-        for p in 0..engine.keys().partitions() {
-            let n: u64 = fred::interfaces::SortedSetsInterface::zcard(
-                engine.redis(),
-                engine.keys().inflight(p),
-            )
-            .await?;
-            unsettled += n;
-        }
-        if unsettled == 0 || Instant::now() > deadline {
+        if engine.unsettled().await? == 0 || Instant::now() > deadline {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -89,7 +89,6 @@ pub async fn run_engine(
         .context("create the consumer groups")?;
     let psp = engine::psp::PspClient::new(&config.psp_url);
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let running_workers = workers.is_some();
     let handles = match &workers {
         Some(options) => engine::saga::spawn_workers(&engine, &psp, notifier, options, &stopped),
         None => Vec::new(),
@@ -100,7 +99,7 @@ pub async fn run_engine(
         config.jwt_secret.as_bytes(),
         limits,
     );
-    tracing::info!(listen = %config.listen, workers = running_workers, partitions = config.partitions,
+    tracing::info!(listen = %config.listen, workers = workers.is_some(), partitions = config.partitions,
         "Engine serving.");
     let served = api::serve(listener, state, shutdown).await;
     let _ = stop.send(true);

@@ -100,17 +100,7 @@ impl Fixture {
 
     /// Sagas not yet at rest, over every partition.
     pub async fn unsettled(&self) -> u64 {
-        let mut total = 0;
-        for p in 0..self.engine.keys().partitions() {
-            let n: u64 = fred::interfaces::SortedSetsInterface::zcard(
-                self.engine.redis(),
-                self.engine.keys().inflight(p),
-            )
-            .await
-            .unwrap();
-            total += n;
-        }
-        total
+        self.engine.unsettled().await.unwrap()
     }
 }
 

@@ -329,27 +329,13 @@ impl System {
         Ok(())
     }
 
-    /// Sagas not at rest, over every partition.
-    async fn unsettled(&self) -> u64 {
-        let mut total = 0;
-        for p in 0..PARTITIONS {
-            let n: u64 = self
-                .engine
-                .redis()
-                .zcard(self.engine.keys().inflight(p))
-                .await
-                .unwrap_or(u64::MAX / 8);
-            total += n;
-        }
-        total
-    }
-
     /// Waits until no saga runs and the archive holds every event; returns
     /// whether that happened within `max`.
     async fn settle(&self, max: Duration) -> bool {
         let deadline = Instant::now() + max;
         while Instant::now() < deadline {
-            if self.unsettled().await == 0 {
+            // Redis unreachable counts as not settled yet.
+            if self.engine.unsettled().await.is_ok_and(|n| n == 0) {
                 match archiver::audit::audit(&self.engine, &self.pool).await {
                     Ok(report) if report.passed() => return true,
                     _ => {}

@@ -81,15 +81,6 @@ async fn place_all(engine: &engine::Engine, args: &Args, phase: &str) -> anyhow:
     Ok(elapsed)
 }
 
-async fn unsettled(engine: &engine::Engine) -> anyhow::Result<u64> {
-    let mut total = 0;
-    for p in 0..engine.keys().partitions() {
-        let n: u64 = engine.redis().zcard(engine.keys().inflight(p)).await?;
-        total += n;
-    }
-    Ok(total)
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -148,7 +139,7 @@ async fn main() -> anyhow::Result<()> {
         &options,
         &stopped,
     );
-    while unsettled(&engine).await? > 0 {
+    while engine.unsettled().await? > 0 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let before = commands_processed(&client).await?;
@@ -159,7 +150,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let started = Instant::now();
     place_all(&engine, &args, "s").await?;
-    while unsettled(&engine).await? > 0 {
+    while engine.unsettled().await? > 0 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let saga_time = started.elapsed();

@@ -12,7 +12,6 @@ use engine::domain::{Order, PlaceOrder};
 use engine::keys::Lane;
 use engine::psp::PspClient;
 use engine::saga::{Role, Worker, WorkerOptions};
-use fred::prelude::*;
 use stack::psp::{Faults, PspSim};
 use stack::{AppendFsync, RedisCluster, RedisOptions, RedisServer};
 
@@ -206,17 +205,7 @@ impl TestEnv {
 
     /// Number of unsettled sagas across partitions.
     pub async fn unsettled(&self) -> u64 {
-        let mut total = 0;
-        for p in 0..PARTITIONS {
-            let n: u64 = self
-                .engine
-                .redis()
-                .zcard(self.engine.keys().inflight(p))
-                .await
-                .unwrap();
-            total += n;
-        }
-        total
+        self.engine.unsettled().await.unwrap()
     }
 
     /// Waits until every saga is settled, or panics after `limit`.
