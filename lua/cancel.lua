@@ -16,7 +16,7 @@
   Output:
     {'ok'|'noop'|'err', status, pay, version, decision, reason, detail}
     'noop': already rejected (whatever the reason). 'err' detail: not_found,
-    stale, too_late (a customer after approval).
+    stale, too_late (a customer once the restaurant accepted, or later).
   Events: OrderRejected (reason cancelled) on KEYS[2].
   Bounded: O(lines).
 ]]
@@ -26,7 +26,9 @@ local o = load_order(order_key)
 if not o then return {'err', '', '', '0', '', '', 'not_found'} end
 if o.status == 'REJECTED' then return reply('noop', o) end
 if stale(o, expected) then return reply('err', o, 'stale') end
-if actor ~= 'admin' and o.status ~= 'PENDING' and o.status ~= 'PAID' then
+-- A customer cancels only before approval: once the restaurant has
+-- accepted (decision set, status still PAID until the capture), too late.
+if actor ~= 'admin' and ((o.status ~= 'PENDING' and o.status ~= 'PAID') or o.decision ~= '') then
   return reply('err', o, 'too_late')
 end
 reject(order_key, inflight, timers, order_stream, o, 'cancelled', 5, now_ms())

@@ -17,11 +17,13 @@
     ARGV[7] available '1' | '0' | ''
     ARGV[8] max_per_customer ('0' = no limit, '' = unchanged)
     ARGV[9] maximum menu size (items per restaurant)
+    ARGV[10] maximum stock on hand (units)
   Output:
     {'ok', name, price, stock, available, max_per_customer}
     {'err', code}: restaurant_not_found, item_not_found (patch of an unknown
     item), stock_negative (a delta would take stock on hand below zero: units
-    held by orders are never touched by an edit), menu_full.
+    held by orders are never touched by an edit), stock_too_high (stock on
+    hand would pass ARGV[10]), menu_full.
   Events: MenuItemUpserted on KEYS[4].
   Invariant: `supplied` (initial stock plus restocks) moves with every stock
   change, so supplied = on hand + units held by live orders stays true.
@@ -30,7 +32,7 @@
 local restaurant_key, items_key, item_key, stream = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local mode, rid, item = ARGV[1], ARGV[2], ARGV[3]
 local name, price, stock, available, max_pc = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
-local menu_max = tonumber(ARGV[9])
+local menu_max, stock_max = tonumber(ARGV[9]), tonumber(ARGV[10])
 if rcall('EXISTS', restaurant_key) == 0 then return {'err', 'restaurant_not_found'} end
 local exists = rcall('EXISTS', item_key) == 1
 if mode == 'patch' and not exists then return {'err', 'item_not_found'} end
@@ -41,6 +43,7 @@ local delta = 0
 if stock ~= '' then
   if mode == 'put' then delta = tonumber(stock) - on_hand else delta = tonumber(stock) end
   if on_hand + delta < 0 then return {'err', 'stock_negative'} end
+  if on_hand + delta > stock_max then return {'err', 'stock_too_high'} end
 end
 local fields = {}
 if name ~= '' then fields[#fields + 1] = 'name'; fields[#fields + 1] = name end

@@ -162,6 +162,18 @@ pub struct AdmissionArgs {
     /// Whole-request deadline.
     #[arg(long, env = "LUNCHRUSH_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
+    /// Open HTTP connections one process keeps; more are refused with 503
+    /// (lowered to fit the file-descriptor limit).
+    #[arg(long, env = "LUNCHRUSH_CONNECTIONS_MAX", default_value_t = 4_096)]
+    pub connections_max: usize,
+    /// A connection must send a whole request head within this long of being
+    /// ready for one (after connecting, or after its last response), else it
+    /// is closed: bounds slow heads and idle keep-alive connections.
+    #[arg(long, env = "LUNCHRUSH_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Duration,
+    /// Require `Authorization: Bearer <this>` to read `/metrics`.
+    #[arg(long, env = "LUNCHRUSH_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
 }
 
 impl AdmissionArgs {
@@ -176,11 +188,22 @@ impl AdmissionArgs {
             !self.request_timeout.is_zero(),
             "--request-timeout must be positive"
         );
+        anyhow::ensure!(
+            self.connections_max >= 1,
+            "--connections-max must be at least 1"
+        );
+        anyhow::ensure!(
+            !self.header_read_timeout.is_zero(),
+            "--header-read-timeout must be positive"
+        );
         Ok(api::admission::Limits {
             rate_per_sec: self.rate_limit,
             burst: self.rate_burst,
             in_flight_max: self.in_flight_max,
             request_timeout: self.request_timeout,
+            connections_max: self.connections_max,
+            header_read_timeout: self.header_read_timeout,
+            metrics_token: self.metrics_token.clone(),
         })
     }
 }

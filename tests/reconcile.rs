@@ -70,6 +70,14 @@ async fn reconcile_finds_and_fixes_every_orphan_kind_once() {
         .zrem(engine.keys().inflight(p), vanished.to_string())
         .await
         .unwrap();
+    // 2b. An in-flight entry whose order hash is gone (deleted by hand):
+    // reported as its own kind and removed; its stock is reclaimed too.
+    let dangling = place(8).await;
+    let _: i64 = engine
+        .redis()
+        .del(engine.keys().order(p, &dangling))
+        .await
+        .unwrap();
     // 3. A provider charge with no order at all.
     let ghost = engine::ids::new_order_id(p);
     psp.authorize(&ghost.to_string(), 9_999).await.unwrap();
@@ -178,6 +186,7 @@ async fn reconcile_finds_and_fixes_every_orphan_kind_once() {
     let summary = &report["summary"];
     for kind in [
         "stuck_saga",
+        "dangling_index",
         "held_stock",
         "charge_without_order",
         "captured_without_charge",
@@ -195,6 +204,13 @@ async fn reconcile_finds_and_fixes_every_orphan_kind_once() {
             "{kind}: {stdout}"
         );
     }
+
+    let index: Vec<String> = engine
+        .redis()
+        .zrange(engine.keys().inflight(p), 0, -1, None, false, None, false)
+        .await
+        .unwrap();
+    assert!(!index.contains(&dangling.to_string()), "{index:?}");
 
     // The stuck saga was re-driven to the end; the phantom capture corrected.
     let stuck = engine.order(&stuck).await.unwrap().unwrap();

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Admission settings.
+/// Admission settings: who gets in, how many, for how long.
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// Tokens added per second to each subject's bucket.
@@ -24,6 +24,14 @@ pub struct Limits {
     pub in_flight_max: usize,
     /// Whole-request deadline.
     pub request_timeout: Duration,
+    /// Open HTTP connections per process; more are refused with 503.
+    pub connections_max: usize,
+    /// A connection must deliver a whole request head within this long of
+    /// being ready for one (after connecting or after its last response),
+    /// else it is closed: bounds slow heads and idle keep-alive alike.
+    pub header_read_timeout: Duration,
+    /// With a token, `/metrics` answers only its bearer.
+    pub metrics_token: Option<String>,
 }
 
 impl Default for Limits {
@@ -33,6 +41,9 @@ impl Default for Limits {
             burst: 40.0,
             in_flight_max: 2_048,
             request_timeout: Duration::from_secs(10),
+            connections_max: 4_096,
+            header_read_timeout: Duration::from_secs(10),
+            metrics_token: None,
         }
     }
 }

@@ -63,6 +63,8 @@ pub enum TokenError {
     EmptySubject,
     #[error("the token has expired")]
     Expired,
+    #[error("the token is not valid yet (nbf is in the future)")]
+    NotYetValid,
     #[error("the token is invalid: {0}")]
     Invalid(String),
 }
@@ -85,6 +87,8 @@ impl Keys {
     pub fn new(secret: &[u8]) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 5;
+        // A token that names a start (`nbf`) is refused until then.
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         Self {
             encoding: EncodingKey::from_secret(secret),
@@ -128,6 +132,7 @@ impl Keys {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
+                jsonwebtoken::errors::ErrorKind::ImmatureSignature => TokenError::NotYetValid,
                 _ => TokenError::Invalid(e.to_string()),
             })?;
         let claims = data.claims;
@@ -194,6 +199,24 @@ mod tests {
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &keys().encoding)
             .unwrap();
         assert_eq!(keys().verify(&token), Err(TokenError::Expired));
+    }
+
+    /// A token whose `nbf` (not before) lies in the future is refused until then.
+    #[test]
+    fn a_token_not_valid_yet_is_refused() {
+        let now = unix_now();
+        let claims = serde_json::json!({
+            "sub": "c", "role": "customer", "exp": now + 3600, "iat": now, "nbf": now + 600,
+        });
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &keys().encoding)
+            .unwrap();
+        assert_eq!(keys().verify(&token), Err(TokenError::NotYetValid));
+        let claims = serde_json::json!({
+            "sub": "c", "role": "customer", "exp": now + 3600, "iat": now, "nbf": now - 1,
+        });
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &keys().encoding)
+            .unwrap();
+        assert!(keys().verify(&token).is_ok());
     }
 
     #[test]

@@ -13,6 +13,11 @@ use crate::problem::Problem;
 
 /// Bodies larger than this are refused with 413.
 pub const BODY_BYTES_MAX: usize = 64 * 1024;
+/// JSON nesting deeper than this is refused before any parser sees it: the
+/// deepest body the API takes is 3 levels (an order's lines), and a parser
+/// that recurses per level would overflow a worker thread's stack on a
+/// body of a few kilobytes nested ten thousand deep.
+pub const JSON_DEPTH_MAX: usize = 32;
 
 /// The verified claims of the request's bearer token.
 #[derive(Debug, Clone)]
@@ -134,8 +139,47 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Json<T> {
     }
 }
 
+/// The nesting depth of a JSON text, counted without parsing it (brackets
+/// inside strings do not count); stops counting past `limit`. O(bytes),
+/// no recursion, no allocation.
+pub fn json_depth(bytes: &[u8], limit: usize) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in bytes {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+                if deepest > limit {
+                    return deepest;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
 /// simd-json first; on failure, a second parse that names where it broke.
+/// Nesting deeper than [`JSON_DEPTH_MAX`] is refused before either.
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
+    if json_depth(bytes, JSON_DEPTH_MAX) > JSON_DEPTH_MAX {
+        return Err(Problem::bad_request(
+            "json_too_deep",
+            format!("the body nests deeper than {JSON_DEPTH_MAX} levels"),
+        ));
+    }
     let mut buffer = bytes.to_vec();
     if let Ok(value) = simd_json::serde::from_slice::<T>(&mut buffer) {
         return Ok(value);
@@ -161,9 +205,43 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
     }
 }
 
+/// A path parameter: like axum's, but a segment that does not decode (say
+/// invalid UTF-8 in `%FF`) is a problem+json 400, not the router's text.
+#[derive(Debug)]
+pub struct Path<T>(pub T);
+
+impl<T> FromRequestParts<AppState> for Path<T>
+where
+    T: DeserializeOwned + Send,
+{
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(Path(value)),
+            Err(rejection) => Err(Problem::bad_request(
+                "invalid_path",
+                format!("the path does not decode: {}", rejection.body_text()),
+            )),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Depth counts brackets outside strings only, and stops past the limit.
+    #[test]
+    fn depth_is_counted_without_parsing() {
+        assert_eq!(json_depth(br#"{"a":[{"b":1}]}"#, 32), 3);
+        assert_eq!(json_depth(br#"{"a":"[[[[[[\"[[["}"#, 32), 1);
+        assert_eq!(json_depth(b"1", 32), 0);
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert_eq!(json_depth(deep.as_bytes(), 32), 33);
+        let problem = parse::<Body>(deep.as_bytes()).unwrap_err();
+        assert_eq!(problem.code, "json_too_deep");
+    }
 
     #[derive(Debug, serde::Deserialize, PartialEq)]
     #[serde(deny_unknown_fields)]

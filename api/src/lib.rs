@@ -7,6 +7,8 @@
 //! - [`admission`]: rate limits, in-flight bound, deadlines.
 //! - [`menus`], [`orders`]: the v1 routes.
 //! - [`health`], [`metrics`], [`openapi`]: operations endpoints.
+//! - [`server`]: the accept loop: connection cap, head timeout, protocol
+//!   refusals as problem+json.
 //!
 //! **Architecture Invariant:** this is the only crate that knows routes,
 //! status codes and `application/problem+json`; the engine below it speaks
@@ -21,8 +23,8 @@ pub mod metrics;
 pub mod openapi;
 pub mod orders;
 pub mod problem;
+pub mod server;
 
-use std::future::Future;
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -70,6 +72,8 @@ pub struct AppState {
     pub in_flight: Arc<tokio::sync::Semaphore>,
     pub hot_spots: Arc<metrics::HotSpots>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// With a token, `/metrics` answers only its bearer.
+    pub metrics_token: Option<Arc<str>>,
 }
 
 impl AppState {
@@ -85,9 +89,14 @@ impl AppState {
             postgres,
             keys: auth::Keys::new(jwt_secret),
             in_flight: Arc::new(tokio::sync::Semaphore::new(limits.in_flight_max)),
-            limiter: Arc::new(admission::RateLimiter::new(limits)),
             hot_spots: Arc::new(metrics::HotSpots::default()),
             metrics: metrics::install(),
+            metrics_token: limits
+                .metrics_token
+                .as_deref()
+                .filter(|t| !t.is_empty())
+                .map(Arc::from),
+            limiter: Arc::new(admission::RateLimiter::new(limits)),
         }
     }
 }
@@ -158,13 +167,11 @@ async fn openapi() -> axum::Json<serde_json::Value> {
     axum::Json(openapi::document())
 }
 
-/// Every route of the API.
+/// Every route of the API. The v1 routes pass admission control (in-flight
+/// bound, deadline); the operations endpoints never do, so a liveness probe
+/// answers even when the engine sheds load.
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(metrics::render))
-        .route("/openapi.json", get(openapi))
         .route(
             "/v1/restaurants/{rid}",
             put(menus::put_restaurant).patch(menus::patch_restaurant),
@@ -185,22 +192,15 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(from_fn_with_state(state.clone(), admit))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(metrics::render))
+        .route("/openapi.json", get(openapi))
         .route_layer(from_fn(metrics::track))
         .with_state(state)
 }
 
-/// Serves the API on `listener` until `shutdown` completes, then finishes the
-/// requests in flight.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    state: AppState,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("serve HTTP")
-}
+pub use server::serve;
 
 #[cfg(test)]
 mod tests {

@@ -8,7 +8,7 @@
 //! GET   /v1/restaurants/{rid}/menu         any role
 //! ```
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use engine::domain::{self, Menu, STOCK_MAX};
@@ -18,7 +18,7 @@ use serde::Deserialize;
 
 use crate::AppState;
 use crate::auth::Role;
-use crate::extract::{Auth, Json};
+use crate::extract::{Auth, Json, Path};
 use crate::problem::Problem;
 
 #[derive(Debug, Deserialize)]
@@ -100,6 +100,10 @@ fn menu_problem(error: MenuError) -> Problem {
         MenuError::StockNegative => Problem::conflict(
             "stock_below_held",
             "the stock change would take units on hand below zero (units held by orders are never touched)",
+        ),
+        MenuError::StockTooHigh => Problem::conflict(
+            "stock_too_high",
+            format!("the stock change would take units on hand above {STOCK_MAX}"),
         ),
         MenuError::MenuFull => Problem::conflict("menu_full", error.to_string()),
         MenuError::Engine(e) => e.into(),

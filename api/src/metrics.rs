@@ -1,14 +1,16 @@
 //! `GET /metrics` (Prometheus text): requests by route and status, placement
 //! latency, saga outcomes, shed requests, dead letters, per-restaurant hot
-//! spots, and — computed at scrape time from XINFO GROUPS — lag and pending
-//! entries per consumer group and topic.
+//! spots, and — gathered in the background from XINFO GROUPS every
+//! [`GATHER_INTERVAL`] — lag and pending entries per consumer group and
+//! topic. Every label takes its values from a closed set or from entities
+//! that exist, so no request can add series.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::header;
+use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use fred::prelude::*;
@@ -21,10 +23,19 @@ use crate::problem::Problem;
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
 ];
-/// Hot-spot gauges are published for this many restaurants.
+/// The hot-spot table names this many restaurants.
 const HOT_SPOTS_TOP: usize = 10;
-/// The hot-spot table forgets everything when it grows past this.
+/// The hot-spot table counts placements per window; a restaurant drops out
+/// of it once it had none for a whole window.
+const HOT_SPOTS_WINDOW: Duration = Duration::from_secs(60);
+/// Restaurants counted per window at most (only restaurants that exist are
+/// counted at all; past this, new ones wait for the next window).
 const HOT_SPOTS_TRACKED_MAX: usize = 10_000;
+/// HTTP methods counted under their own name; any other is `other`.
+const METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
+/// The stream and timer gauges are gathered from Redis this often, in the
+/// background: a scrape renders what was gathered and costs no Redis call.
+pub const GATHER_INTERVAL: Duration = Duration::from_secs(2);
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -45,55 +56,107 @@ pub fn install() -> PrometheusHandle {
         .clone()
 }
 
-/// Placements per restaurant in this process, for the hot-spot gauges.
-#[derive(Debug, Default)]
+/// Placements per restaurant in this process over the current and the
+/// previous window, for `lunchrush_hot_restaurant_placements`. Rendered by
+/// hand rather than as recorder gauges, so a restaurant that falls out of
+/// the table leaves no series behind.
+#[derive(Debug)]
 pub struct HotSpots {
-    counts: Mutex<HashMap<String, u64>>,
-    published: Mutex<Vec<String>>,
+    windows: Mutex<HotWindows>,
+}
+
+#[derive(Debug)]
+struct HotWindows {
+    started: Instant,
+    current: HashMap<String, u64>,
+    previous: HashMap<String, u64>,
+}
+
+impl Default for HotSpots {
+    fn default() -> Self {
+        Self {
+            windows: Mutex::new(HotWindows {
+                started: Instant::now(),
+                current: HashMap::new(),
+                previous: HashMap::new(),
+            }),
+        }
+    }
+}
+
+impl HotWindows {
+    fn rotate(&mut self, now: Instant) {
+        let elapsed = now.duration_since(self.started);
+        if elapsed < HOT_SPOTS_WINDOW {
+            return;
+        }
+        self.previous = std::mem::take(&mut self.current);
+        if elapsed >= HOT_SPOTS_WINDOW * 2 {
+            self.previous.clear();
+        }
+        self.started = now;
+    }
 }
 
 impl HotSpots {
+    /// Counts one placement for `restaurant`, which must exist (callers
+    /// never pass an id a request merely named).
     pub fn record(&self, restaurant: &str) {
-        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        if counts.len() >= HOT_SPOTS_TRACKED_MAX && !counts.contains_key(restaurant) {
-            counts.clear();
+        // No .await while the lock is held: a std Mutex is right here.
+        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        windows.rotate(Instant::now());
+        if let Some(count) = windows.current.get_mut(restaurant) {
+            *count += 1;
+        } else if windows.current.len() < HOT_SPOTS_TRACKED_MAX {
+            windows.current.insert(restaurant.to_string(), 1);
         }
-        *counts.entry(restaurant.to_string()).or_default() += 1;
     }
 
-    /// Publishes the top restaurants as gauges; earlier ones drop to zero.
-    fn publish(&self) {
-        let mut top: Vec<(String, u64)> = self
-            .counts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(r, c)| (r.clone(), *c))
-            .collect();
-        top.sort_by_key(|entry| std::cmp::Reverse(entry.1));
+    /// The busiest restaurants of the last one to two windows.
+    pub fn top(&self) -> Vec<(String, u64)> {
+        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        windows.rotate(Instant::now());
+        let mut sum: HashMap<&str, u64> = HashMap::new();
+        for (restaurant, count) in windows.previous.iter().chain(windows.current.iter()) {
+            *sum.entry(restaurant.as_str()).or_default() += count;
+        }
+        let mut top: Vec<(String, u64)> =
+            sum.into_iter().map(|(r, c)| (r.to_string(), c)).collect();
+        top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         top.truncate(HOT_SPOTS_TOP);
-        let mut published = self.published.lock().unwrap_or_else(|e| e.into_inner());
-        for restaurant in published.drain(..) {
-            metrics::gauge!("lunchrush_hot_restaurant_placements", "restaurant" => restaurant)
-                .set(0.0);
+        top
+    }
+
+    /// The table in Prometheus text. Restaurant ids are `[A-Za-z0-9_.-]`
+    /// (validated on the way in), so they need no escaping.
+    fn render(&self) -> String {
+        let mut text = String::from(
+            "# HELP lunchrush_hot_restaurant_placements Placements in this process over the last one to two minutes, the ten busiest restaurants.\n\
+             # TYPE lunchrush_hot_restaurant_placements gauge\n",
+        );
+        for (restaurant, count) in self.top() {
+            text.push_str(&format!(
+                "lunchrush_hot_restaurant_placements{{restaurant=\"{restaurant}\"}} {count}\n"
+            ));
         }
-        for (restaurant, count) in top {
-            metrics::gauge!("lunchrush_hot_restaurant_placements", "restaurant" => restaurant.clone())
-                .set(count as f64);
-            published.push(restaurant);
-        }
+        text
     }
 }
 
 /// Counts every request by route template (never the raw path: bounded
-/// cardinality), method and status, and times it.
+/// cardinality), method (a closed set: anything unusual is `other`) and
+/// status, and times it.
 pub async fn track(request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
-    let method = request.method().as_str().to_string();
+    let method = METHODS
+        .iter()
+        .find(|m| **m == request.method().as_str())
+        .copied()
+        .unwrap_or("other");
     let started = Instant::now();
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();
@@ -153,14 +216,80 @@ async fn stream_gauges(state: &AppState) -> Result<(), fred::error::Error> {
     Ok(())
 }
 
-pub async fn render(State(state): State<AppState>) -> Result<Response, Problem> {
-    if let Err(error) = stream_gauges(&state).await {
-        tracing::warn!(%error, "Stream gauges unavailable for this scrape.");
+/// Gathers the stream and timer gauges every [`GATHER_INTERVAL`] until the
+/// task is dropped (the server aborts it when it stops).
+pub async fn gather(state: AppState) {
+    let mut interval = tokio::time::interval(GATHER_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let gathered = tokio::time::timeout(GATHER_INTERVAL * 5, stream_gauges(&state)).await;
+        match gathered {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "Stream gauges unavailable this round."),
+            Err(_) => tracing::warn!("Stream gauges took too long this round."),
+        }
     }
-    state.hot_spots.publish();
-    Ok((
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
-    )
-        .into_response())
+}
+
+/// `GET /metrics`: what the recorder holds plus the hot-spot table. No
+/// Redis call. With `--metrics-token`, only a bearer of that token may read.
+pub async fn render(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    if let Some(expected) = &state.metrics_token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !constant_time_eq(given.trim().as_bytes(), expected.as_bytes()) {
+            return Err(Problem::unauthorized(
+                "/metrics needs `Authorization: Bearer <the metrics token>`",
+            ));
+        }
+    }
+    let mut text = state.metrics.render();
+    text.push_str(&state.hot_spots.render());
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+}
+
+/// Compares without an early exit, so the time taken tells nothing about
+/// how much of a guess was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The table names at most ten restaurants, busiest first, and forgets
+    /// one that had no placement for two windows.
+    #[test]
+    fn hot_spots_keep_the_busiest_and_forget_the_idle() {
+        let spots = HotSpots::default();
+        for i in 0..20 {
+            for _ in 0..=i {
+                spots.record(&format!("r{i}"));
+            }
+        }
+        let top = spots.top();
+        assert_eq!(top.len(), HOT_SPOTS_TOP);
+        assert_eq!(top[0], ("r19".to_string(), 20));
+        spots.windows.lock().unwrap().started -= HOT_SPOTS_WINDOW * 2;
+        assert!(spots.top().is_empty());
+        assert!(!spots.render().contains("r19"));
+    }
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+    }
 }

@@ -16,7 +16,7 @@
 
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use engine::domain::{Order, OrderStatus, PlaceOrder};
@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 
 use crate::AppState;
 use crate::auth::Role;
-use crate::extract::{Auth, Json};
+use crate::extract::{Auth, Json, Path};
 use crate::problem::Problem;
 
 /// A restaurant's rejection note is at most this long.
@@ -125,6 +125,12 @@ pub async fn place(
     Json(body): Json<PlaceBody>,
 ) -> Result<Response, Problem> {
     auth.require(&[Role::Customer], "place orders")?;
+    if headers.get_all("idempotency-key").iter().nth(1).is_some() {
+        return Err(Problem::bad_request(
+            "invalid_idempotency_key",
+            "send the Idempotency-Key header once: which of several keys applies is ambiguous",
+        ));
+    }
     let key = headers
         .get("idempotency-key")
         .ok_or_else(|| {
@@ -151,7 +157,18 @@ pub async fn place(
     let started = Instant::now();
     let result = state.engine.place_order(&request).await;
     metrics::histogram!("lunchrush_placement_seconds").record(started.elapsed().as_secs_f64());
-    state.hot_spots.record(&request.restaurant);
+    // Only restaurants that exist enter the hot-spot table: an id a request
+    // merely named must not become a metric series.
+    let restaurant_exists = !matches!(
+        result,
+        Err(PlaceError::RestaurantNotFound(_)
+            | PlaceError::Invalid(_)
+            | PlaceError::IdempotencyConflict { .. }
+            | PlaceError::Engine(_))
+    );
+    if restaurant_exists {
+        state.hot_spots.record(&request.restaurant);
+    }
     let placed = result.map_err(|error| {
         let problem = place_problem(error);
         metrics::counter!("lunchrush_placements_refused_total", "code" => problem.code)
@@ -318,6 +335,18 @@ pub async fn reject(
         return Err(Problem::unprocessable(
             "invalid_field",
             format!("reason: must be 1 to {REJECT_REASON_LEN_MAX} characters"),
+        ));
+    }
+    // Line breaks and tabs are text; other control characters (NUL above
+    // all, which PostgreSQL's jsonb refuses) would forge logs or stall the
+    // archive on the event that carries the note.
+    if reason
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
+        return Err(Problem::unprocessable(
+            "invalid_field",
+            "reason: must not contain control characters other than line breaks and tabs",
         ));
     }
     let order = visible_order(&state, &auth, &id).await?;

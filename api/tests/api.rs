@@ -673,15 +673,7 @@ async fn admission_control_sheds_with_retry_after() {
     shed.problem(503, "overloaded");
     assert_eq!(shed.retry_after.as_deref(), Some("1"));
 
-    let metrics = app
-        .http
-        .get(format!("{}/metrics", app.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     assert!(
         metrics.contains("lunchrush_requests_shed_total{reason=\"rate_limited\"}"),
         "{metrics}"
@@ -716,7 +708,18 @@ async fn operations_endpoints_answer() {
     let ready = get("/readyz").await;
     assert_eq!(ready.status(), 200);
     assert_eq!(ready.json::<Value>().await.unwrap()["status"], "ready");
-    let metrics = get("/metrics").await.text().await.unwrap();
+    // Stream gauges are gathered in the background: wait for a round that
+    // saw this order's streams.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let metrics = get("/metrics").await.text().await.unwrap();
+        if metrics.contains("lunchrush_stream_pending_entries{group=\"restaurant\"")
+            || std::time::Instant::now() > deadline
+        {
+            break metrics;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     for name in [
         "lunchrush_placement_seconds_bucket",
         "lunchrush_stream_lag_entries{group=\"payment\",topic=\"orders\"}",

@@ -51,6 +51,8 @@ pub const GROUP: &str = "archiver";
 /// Reconciliation's group on the `parked` streams: parked compensations stay
 /// in Redis until reconciliation has dealt with them.
 pub const RECONCILE_GROUP: &str = "reconcile";
+/// `drain` reads at most this many rounds (of a batch per partition each).
+pub const DRAIN_ROUNDS_MAX: usize = 1_000;
 
 /// Tuning, every bound named.
 #[derive(Debug, Clone)]
@@ -299,10 +301,12 @@ impl Archiver {
         }
     }
 
-    /// Archives every partition until nothing is left (tests, tools).
+    /// Archives every partition until nothing is left (tests, tools), or
+    /// for [`DRAIN_ROUNDS_MAX`] rounds beside live traffic, which never
+    /// leaves nothing: what remains is the live archiver's.
     pub async fn drain(&self) -> Result<u64, ArchiveError> {
         let mut total = 0;
-        loop {
+        for _ in 0..DRAIN_ROUNDS_MAX {
             let mut round = 0;
             for p in 0..self.engine.keys().partitions() {
                 round += self.step(p).await?;
@@ -312,6 +316,7 @@ impl Archiver {
                 return Ok(total);
             }
         }
+        Ok(total)
     }
 
     /// Trims every partition's streams as far as is safe; returns entries removed.

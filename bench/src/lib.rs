@@ -41,3 +41,20 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     ticks as f64 / hz
 }
+
+/// One numeric field of Redis `INFO <section>` (`used_memory`,
+/// `total_commands_processed`, …); 0 when absent.
+pub async fn redis_info_number(
+    client: &fred::prelude::Client,
+    section: fred::types::InfoKind,
+    field: &str,
+) -> anyhow::Result<i64> {
+    use fred::prelude::ClientLike;
+    let info: String = client.info(Some(section)).await?;
+    let prefix = format!("{field}:");
+    Ok(info
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0))
+}

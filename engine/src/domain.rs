@@ -43,13 +43,19 @@ pub fn parse_id(field: &str, value: &str) -> Result<String, Invalid> {
         && value.len() <= ID_LEN_MAX
         && value
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        // `.` and `..` are path steps to every URL-normalising client: such
+        // an id could be created but never addressed again.
+        && value != "."
+        && value != "..";
     if ok {
         Ok(value.to_string())
     } else {
         Err(Invalid::new(
             field,
-            format!("must be 1 to {ID_LEN_MAX} characters of A-Z, a-z, 0-9, '_', '-', '.'"),
+            format!(
+                "must be 1 to {ID_LEN_MAX} characters of A-Z, a-z, 0-9, '_', '-', '.', and not `.` or `..`"
+            ),
         ))
     }
 }
@@ -77,6 +83,11 @@ pub fn parse_name(field: &str, value: &str) -> Result<String, Invalid> {
             field,
             format!("must be 1 to {NAME_LEN_MAX} characters"),
         ));
+    }
+    // Control characters (newline, ESC, NUL, ...) would forge log lines and
+    // terminal output wherever a name is shown.
+    if trimmed.chars().any(char::is_control) {
+        return Err(Invalid::new(field, "must not contain control characters"));
     }
     Ok(trimmed.to_string())
 }
@@ -430,6 +441,24 @@ mod tests {
                 .unwrap_err()
                 .field,
             "Idempotency-Key"
+        );
+    }
+
+    /// Path steps are not ids; names carry no control characters.
+    #[test]
+    fn ids_and_names_refuse_what_cannot_be_shown_or_addressed() {
+        for bad in [".", "..", "", "a b", "a/b"] {
+            assert!(parse_id("id", bad).is_err(), "{bad:?}");
+        }
+        for good in ["a.b", "...", "r-1_x"] {
+            assert!(parse_id("id", good).is_ok(), "{good:?}");
+        }
+        for bad in ["a\nb", "a\u{1b}[31mb", "a\0b", "a\u{7f}b", "a\u{85}b"] {
+            assert!(parse_name("name", bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            parse_name("name", "  Kimchi jjigae 김치찌개 ").unwrap(),
+            "Kimchi jjigae 김치찌개"
         );
     }
 

@@ -201,6 +201,11 @@ pub enum MenuError {
     ItemNotFound(String),
     #[error("the stock change would take units on hand below zero")]
     StockNegative,
+    #[error(
+        "the stock change would take units on hand above {}",
+        crate::domain::STOCK_MAX
+    )]
+    StockTooHigh,
     #[error("the menu already has {MENU_ITEMS_MAX} items")]
     MenuFull,
     #[error(transparent)]
@@ -421,6 +426,7 @@ impl Engine {
         let mut args = vec![mode.to_string(), restaurant.to_string(), item.to_string()];
         args.extend(fields);
         args.push(MENU_ITEMS_MAX.to_string());
+        args.push(crate::domain::STOCK_MAX.to_string());
         let reply = self
             .scripts()
             .menu_upsert
@@ -450,6 +456,7 @@ impl Engine {
                 Some("restaurant_not_found") => MenuError::RestaurantNotFound(restaurant.into()),
                 Some("item_not_found") => MenuError::ItemNotFound(item.into()),
                 Some("stock_negative") => MenuError::StockNegative,
+                Some("stock_too_high") => MenuError::StockTooHigh,
                 Some("menu_full") => MenuError::MenuFull,
                 _ => MenuError::Engine(EngineError::Reply {
                     script: "menu_upsert",

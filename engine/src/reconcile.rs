@@ -8,6 +8,7 @@
 //! | kind | found | fixed by |
 //! | --- | --- | --- |
 //! | `stuck_saga` | unsettled longer than `older_than` (the in-flight index) | re-driving the missing step (authorize, approve for auto-approve restaurants, capture, void, refund), else compensating (`release`, reason `reconciled`) |
+//! | `dangling_index` | an in-flight entry whose order hash is gone | the entry removed (its held stock is `held_stock`'s) |
 //! | `held_stock` | units neither on hand nor held by a live order | `reclaim_stock` (compare-and-set on stock) |
 //! | `charge_without_order` | a provider payment whose order is gone | void or refund at the provider |
 //! | `charge_on_rejected_order` | a provider authorization or capture of a rejected order | provider state recorded, then void or refund |
@@ -18,7 +19,7 @@
 //! | `parked_compensation` | the operator queue | the compensation retried |
 //! | `dead_letter` | poison entries | reported with their reasons |
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fred::prelude::*;
@@ -34,6 +35,10 @@ use crate::saga::{self, Role, WorkError};
 const PAGE: usize = 500;
 /// Steps `settle` may take on one order.
 const SETTLE_STEPS_MAX: usize = 6;
+/// Provider ledger pages one run reads at most (of `PAGE` payments each).
+const PROVIDER_PAGES_MAX: usize = 100_000;
+/// In-flight entries one run visits per partition at most (bounds its memory).
+const STUCK_VISITED_MAX: usize = 200_000;
 /// Dead letters listed per stream in the report.
 const DEAD_LETTERS_LISTED_MAX: usize = 20;
 
@@ -243,83 +248,171 @@ impl Reconciler {
         Ok((self.engine.order(id).await?, actions.join(", ")))
     }
 
-    /// Kind `stuck_saga`: every order unsettled for longer than `older_than`.
+    /// Kind `stuck_saga`: every order unsettled for longer than `older_than`;
+    /// kind `dangling_index`: an index entry whose order is gone (removed,
+    /// so the index only names orders that exist; their held stock is left
+    /// to `held_stock`, which counts only live orders' lines).
+    ///
+    /// Bounded: the entries older than the cutoff can only leave the index
+    /// (new and moved orders score after it), each is visited once, and a
+    /// pass that meets no new entry ends the partition; at most
+    /// [`STUCK_VISITED_MAX`] entries per partition per run.
     pub async fn stuck_sagas(&self, run: &mut Run<'_>) -> Result<(), ReconcileError> {
         let cutoff = now_ms() - run.options.older_than.as_millis() as i64;
         for p in 0..self.engine.keys().partitions() {
             let key = self.engine.keys().inflight(p);
-            let mut offset = 0;
-            loop {
-                let ids: Vec<String> = self
-                    .engine
-                    .redis()
-                    .zrangebyscore(
-                        key.as_str(),
-                        "-inf",
-                        cutoff as f64,
-                        false,
-                        Some((offset, PAGE as i64)),
-                    )
-                    .await?;
-                if ids.is_empty() {
-                    break;
-                }
-                offset += ids.len() as i64;
-                for id in ids {
-                    let Ok(id) = id.parse::<uuid::Uuid>() else {
-                        continue;
-                    };
-                    let Some(order) = self.engine.order(&id).await? else {
-                        continue;
-                    };
-                    let state = format!("{} / {}", order.status, order.pay);
-                    if run.options.dry_run {
-                        run.record(
-                            "stuck_saga",
-                            id.to_string(),
-                            "settle",
-                            Outcome::WouldFix,
-                            state,
-                        );
-                        continue;
+            let mut visited: HashSet<String> = HashSet::new();
+            'passes: loop {
+                let mut offset = 0;
+                let mut fresh_in_pass = 0;
+                loop {
+                    let ids: Vec<String> = self
+                        .engine
+                        .redis()
+                        .zrangebyscore(
+                            key.as_str(),
+                            "-inf",
+                            cutoff as f64,
+                            false,
+                            Some((offset, PAGE as i64)),
+                        )
+                        .await?;
+                    if ids.is_empty() {
+                        break;
                     }
-                    run.pace().await;
-                    let (after, action) = match self.settle(&id).await {
-                        Ok(result) => result,
-                        Err(error) => (self.engine.order(&id).await?, format!("failed: {error}")),
-                    };
-                    let fixed = after.as_ref().is_none_or(settled);
-                    let detail = after
-                        .map(|o| format!("{state} -> {} / {}", o.status, o.pay))
-                        .unwrap_or(state);
-                    let outcome = if fixed {
-                        Outcome::Fixed
-                    } else {
-                        Outcome::Unfixable
-                    };
-                    run.record("stuck_saga", id.to_string(), &action, outcome, detail);
+                    let mut stayed = 0;
+                    for raw in &ids {
+                        if !visited.insert(raw.clone()) {
+                            stayed += 1;
+                            continue;
+                        }
+                        fresh_in_pass += 1;
+                        if !self.stuck_one(run, p, raw).await? {
+                            stayed += 1;
+                        }
+                        if visited.len() >= STUCK_VISITED_MAX {
+                            tracing::warn!(
+                                partition = p,
+                                visited = visited.len(),
+                                "Stuck-saga scan stopped at its bound; the rest is left for the next run."
+                            );
+                            break 'passes;
+                        }
+                    }
+                    // Entries that left the index shifted the ranks behind them.
+                    offset += stayed as i64;
                 }
-                if run.options.dry_run {
-                    continue;
-                }
-                // Settled orders left the index: page from the start again.
-                offset = 0;
-                let remaining: u64 = self
-                    .engine
-                    .redis()
-                    .zcount(key.as_str(), f64::NEG_INFINITY, cutoff as f64)
-                    .await?;
-                let unfixable_here = run
-                    .fixes
-                    .iter()
-                    .filter(|f| f.kind == "stuck_saga" && f.outcome == Outcome::Unfixable)
-                    .count() as u64;
-                if remaining <= unfixable_here {
+                if fresh_in_pass == 0 || run.options.dry_run {
                     break;
                 }
             }
         }
         Ok(())
+    }
+
+    /// One in-flight entry: settles its order, or removes the entry if the
+    /// order is gone. Returns whether the entry left the index.
+    async fn stuck_one(
+        &self,
+        run: &mut Run<'_>,
+        partition: u16,
+        raw: &str,
+    ) -> Result<bool, ReconcileError> {
+        let order = match raw.parse::<uuid::Uuid>() {
+            Ok(id) => self.engine.order(&id).await?,
+            Err(_) => None,
+        };
+        let Some(order) = order else {
+            let exists: bool = match raw.parse::<uuid::Uuid>() {
+                Ok(id) => {
+                    self.engine
+                        .redis()
+                        .exists(self.engine.keys().order(partition, &id))
+                        .await?
+                }
+                Err(_) => false,
+            };
+            if exists {
+                // A hash that does not read as an order is not a gone order.
+                run.record(
+                    "stuck_saga",
+                    raw.to_string(),
+                    "none",
+                    Outcome::Unfixable,
+                    "the order hash does not read as an order".into(),
+                );
+                return Ok(false);
+            }
+            return self.dangling(run, partition, raw).await;
+        };
+        let id = order.id;
+        let state = format!("{} / {}", order.status, order.pay);
+        if run.options.dry_run {
+            run.record(
+                "stuck_saga",
+                id.to_string(),
+                "settle",
+                Outcome::WouldFix,
+                state,
+            );
+            return Ok(false);
+        }
+        run.pace().await;
+        let (after, action) = match self.settle(&id).await {
+            Ok(result) => result,
+            Err(error) => (self.engine.order(&id).await?, format!("failed: {error}")),
+        };
+        let fixed = after.as_ref().is_none_or(settled);
+        let detail = after
+            .map(|o| format!("{state} -> {} / {}", o.status, o.pay))
+            .unwrap_or(state);
+        let outcome = if fixed {
+            Outcome::Fixed
+        } else {
+            Outcome::Unfixable
+        };
+        run.record("stuck_saga", id.to_string(), &action, outcome, detail);
+        Ok(fixed)
+    }
+
+    /// Kind `dangling_index`: the in-flight index names an order whose hash
+    /// is gone. The order cannot come back (its id was minted with its hash,
+    /// in one script), so removing the entry loses nothing.
+    async fn dangling(
+        &self,
+        run: &mut Run<'_>,
+        partition: u16,
+        raw: &str,
+    ) -> Result<bool, ReconcileError> {
+        if run.options.dry_run {
+            run.record(
+                "dangling_index",
+                raw.to_string(),
+                "remove index entry",
+                Outcome::WouldFix,
+                "the order hash is gone".into(),
+            );
+            return Ok(false);
+        }
+        run.pace().await;
+        let keys = self.engine.keys();
+        let removed: i64 = self
+            .engine
+            .redis()
+            .zrem(keys.inflight(partition), raw)
+            .await?;
+        run.record(
+            "dangling_index",
+            raw.to_string(),
+            "remove index entry",
+            if removed == 1 {
+                Outcome::Fixed
+            } else {
+                Outcome::Reported
+            },
+            "the order hash is gone".into(),
+        );
+        Ok(true)
     }
 
     /// Kind `held_stock`: units neither on hand nor held by a live order.
@@ -477,7 +570,14 @@ impl Reconciler {
         let cutoff = now_ms() - run.options.older_than.as_millis() as i64;
         let mut after: Option<String> = None;
         let mut seen_at_provider: Vec<uuid::Uuid> = Vec::new();
-        loop {
+        for pages in 0.. {
+            if pages == PROVIDER_PAGES_MAX {
+                tracing::warn!(
+                    pages,
+                    "Provider ledger scan stopped at its bound; the rest is left for the next run."
+                );
+                break;
+            }
             let page = self.psp.list(after.as_deref(), PAGE).await?;
             for payment in &page.payments {
                 let Ok(id) = payment.key.parse::<uuid::Uuid>() else {
@@ -523,9 +623,13 @@ impl Reconciler {
                 };
                 run.record(kind, subject, action, outcome, detail);
             }
+            // A provider that repeats a cursor or pages on with nothing
+            // would page forever.
             match page.next {
-                Some(next) => after = Some(next),
-                None => break,
+                Some(next) if !page.payments.is_empty() && Some(&next) != after.as_ref() => {
+                    after = Some(next)
+                }
+                _ => break,
             }
         }
         self.captures_unknown_to_provider(run, &mut seen_at_provider, cutoff)

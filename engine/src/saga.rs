@@ -440,6 +440,9 @@ pub struct Worker {
     cursors: HashMap<(u16, Topic), String>,
 }
 
+/// An XAUTOCLAIM answer: the next cursor and the entries claimed.
+type Claimed = (String, Vec<XReadValue<String, String, String>>);
+
 /// What one round of a worker did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Round {
@@ -494,6 +497,14 @@ impl Worker {
                 Err(error) => {
                     tracing::warn!(role = self.role.group(), %error, "Worker round failed; backing off.");
                     idle = self.options.idle_poll_max;
+                    // A stream lost with its group (Redis lost a tail, or a
+                    // key was deleted) would fail every round: recreate.
+                    if error.to_string().contains("NOGROUP") {
+                        let roles = [(self.role.group(), self.role.topics())];
+                        if let Err(error) = ensure_groups(&self.engine, &roles).await {
+                            tracing::error!(%error, "Cannot recreate consumer groups.");
+                        }
+                    }
                 }
             }
             tokio::select! {
@@ -531,20 +542,36 @@ impl Worker {
         });
         let pages = futures::future::join_all(reads).await;
         let mut entries = Vec::new();
+        let mut failure = None;
         for page in pages {
-            for (stream, values) in page? {
-                for (id, fields) in values {
-                    entries.push((stream.clone(), id, fields, 1));
+            // One partition failing must not drop what the others delivered.
+            match page {
+                Ok(page) => {
+                    for (stream, values) in page {
+                        for (id, fields) in values {
+                            entries.push((stream.clone(), id, fields, 1));
+                        }
+                    }
                 }
+                Err(error) => failure = Some(error),
             }
         }
-        self.handle(entries).await
+        let round = self.handle(entries).await?;
+        match failure {
+            Some(error) if round.handled + round.failed + round.dead == 0 => Err(error.into()),
+            Some(error) => {
+                tracing::warn!(role = self.role.group(), %error, "A partition's read failed this round.");
+                Ok(round)
+            }
+            None => Ok(round),
+        }
     }
 
     /// Takes over entries idle longer than `reclaim_idle` on every partition.
     pub async fn reclaim_round(&mut self) -> Result<Round, EngineError> {
         let keys = self.engine.keys().clone();
         let mut total = Round::default();
+        let mut failure = None;
         for p in 0..keys.partitions() {
             for topic in self.role.topics() {
                 let stream = keys.stream(p, *topic);
@@ -553,7 +580,7 @@ impl Worker {
                     .get(&(p, *topic))
                     .cloned()
                     .unwrap_or_else(|| "0-0".into());
-                let (next, values): (String, Vec<XReadValue<String, String, String>>) = self
+                let claimed: Result<Claimed, _> = self
                     .engine
                     .redis()
                     .xautoclaim_values(
@@ -565,7 +592,17 @@ impl Worker {
                         Some(self.options.batch_size),
                         false,
                     )
-                    .await?;
+                    .await;
+                // One stream failing (say its group is gone) must not stop
+                // the reclaim of the others.
+                let (next, values) = match claimed {
+                    Ok(claimed) => claimed,
+                    Err(error) => {
+                        tracing::warn!(%stream, %error, "Reclaim of a stream failed.");
+                        failure = Some(error);
+                        continue;
+                    }
+                };
                 self.cursors.insert((p, *topic), next);
                 if values.is_empty() {
                     continue;
@@ -586,7 +623,10 @@ impl Worker {
                 total.dead += round.dead;
             }
         }
-        Ok(total)
+        match failure {
+            Some(error) if total.handled + total.failed + total.dead == 0 => Err(error.into()),
+            _ => Ok(total),
+        }
     }
 
     /// Delivery counts of `values` (XPENDING over their id range).

@@ -194,6 +194,12 @@ impl TestApp {
         self.call(Method::POST, path, token, body).await
     }
 
+    /// The text of `GET /metrics` (no token).
+    pub async fn metrics_text(&self) -> String {
+        let response = self.http.get(format!("{}/metrics", self.url)).send();
+        response.await.unwrap().text().await.unwrap()
+    }
+
     /// POST /v1/orders with an Idempotency-Key.
     pub async fn place(&self, token: &str, key: &str, body: Value) -> Reply {
         let bytes = serde_json::to_vec(&body).unwrap();

@@ -41,12 +41,8 @@ struct Args {
 }
 
 async fn commands_processed(client: &Client) -> anyhow::Result<u64> {
-    let info: String = client.info(Some(fred::types::InfoKind::Stats)).await?;
-    Ok(info
-        .lines()
-        .find_map(|l| l.strip_prefix("total_commands_processed:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0))
+    let stats = fred::types::InfoKind::Stats;
+    Ok(bench::redis_info_number(client, stats, "total_commands_processed").await? as u64)
 }
 
 async fn place_all(engine: &engine::Engine, args: &Args, phase: &str) -> anyhow::Result<Duration> {

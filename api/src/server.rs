@@ -1,0 +1,384 @@
+//! The HTTP server: hyper's HTTP/1 connections under our own accept loop,
+//! so that no client can hold the process's resources without bound.
+//!
+//! - **Connections are capped** (`Limits::connections_max`, itself kept
+//!   under the process's file-descriptor limit). Past the cap a new
+//!   connection gets one `503 overloaded` problem document and is closed:
+//!   refused politely, never queued.
+//! - **A request head must arrive in time** (`Limits::header_read_timeout`):
+//!   the clock runs from the moment a connection is ready for a request —
+//!   right after connecting or after its previous response — so it bounds
+//!   slow heads and idle keep-alive connections alike.
+//! - **Protocol-level refusals are problem+json.** hyper answers a request
+//!   it cannot parse (a malformed request line, headers over the limit, a
+//!   URI too long) by itself, before any handler runs, with a bare status
+//!   line; [`ProblemIo`] recognises those answers on their way out and
+//!   replaces them with a problem document of the same status.
+//! - Memory a flood of connections took is handed back to the system once
+//!   they are gone ([`Connections`]).
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::AppState;
+
+/// The request head (request line and headers) is at most this many bytes;
+/// larger heads are refused with 431. hyper's read buffer never grows past it.
+pub const HEAD_BYTES_MAX: usize = 64 * 1024;
+/// At most this many header fields per request (431 past it): hyper's own
+/// bound, kept because its header array then lives on the stack.
+pub const HEADERS_MAX: usize = 100;
+/// File descriptors kept out of the connection cap: Redis and PostgreSQL
+/// connections, the log, the provider client.
+const FDS_RESERVED: usize = 256;
+/// After an accept error (say the descriptor table is full), wait this long
+/// before accepting again, instead of spinning.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
+/// On shutdown, connections get this long to finish their requests.
+const DRAIN_GRACE: Duration = Duration::from_secs(10);
+/// Memory is handed back once connections fall to a quarter of a peak at
+/// least this high.
+const TRIM_PEAK_MIN: usize = 512;
+
+/// The answer to a connection past the cap: a whole HTTP response, written
+/// in one go without reading the request.
+static REFUSAL: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+    let body = serde_json::json!({
+        "type": "https://lunchrush.dev/problems/overloaded",
+        "title": "Service unavailable",
+        "status": 503,
+        "detail": "too many open connections to this engine; retry shortly",
+        "code": "overloaded",
+    })
+    .to_string();
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: {}\r\nretry-after: 1\r\n\
+         connection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        crate::problem::CONTENT_TYPE,
+        body.len()
+    )
+    .into_bytes()
+});
+
+/// The connection cap the process can honour: `wanted`, lowered to fit the
+/// file-descriptor limit (raised to its hard maximum first).
+pub fn connections_cap(wanted: usize) -> usize {
+    let fds = raise_fd_limit();
+    match fds {
+        Some(fds) if fds.saturating_sub(FDS_RESERVED) < wanted => {
+            let cap = fds.saturating_sub(FDS_RESERVED).max(16);
+            tracing::warn!(
+                wanted,
+                cap,
+                fds,
+                "The file-descriptor limit lowers the connection cap."
+            );
+            cap
+        }
+        _ => wanted,
+    }
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard one; returns the soft limit now in force.
+fn raise_fd_limit() -> Option<usize> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return None;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    usize::try_from(limit.rlim_cur).ok()
+}
+
+/// Open connections, and the memory they leave behind.
+#[derive(Debug, Default)]
+struct Connections {
+    open: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+impl Connections {
+    fn opened(&self) {
+        let open = self.open.fetch_add(1, Ordering::Relaxed) + 1;
+        self.peak.fetch_max(open, Ordering::Relaxed);
+        ::metrics::gauge!("lunchrush_http_connections").set(open as f64);
+    }
+
+    /// After a flood, hands the freed heap back to the system: the
+    /// allocator keeps freed memory for reuse, which after a burst of
+    /// thousands of connections is hundreds of megabytes never reused.
+    fn closed(&self) {
+        let open = self.open.fetch_sub(1, Ordering::Relaxed) - 1;
+        ::metrics::gauge!("lunchrush_http_connections").set(open as f64);
+        let peak = self.peak.load(Ordering::Relaxed);
+        if peak >= TRIM_PEAK_MIN
+            && open <= peak / 4
+            && self
+                .peak
+                .compare_exchange(peak, open, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tokio::task::spawn_blocking(trim_heap);
+        }
+    }
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trim_heap() {
+    // SAFETY: malloc_trim only releases free memory of the allocator's arenas.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim_heap() {}
+
+/// Serves the API on `listener` until `shutdown` completes, then lets the
+/// requests in flight finish (at most [`DRAIN_GRACE`]).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let limits = state.limiter.limits().clone();
+    let cap = connections_cap(limits.connections_max);
+    let permits = Arc::new(tokio::sync::Semaphore::new(cap));
+    let connections = Arc::new(Connections::default());
+    let router = crate::router(state.clone());
+    let gatherer = tokio::spawn(crate::metrics::gather(state));
+    let graceful = GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_header_size(HEAD_BYTES_MAX)
+        .max_buf_size(HEAD_BYTES_MAX)
+        .keep_alive(true);
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    tracing::warn!(%error, "Accepting a connection failed.");
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            ::metrics::counter!("lunchrush_requests_shed_total", "reason" => "connections")
+                .increment(1);
+            // One write into an empty socket buffer does not block; what
+            // does not fit is dropped with the connection.
+            let _ = stream.try_write(&REFUSAL);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(router.clone());
+        let connection = http.serve_connection(TokioIo::new(ProblemIo::new(stream)), service);
+        let connection = graceful.watch(connection);
+        let connections = connections.clone();
+        connections.opened();
+        tokio::spawn(async move {
+            let _ = connection.await;
+            connections.closed();
+            drop(permit);
+        });
+    }
+    drop(listener);
+    gatherer.abort();
+    if tokio::time::timeout(DRAIN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(grace = ?DRAIN_GRACE, "Connections still open after the grace period; closing them.");
+    }
+    Ok(())
+}
+
+/// A TCP stream that turns hyper's own bare refusals (written before any
+/// handler runs: 400 for a malformed head, 414, 431) into problem+json.
+///
+/// hyper writes such an answer as one status line plus `content-length: 0`
+/// and no `content-type`, then closes; every answer of ours carries a
+/// `content-type`. So a write that starts a response with one of those
+/// statuses and has no `content-type` in its head is replaced, whole, by a
+/// problem document of the same status. Writes are not vectored, so a head
+/// always reaches us in one buffer.
+pub struct ProblemIo {
+    inner: TcpStream,
+    /// A replacement still being written, and how much of it is written.
+    pending: Option<(Vec<u8>, usize)>,
+}
+
+impl ProblemIo {
+    pub fn new(inner: TcpStream) -> Self {
+        Self {
+            inner,
+            pending: None,
+        }
+    }
+
+    fn poll_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while let Some((bytes, written)) = &mut self.pending {
+            if *written == bytes.len() {
+                self.pending = None;
+                break;
+            }
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &bytes[*written..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            *written += n;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// hyper's own answer for a head it could not take, as a problem document.
+pub fn replace_bare_refusal(buf: &[u8]) -> Option<Vec<u8>> {
+    let rest = buf.strip_prefix(b"HTTP/1.1 ")?;
+    let (code, status, title, detail) = match rest.get(..3)? {
+        b"400" => (
+            "malformed_request",
+            "400 Bad Request",
+            "Bad request",
+            "the request line or a header is not valid HTTP/1.1",
+        ),
+        b"414" => (
+            "uri_too_long",
+            "414 URI Too Long",
+            "URI too long",
+            "the request target is too long",
+        ),
+        b"431" => (
+            "headers_too_large",
+            "431 Request Header Fields Too Large",
+            "Request headers too large",
+            "the request head is over 64 KiB or has more than 100 header fields",
+        ),
+        _ => return None,
+    };
+    let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    if head.contains("\r\ncontent-type:") {
+        return None;
+    }
+    let body = serde_json::json!({
+        "type": format!("https://lunchrush.dev/problems/{}", code.replace('_', "-")),
+        "title": title,
+        "status": status[..3].parse::<u16>().unwrap_or(400),
+        "detail": detail,
+        "code": code,
+    })
+    .to_string();
+    Some(
+        format!(
+            "HTTP/1.1 {status}\r\ncontent-type: {}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+            crate::problem::CONTENT_TYPE,
+            body.len()
+        )
+        .into_bytes(),
+    )
+}
+
+impl AsyncRead for ProblemIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ProblemIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        ready!(self.poll_pending(cx))?;
+        if let Some(replacement) = replace_bare_refusal(buf) {
+            self.pending = Some((replacement, 0));
+            // What hyper wrote is taken whole; the replacement goes out instead.
+            let _ = self.poll_pending(cx)?;
+            return Poll::Ready(Ok(buf.len()));
+        }
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_pending(cx))?;
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_pending(cx))?;
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// hyper's bare refusals are replaced; our own answers never are.
+    #[test]
+    fn only_bare_refusals_are_replaced() {
+        let bare =
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\ndate: x\r\n\r\n";
+        let replaced = String::from_utf8(replace_bare_refusal(bare).unwrap()).unwrap();
+        assert!(replaced.starts_with("HTTP/1.1 431 "), "{replaced}");
+        assert!(replaced.contains("application/problem+json"));
+        assert!(replaced.contains("\"code\":\"headers_too_large\""));
+        let (head, body) = replaced.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        let ours = b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/problem+json\r\ncontent-length: 2\r\n\r\n{}";
+        assert!(replace_bare_refusal(ours).is_none());
+        assert!(replace_bare_refusal(b"HTTP/1.1 200 OK\r\n\r\n").is_none());
+    }
+
+    /// The canned refusal past the cap declares its body length exactly.
+    #[test]
+    fn the_refusal_is_well_formed() {
+        let text = std::str::from_utf8(&REFUSAL).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.contains(&format!("content-length: {}", body.len())),
+            "{}",
+            body.len()
+        );
+        let problem: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(problem["status"], 503);
+    }
+}
