@@ -56,6 +56,48 @@ pub struct TuningArgs {
     /// The purchase is confirmed automatically this long after the notice.
     #[arg(long, env = "LUNCHRUSH_AUTO_CONFIRM_AFTER", default_value = "5d", value_parser = humantime::parse_duration)]
     pub auto_confirm_after: Duration,
+    #[command(flatten)]
+    pub psp: PspArgs,
+}
+
+/// How this process treats the payment provider: a circuit breaker and a
+/// rate (shared by every payment hop of the process).
+#[derive(Debug, Clone, clap::Args)]
+pub struct PspArgs {
+    /// Provider calls per second at most (0: no limit); a fifth is kept for
+    /// voids and refunds.
+    #[arg(long, env = "LUNCHRUSH_PSP_MAX_RATE", default_value_t = 20_000.0)]
+    pub psp_max_rate: f64,
+    /// Open the provider's circuit after this many failed calls in a row.
+    #[arg(long, env = "LUNCHRUSH_PSP_BREAKER_FAILURES", default_value_t = 10)]
+    pub psp_breaker_failures: u32,
+    /// …or when this share of the calls in the window failed (at least 20 calls).
+    #[arg(
+        long,
+        env = "LUNCHRUSH_PSP_BREAKER_FAILURE_RATE",
+        default_value_t = 0.5
+    )]
+    pub psp_breaker_failure_rate: f64,
+    /// The window the failure rate is measured over.
+    #[arg(long, env = "LUNCHRUSH_PSP_BREAKER_WINDOW", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub psp_breaker_window: Duration,
+    /// How long the circuit stays open before a probe (doubles after a failed probe, up to 5 s).
+    #[arg(long, env = "LUNCHRUSH_PSP_BREAKER_OPEN", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub psp_breaker_open: Duration,
+}
+
+impl PspArgs {
+    pub fn options(&self) -> engine::breaker::PspOptions {
+        engine::breaker::PspOptions {
+            max_rate: self.psp_max_rate,
+            breaker_failures: self.psp_breaker_failures,
+            breaker_failure_rate: self.psp_breaker_failure_rate,
+            breaker_window: self.psp_breaker_window,
+            breaker_open: self.psp_breaker_open,
+            breaker_open_max: self.psp_breaker_open.max(Duration::from_secs(5)),
+            ..engine::breaker::PspOptions::default()
+        }
+    }
 }
 
 impl TuningArgs {
@@ -82,6 +124,7 @@ impl TuningArgs {
                 confirm_notice_after: self.confirm_notice_after,
                 auto_confirm_after: self.auto_confirm_after,
             },
+            psp: self.psp.options(),
         };
         config.validate()?;
         Ok(config)

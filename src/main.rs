@@ -36,6 +36,8 @@ struct Cli {
 enum Command {
     /// Start the local stack (Redis, PostgreSQL, the API) and serve until Ctrl-C.
     Up(commands::up::UpArgs),
+    /// Stop the `up` running on a home; with --purge, remove all its data.
+    Down(commands::down::DownArgs),
     /// Start the local stack, run a short lunch-peak load, print a summary and keep serving.
     Demo(commands::demo::DemoArgs),
     /// Serve the HTTP API and run the saga workers against existing Redis/Postgres.
@@ -72,6 +74,7 @@ fn main() -> ExitCode {
             Command::Migrate(args) => commands::migrate::run(args).await,
             Command::Token(args) => commands::token::run(args),
             Command::Demo(args) => commands::demo::run(args).await,
+            Command::Down(args) => commands::down::run(args).await,
             Command::Serve(args) => commands::serve::run(args).await,
             Command::Archive(args) => commands::archive::run(args).await,
             Command::Reconcile(args) => commands::reconcile::run(args).await,

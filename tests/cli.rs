@@ -38,16 +38,46 @@ fn port_of(url: &str) -> u16 {
         .unwrap()
 }
 
-/// `lunchrush up` on a fresh home: READY line, stack.env with the same URLs,
-/// Redis and Postgres answering, and after SIGINT nothing left running.
-#[test]
-fn up_prints_ready_serves_and_stops_cleanly() {
-    let home = tempfile::tempdir().unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+/// The `LUNCHRUSH_*` variables of `home/stack.env` as the README sources
+/// them: `set -a; . .lunchrush/stack.env; set +a` in a POSIX shell.
+fn sourced(home: &std::path::Path, names: &[&str]) -> Vec<String> {
+    let script = format!(
+        "set -a; . \"$1\"; set +a; printf '%s\\n' {}",
+        names
+            .iter()
+            .map(|n| format!("\"$LUNCHRUSH_{n}\""))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let out = Command::new("sh")
+        .args(["-c", &script, "sh"])
+        .arg(home.join("stack.env"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Starts `lunchrush up ARGS` on `home`; returns the child and its READY fields.
+fn up(
+    home: &std::path::Path,
+    args: &[&str],
+) -> (
+    std::process::Child,
+    std::collections::HashMap<String, String>,
+) {
     let mut child = Command::new(BIN)
         .arg("up")
-        .env("LUNCHRUSH_HOME", home.path())
+        .args(args)
+        .env("LUNCHRUSH_HOME", home)
         .env("LUNCHRUSH_LISTEN", "127.0.0.1:0")
         .env_remove("LUNCHRUSH_JWT_SECRET")
         .stdout(Stdio::piped())
@@ -58,32 +88,76 @@ fn up_prints_ready_serves_and_stops_cleanly() {
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let fields: std::collections::HashMap<&str, &str> = line
+    let fields = line
         .trim()
         .strip_prefix("READY ")
         .unwrap_or_else(|| panic!("first line is READY: {line:?}"))
         .split(' ')
         .map(|kv| kv.split_once('=').unwrap())
+        .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    let (api, redis, postgres) = (fields["api"], fields["redis"], fields["postgres"]);
+    (child, fields)
+}
+
+/// With a Redis Cluster the URL holds `&` and `?`: stack.env quotes it, so
+/// sourcing the file as the README says and running `lunchrush check`
+/// reaches the cluster (not the default `redis://127.0.0.1:6379`).
+#[test]
+fn stack_env_of_a_cluster_sources_whole() {
+    let home = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (mut child, fields) = up(home.path(), &["--cluster-masters", "3"]);
+    let redis = &fields["redis"];
+    assert!(
+        redis.starts_with("redis-cluster://") && redis.contains('&'),
+        "{redis}"
+    );
+    assert_eq!(sourced(home.path(), &["REDIS_URL"])[0], *redis);
+    let check = Command::new("sh")
+        .args(["-c", "set -a; . \"$1\"; set +a; exec \"$2\" check", "sh"])
+        .arg(home.path().join("stack.env"))
+        .arg(BIN)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    assert!(child.wait().unwrap().success());
+}
+
+/// `lunchrush up` on a fresh home: READY line, stack.env with the same URLs,
+/// Redis and Postgres answering, and after SIGINT nothing left running.
+#[test]
+fn up_prints_ready_serves_and_stops_cleanly() {
+    let home = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (mut child, fields) = up(home.path(), &[]);
+    let (api, redis, postgres) = (
+        fields["api"].as_str(),
+        fields["redis"].as_str(),
+        fields["postgres"].as_str(),
+    );
     assert!(api.starts_with("http://127.0.0.1:"), "{api}");
     assert!(redis.starts_with("redis://127.0.0.1:"), "{redis}");
     assert!(postgres.starts_with("postgres://"), "{postgres}");
 
-    let env = std::fs::read_to_string(home.path().join("stack.env")).unwrap();
-    assert!(env.contains(&format!("LUNCHRUSH_API_URL={api}\n")), "{env}");
-    assert!(
-        env.contains(&format!("LUNCHRUSH_REDIS_URL={redis}\n")),
-        "{env}"
+    let sourced = sourced(
+        home.path(),
+        &["API_URL", "REDIS_URL", "POSTGRES_URL", "JWT_SECRET"],
     );
-    assert!(
-        env.contains(&format!("LUNCHRUSH_POSTGRES_URL={postgres}\n")),
-        "{env}"
+    assert_eq!(
+        &sourced[..3],
+        &[api, redis, postgres],
+        "stack.env as a shell reads it"
     );
-    let secret = env
-        .lines()
-        .find_map(|l| l.strip_prefix("LUNCHRUSH_JWT_SECRET="))
-        .expect("a generated secret");
+    let secret = sourced[3].as_str();
     assert!(secret.len() >= 32);
 
     let pong = stack::redis::command_once(port_of(redis), &["PING"]).unwrap();
@@ -146,4 +220,39 @@ fn token_refuses_bad_requests_precisely() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("at least 32"));
+}
+
+/// `lunchrush down --purge` stops the `up` of a home and removes all of its
+/// data: the home, and PostgreSQL's data outside it when the `postgres`
+/// user could not reach the home (a home in a mode-0700 directory, as root).
+#[test]
+fn down_purge_stops_up_and_leaves_nothing() {
+    let parent = tempfile::tempdir().unwrap();
+    let home = parent.path().join("home");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let closed = std::fs::Permissions::from_mode(0o700);
+        std::fs::set_permissions(parent.path(), closed).unwrap();
+    }
+    let (mut child, _) = up(&home, &[]);
+    let note = std::fs::read_to_string(home.join("postgres/DATA_DIRECTORY")).ok();
+    let down = Command::new(BIN)
+        .args(["down", "--purge", "--home"])
+        .arg(&home)
+        .output()
+        .unwrap();
+    assert!(
+        down.status.success(),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    assert!(child.wait().unwrap().success(), "up stopped cleanly");
+    assert!(!home.exists(), "the home is gone");
+    if let Some(data) = note {
+        let outside = std::path::Path::new(data.trim())
+            .parent()
+            .unwrap()
+            .to_path_buf();
+        assert!(!outside.exists(), "{} left behind", outside.display());
+    }
 }

@@ -1,5 +1,7 @@
 //! `GET /healthz` (the process runs) and `GET /readyz` (its dependencies
-//! answer: a load balancer should send traffic only when this is 200).
+//! answer: a load balancer should send traffic only when this is 200; with
+//! the provider's circuit open it stays 200 and says `degraded: provider`,
+//! since reads, menus and restaurant actions still work).
 
 use axum::Json;
 use axum::extract::State;
@@ -30,6 +32,17 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    // An open provider circuit leaves the engine serving (reads, menus,
+    // restaurant actions): ready, but degraded.
+    let provider = state.breaker.as_ref().map(|b| match b.state() {
+        engine::breaker::BreakerState::Closed => json!("ok"),
+        other => json!(format!(
+            "circuit {}: next probe in {:?}",
+            other.as_str(),
+            b.retry_in().unwrap_or_default()
+        )),
+    });
+    let degraded = provider.as_ref().is_some_and(|p| p != "ok");
     let describe = |r: Result<(), String>| match r {
         Ok(()) => json!("ok"),
         Err(e) => json!(e),
@@ -37,9 +50,14 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
     (
         status,
         Json(json!({
-            "status": if status == StatusCode::OK { "ready" } else { "not_ready" },
+            "status": match (status == StatusCode::OK, degraded) {
+                (true, false) => "ready",
+                (true, true) => "degraded: provider",
+                (false, _) => "not_ready",
+            },
             "redis": describe(redis.map_err(|e| e.to_string())),
             "postgres": describe(postgres),
+            "provider": provider.unwrap_or(json!("not called by this process")),
         })),
     )
 }

@@ -74,6 +74,13 @@ pub struct AppState {
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// With a token, `/metrics` answers only its bearer.
     pub metrics_token: Option<Arc<str>>,
+    /// The provider circuit of this process's payment hops (when it runs
+    /// them): placements are refused while it is open.
+    pub breaker: Option<Arc<engine::breaker::Breaker>>,
+    /// Orders placed and not yet through the payment hop (the payment
+    /// group's lag plus pending on the orders streams), gathered in the
+    /// background.
+    pub payment_backlog: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl AppState {
@@ -97,9 +104,76 @@ impl AppState {
                 .filter(|t| !t.is_empty())
                 .map(Arc::from),
             limiter: Arc::new(admission::RateLimiter::new(limits)),
+            breaker: None,
+            payment_backlog: Arc::default(),
         }
     }
+
+    /// Refuses placements while `breaker` (the payment hops') is open.
+    pub fn with_breaker(mut self, breaker: Arc<engine::breaker::Breaker>) -> Self {
+        self.breaker = Some(breaker);
+        self
+    }
+
+    /// Why a placement cannot be paid now, and when to retry: the provider's
+    /// circuit is open, or the unpaid backlog would not clear inside the
+    /// payment window at the provider's recent pace.
+    pub fn payments_unavailable(&self) -> Option<(String, u64)> {
+        let breaker = self.breaker.as_ref()?;
+        if breaker.state() == engine::breaker::BreakerState::Open {
+            let wait = breaker.retry_in().unwrap_or_default();
+            return Some((
+                "the payment provider is failing; no order can be paid now".into(),
+                wait.as_secs().max(1),
+            ));
+        }
+        let backlog = self
+            .payment_backlog
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let window = self.engine.config().timers.payment_window;
+        let measured = breaker.answered_per_sec();
+        let ceiling = breaker.options().max_rate;
+        backlog_too_long(backlog, measured, ceiling, window).map(|pace| {
+            (
+                format!(
+                    "{backlog} orders wait for payment at ~{pace:.0} provider calls/s; \
+                     a new one would not be paid inside the payment window"
+                ),
+                5,
+            )
+        })
+    }
 }
+
+/// `Some(pace)` when `backlog` orders would not clear within half the
+/// payment window at the provider's pace: the calls/s it answered lately,
+/// or the ceiling (`--psp-max-rate`) when it was not called lately.
+pub fn backlog_too_long(
+    backlog: u64,
+    answered_per_sec: f64,
+    ceiling: f64,
+    payment_window: std::time::Duration,
+) -> Option<f64> {
+    if backlog < PAYMENT_BACKLOG_MIN {
+        return None;
+    }
+    let pace = if answered_per_sec > 0.0 {
+        answered_per_sec
+    } else {
+        ceiling
+    };
+    let pace = if ceiling > 0.0 {
+        pace.min(ceiling)
+    } else {
+        pace
+    };
+    // Half the window, so what is accepted now still gets paid in time.
+    let clears_in = backlog as f64 / pace.max(1.0);
+    (clears_in > payment_window.as_secs_f64() / 2.0).then_some(pace)
+}
+
+/// Below this unpaid backlog, placements are never refused for it.
+pub const PAYMENT_BACKLOG_MIN: u64 = 1_000;
 
 /// A connection pool for the Postgres at `url` (connects lazily).
 pub fn postgres_pool(url: &str) -> anyhow::Result<deadpool_postgres::Pool> {
@@ -197,6 +271,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics::render))
         .route("/openapi.json", get(openapi))
         .route_layer(from_fn(metrics::track))
+        .layer(from_fn(server::close_unread))
         .with_state(state)
 }
 
@@ -204,6 +279,37 @@ pub use server::serve;
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    /// A backlog is refused only when it would outlast half the payment
+    /// window at the provider's recent pace (or the ceiling when idle).
+    #[test]
+    fn the_backlog_is_measured_against_the_payment_window() {
+        let window = Duration::from_secs(120);
+        assert_eq!(
+            super::backlog_too_long(999, 0.1, 5_000.0, window),
+            None,
+            "small"
+        );
+        assert_eq!(
+            super::backlog_too_long(50_000, 1_000.0, 5_000.0, window),
+            None
+        );
+        assert_eq!(
+            super::backlog_too_long(70_000, 1_000.0, 5_000.0, window),
+            Some(1_000.0)
+        );
+        assert_eq!(
+            super::backlog_too_long(70_000, 0.0, 5_000.0, window),
+            None,
+            "idle: ceiling"
+        );
+        assert_eq!(
+            super::backlog_too_long(400_000, 0.0, 5_000.0, window),
+            Some(5_000.0)
+        );
+    }
+
     /// `/openapi.json` documents exactly the router's routes.
     #[test]
     fn the_openapi_document_lists_exactly_the_routes() {

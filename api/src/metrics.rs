@@ -197,6 +197,13 @@ async fn stream_gauges(state: &AppState) -> Result<(), fred::error::Error> {
             }
         }
     }
+    let backlog = [&lag, &pending]
+        .iter()
+        .filter_map(|m| m.get(&("payment".to_string(), "orders")))
+        .sum::<f64>();
+    state
+        .payment_backlog
+        .store(backlog as u64, std::sync::atomic::Ordering::Relaxed);
     for ((group, topic), value) in lag {
         metrics::gauge!("lunchrush_stream_lag_entries", "group" => group, "topic" => topic)
             .set(value);

@@ -146,6 +146,11 @@ pub async fn place(
                 "the Idempotency-Key must be printable ASCII",
             )
         })?;
+    if let Some((why, retry_after)) = state.payments_unavailable() {
+        metrics::counter!("lunchrush_placements_refused_total", "code" => "payment_unavailable")
+            .increment(1);
+        return Err(Problem::unavailable("payment_unavailable", why).retry_after(retry_after));
+    }
     let lines: Vec<(String, i64)> = body.items.into_iter().map(|l| (l.item, l.qty)).collect();
     let request = PlaceOrder::parse(
         &auth.0.sub,

@@ -221,6 +221,65 @@ pub async fn serve(
     Ok(())
 }
 
+/// A request body that remembers whether it was read to its end.
+struct Tracked {
+    inner: axum::body::Body,
+    done: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl http_body::Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        if frame.is_none() {
+            self.done.store(true, Ordering::Relaxed);
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Answers `Connection: close` when the request's body was not read to its
+/// end (refused before it was read: 401, 413, 415, 429, 503, 404): the
+/// connection cannot carry another request, and a client must not put one
+/// on it (it would find the connection closed under it).
+pub async fn close_unread(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use http_body::Body as _;
+    if request.body().is_end_stream() {
+        return next.run(request).await;
+    }
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let request = request.map(|inner| {
+        axum::body::Body::new(Tracked {
+            inner,
+            done: done.clone(),
+        })
+    });
+    let mut response = next.run(request).await;
+    if !done.load(Ordering::Relaxed) {
+        response.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    response
+}
+
 /// A TCP stream that turns hyper's own bare refusals (written before any
 /// handler runs: 400 for a malformed head, 414, 431) into problem+json.
 ///
@@ -230,18 +289,33 @@ pub async fn serve(
 /// statuses and has no `content-type` in its head is replaced, whole, by a
 /// problem document of the same status. Writes are not vectored, so a head
 /// always reaches us in one buffer.
+///
+/// It also closes politely: when hyper is done with a connection whose
+/// client is still sending (a body refused before it was read: 413, 401,
+/// 415), the socket is not closed at once (which would reset it and could
+/// destroy the answer before the client read it) but drained for at most
+/// [`LINGER_MAX`] or [`LINGER_BYTES_MAX`] first.
 pub struct ProblemIo {
-    inner: TcpStream,
+    inner: Option<TcpStream>,
     /// A replacement still being written, and how much of it is written.
     pending: Option<(Vec<u8>, usize)>,
 }
 
+/// How long a closed connection's unread input is drained at most.
+const LINGER_MAX: Duration = Duration::from_secs(2);
+/// How many bytes of it at most.
+const LINGER_BYTES_MAX: usize = 1024 * 1024;
+
 impl ProblemIo {
     pub fn new(inner: TcpStream) -> Self {
         Self {
-            inner,
+            inner: Some(inner),
             pending: None,
         }
+    }
+
+    fn stream(&mut self) -> &mut TcpStream {
+        self.inner.as_mut().expect("taken only on drop")
     }
 
     fn poll_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -250,7 +324,10 @@ impl ProblemIo {
                 self.pending = None;
                 break;
             }
-            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &bytes[*written..]))?;
+            let n = ready!(
+                Pin::new(self.inner.as_mut().expect("taken only on drop"))
+                    .poll_write(cx, &bytes[*written..])
+            )?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
@@ -313,7 +390,7 @@ impl AsyncRead for ProblemIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        Pin::new(self.stream()).poll_read(cx, buf)
     }
 }
 
@@ -330,21 +407,51 @@ impl AsyncWrite for ProblemIo {
             let _ = self.poll_pending(cx)?;
             return Poll::Ready(Ok(buf.len()));
         }
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        Pin::new(self.stream()).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.poll_pending(cx))?;
-        Pin::new(&mut self.inner).poll_flush(cx)
+        Pin::new(self.stream()).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.poll_pending(cx))?;
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        Pin::new(self.stream()).poll_shutdown(cx)
     }
 
     fn is_write_vectored(&self) -> bool {
         false
+    }
+}
+
+impl Drop for ProblemIo {
+    fn drop(&mut self) {
+        let Some(stream) = self.inner.take() else {
+            return;
+        };
+        // Input still arriving: drain it for a while before closing.
+        let mut probe = [0u8; 1];
+        if !matches!(stream.try_read(&mut probe), Ok(n) if n > 0) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            let mut stream = stream;
+            let mut buf = vec![0u8; 16 * 1024];
+            let mut drained = 0;
+            let _ = tokio::time::timeout(LINGER_MAX, async {
+                while drained < LINGER_BYTES_MAX {
+                    match tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => drained += n,
+                    }
+                }
+            })
+            .await;
+        });
     }
 }
 

@@ -168,7 +168,8 @@ async fn no_body_crashes_the_process_or_changes_anything() {
 }
 
 /// Made-up methods and restaurant ids never become metric series: after
-/// hundreds of them `/metrics` is no larger than after the first few.
+/// hundreds of them every method label is one of a closed set and no
+/// made-up restaurant is named. (`hostile-bench` shows the size stays flat.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn odd_methods_and_made_up_ids_do_not_grow_the_metrics() {
     let app = spawn_app_with(roomy()).await;
@@ -188,20 +189,26 @@ async fn odd_methods_and_made_up_ids_do_not_grow_the_metrics() {
                 .problem(422, "unknown_restaurant");
         }
     };
-    for i in 0..5 {
+    for i in 0..400 {
         hostile_round(i).await;
     }
-    let baseline = metrics().await.len();
-    for i in 5..400 {
-        hostile_round(i).await;
-    }
+    // The recorder is the process's: other tests of this binary add their
+    // own (legitimate) series meanwhile, so the text's size proves nothing
+    // here. What does: no label value came from a request.
     let after = metrics().await;
-    assert!(
-        after.len() <= baseline + 512,
-        "/metrics grew from {baseline} to {} bytes:\n{after}",
-        after.len()
-    );
     assert!(!after.contains("ghost-"), "{after}");
+    let methods: std::collections::BTreeSet<&str> = after
+        .split("method=\"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .collect();
+    let allowed = [
+        "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "other",
+    ];
+    assert!(
+        methods.iter().all(|m| allowed.contains(m)),
+        "methods from requests: {methods:?}"
+    );
     assert!(
         after.contains(r#"method="other""#),
         "odd methods count as `other`"

@@ -455,7 +455,10 @@ impl Archiver {
         let mut client = self.pool.get().await?;
         client
             .batch_execute(
-                "CREATE TEMP TABLE IF NOT EXISTS archive_staging \
+                // The table exists after the connection's first batch: no
+                // NOTICE saying so on every batch (they reach the log).
+                "SET client_min_messages TO warning; \
+                 CREATE TEMP TABLE IF NOT EXISTS archive_staging \
                  (LIKE saga_events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
             )
             .await?;

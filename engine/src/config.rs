@@ -63,6 +63,8 @@ pub struct Config {
     /// Prepended to every Redis key (outside the hash tag).
     pub key_prefix: String,
     pub timers: Timers,
+    /// The provider client's breaker and pacer.
+    pub psp: crate::breaker::PspOptions,
 }
 
 impl Default for Config {
@@ -76,6 +78,7 @@ impl Default for Config {
             partitions: 16,
             key_prefix: "lr:".into(),
             timers: Timers::default(),
+            psp: crate::breaker::PspOptions::default(),
         }
     }
 }
@@ -103,11 +106,38 @@ pub enum ConfigError {
     KeyPrefix(String),
     #[error("timer {name} is zero; it must be a positive duration")]
     Timer { name: &'static str },
+    #[error("provider setting {name} is {value}; {rule}")]
+    Psp {
+        name: &'static str,
+        value: String,
+        rule: &'static str,
+    },
 }
 
 impl Config {
+    fn validate_psp(&self) -> Result<(), ConfigError> {
+        let psp = &self.psp;
+        let bad = |name, value: String, rule| Err(ConfigError::Psp { name, value, rule });
+        if psp.breaker_failures == 0 {
+            return bad("breaker_failures", "0".into(), "it must be at least 1");
+        }
+        if !(psp.breaker_failure_rate > 0.0 && psp.breaker_failure_rate <= 1.0) {
+            let value = psp.breaker_failure_rate.to_string();
+            return bad("breaker_failure_rate", value, "it must be in (0, 1]");
+        }
+        if psp.breaker_window.is_zero() || psp.breaker_open.is_zero() {
+            return bad("breaker_window/open", "0".into(), "they must be positive");
+        }
+        if !(psp.max_rate >= 0.0 && psp.max_rate.is_finite()) {
+            let value = psp.max_rate.to_string();
+            return bad("max_rate", value, "it must be 0 (no pacing) or positive");
+        }
+        Ok(())
+    }
+
     /// Checks every field; the first problem found is returned.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_psp()?;
         validate_redis_url(&self.redis_url)?;
         validate_postgres_url(&self.postgres_url)?;
         validate_http_url(&self.psp_url).map_err(|reason| ConfigError::PspUrl {

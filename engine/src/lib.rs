@@ -11,6 +11,7 @@
 //! - [`engine`]: [`Engine`], one method per transition.
 //! - [`events`]: the stream entry format and the event catalogue.
 //! - [`psp`]: the payment-provider client (unknown outcomes are looked up).
+//! - [`breaker`]: the provider's circuit breaker and call pacer.
 //! - [`saga`]: the consumer-group workers (payment, restaurant).
 //! - [`check`]: the rule checker (pairs, stock, per-customer limits).
 //! - [`timers`]: the timer wheel and its claimer (delayed tasks).
@@ -22,6 +23,7 @@
 //! **Architecture Invariant:** every state change of an order happens inside
 //! one Lua script.
 
+pub mod breaker;
 pub mod check;
 pub mod config;
 pub mod domain;

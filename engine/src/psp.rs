@@ -5,6 +5,10 @@
 //! charged and then failed to answer. The client never assumes: before
 //! retrying it looks the payment up by its key, and only the provider's
 //! answer decides.
+//!
+//! Every clone shares one [`Breaker`] and one [`Pacer`]: no call goes out
+//! while the circuit is open ([`PspError::CircuitOpen`] at once), and calls
+//! are held under `--psp-max-rate` with a share kept for compensations.
 
 use std::time::Duration;
 
@@ -15,6 +19,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde::{Deserialize, Serialize};
+
+use crate::breaker::{Breaker, CallKind, Permit, PspOptions};
 
 /// One call's deadline. The simulator's "timeout after charge" hangs longer.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -47,12 +53,17 @@ pub enum PspError {
     NotFound(String),
     #[error("payment provider answered something unexpected: {0}")]
     Protocol(String),
+    /// The circuit is open: nothing was sent. Try again after `retry_in`.
+    #[error("payment provider circuit open; next probe in {retry_in:?}")]
+    CircuitOpen { retry_in: Duration },
 }
 
 enum Attempt {
     Answer(StatusCode, Bytes),
     /// Timeout, connection error or 5xx: nothing known.
     Unknown(String),
+    /// The breaker let nothing out.
+    Denied,
 }
 
 /// A provider client; cheap to clone (one connection pool).
@@ -60,6 +71,8 @@ enum Attempt {
 pub struct PspClient {
     base: String,
     http: Client<HttpConnector, Full<Bytes>>,
+    breaker: std::sync::Arc<Breaker>,
+    pacer: std::sync::Arc<crate::breaker::Pacer>,
 }
 
 impl std::fmt::Debug for PspClient {
@@ -84,7 +97,12 @@ pub struct PaymentPage {
 }
 
 impl PspClient {
+    /// A client with the default breaker and pacer.
     pub fn new(base_url: &str) -> Self {
+        Self::with_options(base_url, PspOptions::default())
+    }
+
+    pub fn with_options(base_url: &str, options: PspOptions) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(CALL_TIMEOUT));
@@ -93,10 +111,44 @@ impl PspClient {
             http: Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(30))
                 .build(connector),
+            pacer: std::sync::Arc::new(crate::breaker::Pacer::new(&options)),
+            breaker: std::sync::Arc::new(Breaker::new(options)),
         }
     }
 
-    async fn once(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Attempt {
+    /// The breaker every clone of this client shares.
+    pub fn breaker(&self) -> &std::sync::Arc<Breaker> {
+        &self.breaker
+    }
+
+    fn circuit_open(&self) -> PspError {
+        PspError::CircuitOpen {
+            retry_in: self.breaker.retry_in().unwrap_or_default(),
+        }
+    }
+
+    /// One call, if the breaker lets it out, at the pacer's pace; its
+    /// outcome is recorded by the breaker.
+    async fn once(
+        &self,
+        kind: CallKind,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Attempt {
+        let permit = self.breaker.permit();
+        if permit == Permit::Denied {
+            metrics::counter!("lunchrush_psp_calls_denied_total").increment(1);
+            return Attempt::Denied;
+        }
+        self.pacer.wait(kind).await;
+        let attempt = self.send(method, path, body).await;
+        self.breaker
+            .record(permit, matches!(attempt, Attempt::Unknown(_)));
+        attempt
+    }
+
+    async fn send(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Attempt {
         let request = Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base))
@@ -149,9 +201,15 @@ impl PspClient {
         let mut last = String::new();
         for attempt in 0..ATTEMPTS_MAX {
             match self
-                .once(Method::GET, &format!("/v1/payments/{key}"), None)
+                .once(
+                    CallKind::Forward,
+                    Method::GET,
+                    &format!("/v1/payments/{key}"),
+                    None,
+                )
                 .await
             {
+                Attempt::Denied => return Err(self.circuit_open()),
                 Attempt::Answer(status, bytes) => {
                     return match Self::parse(status, &bytes, key) {
                         Ok(payment) => Ok(Some(payment)),
@@ -171,6 +229,7 @@ impl PspClient {
     /// `done_states`.
     async fn operate(
         &self,
+        kind: CallKind,
         key: &str,
         path: &str,
         body: Option<Vec<u8>>,
@@ -188,7 +247,8 @@ impl PspClient {
                     return Ok(payment);
                 }
             }
-            match self.once(Method::POST, path, body.clone()).await {
+            match self.once(kind, Method::POST, path, body.clone()).await {
+                Attempt::Denied => return Err(self.circuit_open()),
                 Attempt::Answer(status, bytes) => return Self::parse(status, &bytes, key),
                 Attempt::Unknown(reason) => {
                     metrics::counter!("lunchrush_psp_unknown_outcomes_total").increment(1);
@@ -203,6 +263,7 @@ impl PspClient {
     pub async fn authorize(&self, key: &str, amount: i64) -> Result<ProviderPayment, PspError> {
         let body = serde_json::to_vec(&AuthorizeBody { key, amount }).expect("serializable");
         self.operate(
+            CallKind::Forward,
             key,
             "/v1/payments/authorize",
             Some(body),
@@ -213,6 +274,7 @@ impl PspClient {
 
     pub async fn capture(&self, key: &str) -> Result<ProviderPayment, PspError> {
         self.operate(
+            CallKind::Forward,
             key,
             &format!("/v1/payments/{key}/capture"),
             None,
@@ -222,12 +284,19 @@ impl PspClient {
     }
 
     pub async fn void(&self, key: &str) -> Result<ProviderPayment, PspError> {
-        self.operate(key, &format!("/v1/payments/{key}/void"), None, &["voided"])
-            .await
+        self.operate(
+            CallKind::Compensation,
+            key,
+            &format!("/v1/payments/{key}/void"),
+            None,
+            &["voided"],
+        )
+        .await
     }
 
     pub async fn refund(&self, key: &str) -> Result<ProviderPayment, PspError> {
         self.operate(
+            CallKind::Compensation,
             key,
             &format!("/v1/payments/{key}/refund"),
             None,
@@ -244,7 +313,8 @@ impl PspClient {
         };
         let mut last = String::new();
         for attempt in 0..ATTEMPTS_MAX {
-            match self.once(Method::GET, &path, None).await {
+            match self.once(CallKind::Forward, Method::GET, &path, None).await {
+                Attempt::Denied => return Err(self.circuit_open()),
                 Attempt::Answer(StatusCode::OK, bytes) => {
                     return serde_json::from_slice(&bytes)
                         .map_err(|e| PspError::Protocol(e.to_string()));

@@ -45,6 +45,9 @@ use crate::psp::{PspClient, PspError};
 /// Steps one handler call may take to settle an order's payment (authorize,
 /// capture, void, refund, plus catch-up records); more means a bug.
 const DRIVE_STEPS_MAX: usize = 8;
+/// While the provider's circuit is open, a payment worker looks again at
+/// least this often (it also stops promptly).
+const CIRCUIT_NAP_MAX: Duration = Duration::from_millis(500);
 
 /// Which consumer group a worker belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -449,6 +452,8 @@ pub struct Round {
     pub handled: usize,
     pub failed: usize,
     pub dead: usize,
+    /// Left waiting for the provider's circuit to close.
+    pub deferred: usize,
 }
 
 impl Worker {
@@ -478,6 +483,15 @@ impl Worker {
         let mut last_reclaim = Instant::now();
         let engine = self.engine.clone();
         while !*shutdown.borrow() {
+            // While the provider's circuit is open, a role that calls it
+            // reads nothing: its events wait where they are.
+            if let Some(wait) = self.circuit_wait() {
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            }
             // Registered before the read: an event emitted meanwhile wakes us.
             let local = engine.local_event();
             tokio::pin!(local);
@@ -514,6 +528,20 @@ impl Worker {
             }
             idle = (idle * 2).min(self.options.idle_poll_max);
         }
+    }
+
+    /// How long to wait before a round, when this role calls the provider
+    /// and its circuit lets nothing out yet.
+    fn circuit_wait(&self) -> Option<Duration> {
+        if !matches!(self.role, Role::Payment | Role::Batch) {
+            return None;
+        }
+        let breaker = self.psp.breaker();
+        if breaker.state() != crate::breaker::BreakerState::Open {
+            return None;
+        }
+        let wait = breaker.retry_in()?;
+        (!wait.is_zero()).then(|| wait.min(CIRCUIT_NAP_MAX))
     }
 
     /// Reads new entries from every partition once and handles them.
@@ -621,6 +649,7 @@ impl Worker {
                 total.handled += round.handled;
                 total.failed += round.failed;
                 total.dead += round.dead;
+                total.deferred += round.deferred;
             }
         }
         match failure {
@@ -681,6 +710,11 @@ impl Worker {
                     round.failed += 1;
                     continue;
                 }
+                Disposition::Deferred(deliveries) => {
+                    round.deferred += 1;
+                    self.defer(&stream, &id, deliveries).await?;
+                    continue;
+                }
                 Disposition::Dead => round.dead += 1,
             }
             acks.entry(stream).or_default().push(id);
@@ -693,6 +727,31 @@ impl Worker {
                 .await?;
         }
         Ok(round)
+    }
+
+    /// Leaves an entry pending with the delivery it just had undone
+    /// (`RETRYCOUNT`), and idle long enough that the next reclaim round,
+    /// here or in any process, takes it again once the circuit closes.
+    async fn defer(&self, stream: &str, id: &str, deliveries: u64) -> Result<(), EngineError> {
+        let idle = self.options.reclaim_idle.as_millis() as u64;
+        let _: Value = self
+            .engine
+            .redis()
+            .xclaim(
+                stream,
+                self.role.group(),
+                self.options.consumer.as_str(),
+                0,
+                id,
+                Some(idle),
+                None,
+                Some(deliveries.saturating_sub(1)),
+                false,
+                true,
+            )
+            .await?;
+        metrics::counter!("lunchrush_psp_deferred_total").increment(1);
+        Ok(())
     }
 
     async fn handle_one(
@@ -713,6 +772,7 @@ impl Worker {
         let result = self.dispatch(&event).await;
         match result {
             Ok(()) => Disposition::Done,
+            Err(WorkError::Psp(PspError::CircuitOpen { .. })) => Disposition::Deferred(deliveries),
             Err(error) if deliveries >= self.options.deliveries_max => {
                 let action = match event.order_id() {
                     Some(order_id) if self.role != Role::Order => {
@@ -817,6 +877,9 @@ enum Disposition {
     Done,
     Retry,
     Dead,
+    /// The provider's circuit is open: nothing was tried. The entry waits
+    /// without this delivery counting towards `deliveries_max`.
+    Deferred(u64),
 }
 
 /// XREADGROUP that treats "nothing new" (a nil reply) as an empty page.

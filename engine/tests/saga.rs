@@ -15,6 +15,36 @@ use stack::psp::Faults;
 
 const SETTLE: Duration = Duration::from_secs(60);
 
+/// Entries the saga groups have yet to read or acknowledge, over every
+/// partition's streams (lag plus pending, from XINFO GROUPS).
+async fn group_backlog(env: &TestEnv) -> i64 {
+    let mut backlog = 0;
+    for p in 0..common::PARTITIONS {
+        for role in engine::saga::Role::ALL {
+            for topic in role.topics() {
+                let stream = env.engine.keys().stream(p, *topic);
+                let groups: Value = env.engine.redis().xinfo_groups(stream).await.unwrap();
+                for group in groups.into_array() {
+                    let fields: HashMap<String, Value> = group
+                        .into_array()
+                        .chunks(2)
+                        .filter_map(|kv| Some((kv.first()?.as_string()?, kv.get(1)?.clone())))
+                        .collect();
+                    if fields.get("name").and_then(Value::as_string).as_deref()
+                        != Some(role.group())
+                    {
+                        continue;
+                    }
+                    // A lag Redis cannot compute (nil) counts as outstanding.
+                    backlog += fields.get("lag").and_then(Value::as_i64).unwrap_or(1);
+                    backlog += fields.get("pending").and_then(Value::as_i64).unwrap_or(0);
+                }
+            }
+        }
+    }
+    backlog
+}
+
 /// 1,000 customers race for 100 units of one item: exactly 100 orders are
 /// placed and approved (captured at the provider), 900 are refused
 /// `out_of_stock`, stock ends at 0 and the checker passes.
@@ -326,6 +356,8 @@ async fn replaying_every_event_changes_nothing() {
                             env.engine.keys().stream(p, *topic),
                             role.group().into(),
                             "0".into(),
+                            "ENTRIESREAD".into(),
+                            "0".into(),
                         ],
                     )
                     .await
@@ -333,8 +365,19 @@ async fn replaying_every_event_changes_nothing() {
             }
         }
     }
+    // The rewind took: some group now lags behind its stream.
+    assert!(group_backlog(&env).await > 0, "nothing to redeliver");
     env.start_workers("w2");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The replay happened: every group read its streams to the end again
+    // and acknowledged everything (lag and pending back to 0).
+    let deadline = std::time::Instant::now() + SETTLE;
+    while group_backlog(&env).await > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replay never finished"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     env.settle(SETTLE).await;
     env.stop_workers().await;
     assert_eq!(env.orders().await, before, "orders unchanged by redelivery");
@@ -491,6 +534,16 @@ async fn a_compensation_that_keeps_failing_is_parked_not_dropped() {
     let mut env = TestEnv::standalone().await;
     env.restaurant("r-manual", false, "bibimbap", 9_000, 10)
         .await;
+    // The provider fails this call only, as far as the breaker can tell: its
+    // circuit never opens here (an outage is the next test's).
+    env.psp = engine::psp::PspClient::with_options(
+        &env.engine.config().psp_url,
+        engine::breaker::PspOptions {
+            breaker_failures: u32::MAX,
+            breaker_calls_min: u32::MAX,
+            ..engine::breaker::PspOptions::default()
+        },
+    );
     env.start_workers("w1");
     let request = env.request("c1", "r-manual", &[("bibimbap", 1)], 9_000, "k1");
     let id = env.engine.place_order(&request).await.unwrap().order_id;
@@ -659,4 +712,78 @@ async fn the_checker_catches_every_kind_of_violation() {
         found.iter().any(|v| v.contains("max_per_customer 2")),
         "{found:?}"
     );
+}
+
+/// During a provider outage the circuit opens and a compensation waits
+/// instead of burning its deliveries: nothing is parked or dead-lettered
+/// however long it lasts, and once the provider answers again the void is
+/// done and the order rests REJECTED/VOIDED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn during_an_outage_a_compensation_waits_for_the_circuit() {
+    let mut env = TestEnv::standalone().await;
+    env.restaurant("r-outage", false, "kimbap", 4_000, 10).await;
+    env.start_workers("w1");
+    let request = env.request("c1", "r-outage", &[("kimbap", 1)], 4_000, "k1");
+    let id = env.engine.place_order(&request).await.unwrap().order_id;
+    let deadline = std::time::Instant::now() + SETTLE;
+    let order = loop {
+        let order = env.engine.order(&id).await.unwrap().unwrap();
+        if order.status == OrderStatus::Paid {
+            break order;
+        }
+        assert!(std::time::Instant::now() < deadline, "never authorized");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    env.sim.set_faults(Faults {
+        error_rate: 1.0,
+        ..Faults::default()
+    });
+    env.engine
+        .decide(
+            &order,
+            false,
+            "",
+            Some(order.version),
+            false,
+            engine::keys::Lane::Online,
+        )
+        .await
+        .unwrap();
+    // Wait until the circuit opened (the void kept failing), then for more
+    // rounds than `deliveries_max` would allow without it.
+    while env.psp.breaker().state() != engine::breaker::BreakerState::Open {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the circuit never opened"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let deferred_at = std::time::Instant::now();
+    while deferred_at.elapsed() < Duration::from_secs(4) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let keys = env.engine.keys();
+    for topic in [engine::keys::Topic::Parked, engine::keys::Topic::Dead] {
+        let len: u64 = env
+            .engine
+            .redis()
+            .xlen(keys.stream(order.partition, topic))
+            .await
+            .unwrap();
+        assert_eq!(len, 0, "{topic:?} during the outage");
+    }
+    env.sim.set_faults(Faults::default());
+    let order = loop {
+        let order = env.engine.order(&id).await.unwrap().unwrap();
+        if order.pay == PaymentStatus::Voided {
+            break order;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never voided: {order:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(order.status, OrderStatus::Rejected);
+    assert_eq!(env.sim.payment(&id.to_string()).unwrap().state, "voided");
 }

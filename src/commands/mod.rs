@@ -3,6 +3,7 @@
 pub mod archive;
 pub mod check;
 pub mod demo;
+pub mod down;
 pub mod import;
 pub mod migrate;
 pub mod psp_sim;

@@ -62,7 +62,7 @@ pub async fn run(args: ReconcileArgs) -> anyhow::Result<ExitCode> {
     let started = SystemTime::now();
     let redis = engine::store::connect(&config).await?;
     let engine = engine::Engine::new(redis, config.clone()).await?;
-    let psp = engine::psp::PspClient::new(&config.psp_url);
+    let psp = engine::psp::PspClient::with_options(&config.psp_url, config.psp.clone());
     let pool = api::postgres_pool(&config.postgres_url)?;
     archiver::schema::migrate(&config.postgres_url).await?;
     let reconciler = Reconciler::new(engine.clone(), psp);

@@ -87,18 +87,21 @@ pub async fn run_engine(
     engine::saga::ensure_groups(&engine, &roles)
         .await
         .context("create the consumer groups")?;
-    let psp = engine::psp::PspClient::new(&config.psp_url);
+    let psp = engine::psp::PspClient::with_options(&config.psp_url, config.psp.clone());
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let handles = match &workers {
         Some(options) => engine::saga::spawn_workers(&engine, &psp, notifier, options, &stopped),
         None => Vec::new(),
     };
-    let state = api::AppState::new(
+    let mut state = api::AppState::new(
         engine,
         api::postgres_pool(&config.postgres_url)?,
         config.jwt_secret.as_bytes(),
         limits,
     );
+    if workers.is_some() {
+        state = state.with_breaker(psp.breaker().clone());
+    }
     tracing::info!(listen = %config.listen, workers = workers.is_some(), partitions = config.partitions,
         "Engine serving.");
     let served = api::serve(listener, state, shutdown).await;

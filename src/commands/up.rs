@@ -9,7 +9,7 @@
 //! READY api=http://127.0.0.1:8080 redis=redis://127.0.0.1:41234 postgres=postgres://lunchrush@127.0.0.1:41235/lunchrush
 //! ```
 //!
-//! writes the same (plus the JWT secret) as `LUNCHRUSH_*=value` lines to
+//! writes the same (plus the JWT secret) as `LUNCHRUSH_*='value'` lines to
 //! `$LUNCHRUSH_HOME/stack.env` — `set -a; . .lunchrush/stack.env` then
 //! configures every other subcommand — and serves until Ctrl-C or SIGTERM.
 //! A second `up` on the same home reuses the data, the secret and, while
@@ -85,6 +85,7 @@ impl Running {
             tracing::error!(%error, "The archiver stopped with an error.");
         }
         tracing::info!("Stopping the local stack.");
+        let _ = std::fs::remove_file(super::down::pid_file(self.stack.home()));
         drop(self.stack);
         served
     }
@@ -111,6 +112,10 @@ pub async fn start(args: UpArgs) -> anyhow::Result<Running> {
     let stack = LocalStack::start(options)
         .await
         .context("start the local stack")?;
+    // `lunchrush down` finds this process here.
+    let pid_file = super::down::pid_file(&home);
+    std::fs::write(&pid_file, format!("{}\n", std::process::id()))
+        .with_context(|| format!("write {}", pid_file.display()))?;
 
     let jwt_secret = args
         .jwt_secret
@@ -232,14 +237,29 @@ fn generate_secret() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// `KEY=value` lines; missing file or malformed lines yield nothing.
+/// `KEY=value` lines, the value bare or single-quoted as a shell writes it
+/// (`'it'\''s'`); missing file or malformed lines yield nothing.
 pub fn read_env_file(path: &Path) -> HashMap<String, String> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
         .filter_map(|line| line.split_once('='))
-        .map(|(key, value)| (key.trim().to_string(), value.trim().to_string()))
+        .map(|(key, value)| (key.trim().to_string(), shell_unquote(value.trim())))
         .collect()
+}
+
+/// A value single-quoted for a POSIX shell: sourcing the file gives back
+/// exactly `value`, whatever it holds (`&`, `?`, spaces).
+fn shell_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', r"'\''"))
+}
+
+/// The inverse of [`shell_quote`]; a bare value is taken as it is.
+fn shell_unquote(value: &str) -> String {
+    match value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')) {
+        Some(inner) => inner.replace(r"'\''", "'"),
+        None => value.to_string(),
+    }
 }
 
 /// Writes `KEY=value` lines, readable by the owner only (it holds the secret).
@@ -254,7 +274,7 @@ fn write_env_file(path: &Path, pairs: &[(&str, &str)]) -> anyhow::Result<()> {
         .open(path)
         .with_context(|| format!("write {}", path.display()))?;
     for (key, value) in pairs {
-        writeln!(file, "{key}={value}")?;
+        writeln!(file, "{key}={}", shell_quote(value))?;
     }
     Ok(())
 }

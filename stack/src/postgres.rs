@@ -43,6 +43,9 @@ pub struct Postgres {
     data: PathBuf,
     options: PostgresOptions,
     run_as: Option<RunAs>,
+    /// The data's directory outside the home, when the `postgres` user
+    /// cannot reach the home: removed when a non-durable server stops.
+    outside: Option<PathBuf>,
 }
 
 impl Postgres {
@@ -53,6 +56,11 @@ impl Postgres {
             .map_err(|e| StackError::io(format!("create {}", options.dir.display()), e))?;
         let run_as = unprivileged_user()?;
         let data = data_directory(&options.dir, run_as)?;
+        let outside = (!data.starts_with(&options.dir)).then(|| {
+            data.parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| data.clone())
+        });
         if !data.join("PG_VERSION").is_file() {
             initialize(&data, options.durable, run_as)?;
         }
@@ -63,6 +71,7 @@ impl Postgres {
             data,
             options,
             run_as,
+            outside,
         };
         server.wait_ready().await?;
         server.ensure_database(DATABASE).await?;
@@ -285,7 +294,8 @@ fn unprivileged_user() -> Result<Option<RunAs>, StackError> {
 
 /// Where the data directory goes: `<dir>/data`, unless the `postgres` user
 /// cannot reach it (a parent directory without search permission for others),
-/// in which case a directory under `/var/lib/lunchrush` named after `dir`.
+/// in which case a directory under `/var/lib/lunchrush` named after `dir` and
+/// the stack's id (`dir/STACK_ID`), noted in `dir/DATA_DIRECTORY`.
 fn data_directory(dir: &Path, run_as: Option<RunAs>) -> Result<PathBuf, StackError> {
     let preferred = dir.join("data");
     let Some(user) = run_as else {
@@ -301,7 +311,10 @@ fn data_directory(dir: &Path, run_as: Option<RunAs>) -> Result<PathBuf, StackErr
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect();
-    let fallback = Path::new(FALLBACK_DATA_ROOT).join(name.trim_matches('_'));
+    // Named after the home *and* its id: a new home at the same path never
+    // adopts the data of the one that was deleted.
+    let id = stack_id(dir)?;
+    let fallback = Path::new(FALLBACK_DATA_ROOT).join(format!("{}-{id}", name.trim_matches('_')));
     std::fs::create_dir_all(&fallback)
         .map_err(|e| StackError::io(format!("create {}", fallback.display()), e))?;
     chown(&fallback, user)?;
@@ -312,6 +325,52 @@ fn data_directory(dir: &Path, run_as: Option<RunAs>) -> Result<PathBuf, StackErr
         "The postgres user cannot reach the stack home; PostgreSQL data lives elsewhere."
     );
     Ok(fallback.join("data"))
+}
+
+impl Drop for Postgres {
+    /// A non-durable server's data outside its home goes with it (the
+    /// home, a temporary directory, goes with its owner).
+    fn drop(&mut self) {
+        if self.options.durable {
+            return;
+        }
+        if let Some(outside) = self.outside.take() {
+            self.daemon.stop(crate::process::STOP_TIMEOUT);
+            let _ = std::fs::remove_dir_all(&outside);
+        }
+    }
+}
+
+/// The id of the stack whose home holds `dir`: written once in
+/// `dir/STACK_ID`, so a new home (even at the same path) gets a new one.
+fn stack_id(dir: &Path) -> Result<String, StackError> {
+    let path = dir.join("STACK_ID");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        let id = id.trim();
+        if !id.is_empty() && id.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Ok(id.to_string());
+        }
+    }
+    let id = format!("{:016x}", rand::random::<u64>());
+    std::fs::write(&path, format!("{id}\n"))
+        .map_err(|e| StackError::io(format!("write {}", path.display()), e))?;
+    Ok(id)
+}
+
+/// Removes a home's PostgreSQL data that lives outside it (the path its
+/// `DATA_DIRECTORY` note names), if any. For `lunchrush down --purge`.
+pub fn remove_outside_data(dir: &Path) -> std::io::Result<Option<PathBuf>> {
+    let Ok(note) = std::fs::read_to_string(dir.join("DATA_DIRECTORY")) else {
+        return Ok(None);
+    };
+    let data = PathBuf::from(note.trim());
+    let Some(outside) = data.parent().filter(|p| p.starts_with(FALLBACK_DATA_ROOT)) else {
+        return Ok(None);
+    };
+    if outside.exists() {
+        std::fs::remove_dir_all(outside)?;
+    }
+    Ok(Some(outside.to_path_buf()))
 }
 
 /// Whether every ancestor of `dir` (and `dir` itself) lets `user` search it.

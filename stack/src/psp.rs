@@ -81,6 +81,21 @@ pub struct PspSim {
     ledger: Arc<Mutex<Ledger>>,
     faults: Arc<Mutex<Faults>>,
     path: PathBuf,
+    stats: Arc<Stats>,
+}
+
+/// Requests the simulator received, and how many it failed on purpose.
+#[derive(Debug, Default)]
+struct Stats {
+    received: std::sync::atomic::AtomicU64,
+    failed: std::sync::atomic::AtomicU64,
+}
+
+/// `GET /v1/stats`: requests received and failed (by injected faults) so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SimStats {
+    pub received: u64,
+    pub failed: u64,
 }
 
 impl std::fmt::Debug for PspSim {
@@ -121,6 +136,7 @@ impl PspSim {
             })),
             faults: Arc::new(Mutex::new(faults)),
             path: path.to_path_buf(),
+            stats: Arc::default(),
         })
     }
 
@@ -130,6 +146,15 @@ impl PspSim {
 
     pub fn faults(&self) -> Faults {
         self.faults.lock().unwrap().clone()
+    }
+
+    /// Payment requests received and failed on purpose so far.
+    pub fn stats(&self) -> SimStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        SimStats {
+            received: self.stats.received.load(Relaxed),
+            failed: self.stats.failed.load(Relaxed),
+        }
     }
 
     /// Every payment, in key order (tests compare it with the engine).
@@ -216,6 +241,7 @@ impl PspSim {
             .route("/v1/payments/{key}", get(lookup))
             .route("/v1/payments", get(list))
             .route("/v1/faults", get(get_faults).put(put_faults))
+            .route("/v1/stats", get(get_stats))
             .with_state(self.clone())
     }
 
@@ -242,11 +268,14 @@ impl PspSim {
 
 /// Injected latency and failures before an operation; `Some` = answer now.
 async fn before(sim: &PspSim) -> Option<Response> {
+    use std::sync::atomic::Ordering::Relaxed;
+    sim.stats.received.fetch_add(1, Relaxed);
     let faults = sim.faults();
     if faults.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
     }
     if rand::random::<f64>() < faults.error_rate {
+        sim.stats.failed.fetch_add(1, Relaxed);
         return Some((StatusCode::SERVICE_UNAVAILABLE, "injected failure").into_response());
     }
     None
@@ -306,6 +335,10 @@ async fn operate(
 }
 
 async fn lookup(State(sim): State<PspSim>, UrlPath(key): UrlPath<String>) -> Response {
+    // An outage fails lookups too (latency and errors; a lookup charges nothing).
+    if let Some(early) = before(&sim).await {
+        return early;
+    }
     answer(sim.payment(&key).ok_or(None))
 }
 
@@ -336,6 +369,10 @@ async fn list(State(sim): State<PspSim>, Query(query): Query<ListQuery>) -> Json
         .then(|| payments.last().map(|p| p.key.clone()))
         .flatten();
     Json(ListPage { payments, next })
+}
+
+async fn get_stats(State(sim): State<PspSim>) -> Json<SimStats> {
+    Json(sim.stats())
 }
 
 async fn get_faults(State(sim): State<PspSim>) -> Json<Faults> {

@@ -166,3 +166,74 @@ async fn a_second_start_on_the_same_home_reuses_the_data() {
     .await;
     assert_eq!(kept, "yes");
 }
+
+/// Options for a stack whose home sits in a mode-0700 directory: as root,
+/// the `postgres` user cannot reach it and the data goes outside the home.
+fn hidden_home(parent: &std::path::Path, durable: bool) -> StackOptions {
+    StackOptions {
+        home: parent.join("home"),
+        redis: RedisMode::Standalone,
+        appendfsync: stack::AppendFsync::Everysec,
+        redis_port: None,
+        postgres_port: None,
+        durable,
+        migrate: true,
+    }
+}
+
+/// Data kept outside an unreachable home belongs to that home: start,
+/// write, stop, delete the home, start again at the same path → an empty
+/// archive and no error; a non-durable stack leaves nothing outside.
+/// (Meaningful as root, where PostgreSQL runs as `postgres`; as another
+/// user the data always stays in the home and the test proves the same.)
+#[tokio::test]
+async fn data_outside_the_home_is_tied_to_it() {
+    let parent = tempfile::tempdir().expect("a mode-0700 directory");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let closed = std::fs::Permissions::from_mode(0o700);
+        std::fs::set_permissions(parent.path(), closed).unwrap();
+    }
+    let options = hidden_home(parent.path(), true);
+    let stack = LocalStack::start(options.clone()).await.expect("start");
+    let url = stack.postgres_url();
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute("CREATE TABLE leftover (x int); INSERT INTO leftover VALUES (1)")
+        .await
+        .unwrap();
+    drop(client);
+    let first_data = stack.postgres.data_dir().to_path_buf();
+    drop(stack);
+    std::fs::remove_dir_all(parent.path().join("home")).unwrap();
+
+    let stack = LocalStack::start(options).await.expect("start again");
+    assert_ne!(
+        stack.postgres.data_dir(),
+        first_data,
+        "a new home, new data"
+    );
+    let found = query_one(
+        &stack.postgres_url(),
+        "SELECT count(*)::text FROM pg_tables WHERE tablename = 'leftover'",
+    )
+    .await;
+    assert_eq!(found, "0", "the deleted home's data was adopted");
+    drop(stack);
+    let _ = stack::postgres::remove_outside_data(&parent.path().join("home/postgres"));
+    if first_data.starts_with("/var/lib/lunchrush") {
+        let _ = std::fs::remove_dir_all(first_data.parent().unwrap());
+    }
+
+    let temporary = LocalStack::start(hidden_home(parent.path(), false))
+        .await
+        .expect("start a non-durable stack");
+    let data = temporary.postgres.data_dir().to_path_buf();
+    drop(temporary);
+    if !data.starts_with(parent.path()) {
+        assert!(!data.exists(), "{} left behind", data.display());
+    }
+}

@@ -20,6 +20,8 @@ pub struct TestApp {
     pub postgres: deadpool_postgres::Pool,
     pub engine: engine::Engine,
     pub sim: PspSim,
+    /// The saga workers' provider client (its breaker is the API's).
+    pub psp: engine::psp::PspClient,
     pub http: reqwest::Client,
     keys: Keys,
     stop: tokio::sync::watch::Sender<bool>,
@@ -54,6 +56,9 @@ pub async fn spawn_app_with(limits: Limits) -> TestApp {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut options = engine::saga::WorkerOptions::new("api-test");
     options.idle_poll_max = Duration::from_millis(10);
+    // Entries a provider failure left pending are taken again soon.
+    options.reclaim_idle = Duration::from_secs(2);
+    options.reclaim_every = Duration::from_millis(500);
     engine::saga::spawn_workers(
         &engine,
         &psp,
@@ -66,7 +71,8 @@ pub async fn spawn_app_with(limits: Limits) -> TestApp {
         api::postgres_pool(&config.postgres_url).unwrap(),
         SECRET.as_bytes(),
         limits,
-    );
+    )
+    .with_breaker(psp.breaker().clone());
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(api::serve(listener, state, std::future::pending()));
     TestApp {
@@ -74,6 +80,7 @@ pub async fn spawn_app_with(limits: Limits) -> TestApp {
         postgres: api::postgres_pool(&config.postgres_url).unwrap(),
         engine,
         sim,
+        psp,
         http: reqwest::Client::new(),
         keys: Keys::new(SECRET.as_bytes()),
         stop,

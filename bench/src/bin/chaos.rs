@@ -97,6 +97,10 @@ struct Args {
     /// Keep each run's directory (logs, data) instead of deleting it.
     #[arg(long)]
     keep: bool,
+    /// Provider outages among the faults (each one every run: the load goes
+    /// on through it, so a run lasts at least the outages' length).
+    #[arg(long, value_enum, default_value = "all")]
+    outages: Outages,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -107,16 +111,22 @@ enum Fault {
     PostgresRestart,
     ProviderFaults,
     DuplicateDelivery,
+    /// The provider fails every call for 60 s.
+    ProviderOutage,
+    /// The provider fails every call for 3 minutes: past the payment window.
+    ProviderOutageLong,
 }
 
 impl Fault {
-    const ALL: [Fault; 6] = [
+    const ALL: [Fault; 8] = [
         Fault::EngineKill,
         Fault::ArchiverKill,
         Fault::RedisRestart,
         Fault::PostgresRestart,
         Fault::ProviderFaults,
         Fault::DuplicateDelivery,
+        Fault::ProviderOutage,
+        Fault::ProviderOutageLong,
     ];
 
     fn label(self) -> &'static str {
@@ -127,12 +137,38 @@ impl Fault {
             Fault::PostgresRestart => "Postgres stop/start",
             Fault::ProviderFaults => "provider faults",
             Fault::DuplicateDelivery => "duplicate delivery",
+            Fault::ProviderOutage => "provider outage 60 s",
+            Fault::ProviderOutageLong => "provider outage 3 min",
+        }
+    }
+
+    fn drawn(self, outages: Outages) -> bool {
+        match self {
+            Fault::ProviderOutage => outages != Outages::None,
+            Fault::ProviderOutageLong => outages == Outages::All,
+            _ => true,
         }
     }
 }
 
+/// Which provider outages the schedule may draw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Outages {
+    /// None: only the short fault windows.
+    None,
+    /// The 60-second outage.
+    Short,
+    /// Both, the 60-second and the 3-minute one (past the payment window).
+    All,
+}
+
 /// The seeded schedule: when, what, and the fault's own random choices.
-fn schedule(rng: &mut StdRng, duration: Duration, every: Duration) -> Vec<(Duration, Fault)> {
+fn schedule(
+    rng: &mut StdRng,
+    duration: Duration,
+    every: Duration,
+    outages: Outages,
+) -> Vec<(Duration, Fault)> {
     let mut kinds = Vec::new();
     let mut at = Duration::ZERO;
     let mut plan = Vec::new();
@@ -143,7 +179,10 @@ fn schedule(rng: &mut StdRng, duration: Duration, every: Duration) -> Vec<(Durat
         }
         // Every kind once (in a random order) before any repeats.
         if kinds.is_empty() {
-            kinds = Fault::ALL.to_vec();
+            kinds = Fault::ALL
+                .into_iter()
+                .filter(|f| f.drawn(outages))
+                .collect();
             kinds.shuffle(rng);
         }
         plan.push((at, kinds.pop().expect("refilled above")));
@@ -285,6 +324,26 @@ impl System {
                 self.sim.set_faults(faults);
                 sleep_ms(rng, 2_000..6_000).await;
                 self.sim.set_faults(base_faults());
+            }
+            Fault::ProviderOutage | Fault::ProviderOutageLong => {
+                let length = if fault == Fault::ProviderOutage {
+                    Duration::from_secs(60)
+                } else {
+                    Duration::from_secs(180)
+                };
+                let before = self.sim.stats();
+                self.sim.set_faults(Faults {
+                    error_rate: 1.0,
+                    ..base_faults()
+                });
+                tokio::time::sleep(length).await;
+                self.sim.set_faults(base_faults());
+                let after = self.sim.stats();
+                eprintln!(
+                    "[chaos] the provider failed {} of {} calls during the outage",
+                    after.failed - before.failed,
+                    after.received - before.received
+                );
             }
             Fault::DuplicateDelivery => {
                 // Rewind one consumer group of one stream to its start: every
@@ -543,6 +602,11 @@ async fn place(
                     reply["code"].as_str().unwrap_or("without a code")
                 );
             }
+            // The provider is down: a clean refusal that reserved nothing.
+            503 if reply["code"] == "payment_unavailable" => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                return "refused payment_unavailable".into();
+            }
             // Shed, down, or between restarts: retry the same key.
             429 | 500..=599 => tokio::time::sleep(Duration::from_millis(150)).await,
             _ => return format!("unexpected {status} {}", reply["code"]),
@@ -622,7 +686,7 @@ fn violations_of(text: &str, prefix: &str) -> Vec<String> {
 
 async fn run_once(args: &Args, seed: u64, bin: &Path) -> anyhow::Result<RunReport> {
     let mut rng = StdRng::seed_from_u64(seed);
-    let plan = schedule(&mut rng, args.duration, args.fault_every);
+    let plan = schedule(&mut rng, args.duration, args.fault_every, args.outages);
     let dir = tempfile::Builder::new()
         .prefix("lunchrush-chaos-")
         .tempdir()?;

@@ -13,7 +13,9 @@
 //!    `MEMORY USAGE` of one order hash and one idempotency record;
 //! 2. **a connection flood**: this process's resident memory with N idle
 //!    connections open, and again once the head timeout closed them;
-//! 3. **a deep body**: the time to refuse 64 KiB of `[` (nesting 65,536).
+//! 3. **a deep body**: the time to refuse 64 KiB of `[` (nesting 65,536);
+//! 4. **metric series**: `/metrics` before and after 2,000 made-up methods
+//!    and 2,000 placements for made-up restaurants.
 //!
 //! It prints one block of figures (SECURITY.md quotes them); nothing is
 //! asserted beyond the refusals being refusals.
@@ -202,6 +204,37 @@ async fn main() -> anyhow::Result<()> {
     }
     let deep_refusal = started.elapsed() / rounds;
 
+    // 4. Odd methods and made-up restaurants: /metrics must not grow.
+    // Series (sample lines) and bytes of /metrics.
+    let scrape = async || -> anyhow::Result<(usize, usize)> {
+        let text = http.get(format!("http://{address}/metrics")).send().await?.text().await?;
+        let series = text.lines().filter(|l| !l.starts_with('#')).count();
+        if std::env::var_os("HOSTILE_BENCH_DUMP").is_some() {
+            std::fs::write(format!("/tmp/metrics-{series}.txt"), &text)?;
+        }
+        Ok((series, text.len()))
+    };
+    let mut metrics_before = (0, 0);
+    for i in 0..2_010 {
+        // After ten rounds (and a round of the background gauges) every
+        // series these requests can touch exists.
+        if i == 10 {
+            tokio::time::sleep(api::metrics::GATHER_INTERVAL * 2).await;
+            scrape().await?; // the scrape's own series
+            metrics_before = scrape().await?;
+        }
+        let method = reqwest::Method::from_bytes(format!("M{i}{}", "X".repeat(1_000)).as_bytes())?;
+        http.request(method, format!("http://{address}/v1/orders")).send().await?;
+        http.post(format!("http://{address}/v1/orders"))
+            .bearer_auth(&token)
+            .header("idempotency-key", format!("ghost-{i}"))
+            .json(&serde_json::json!({"restaurant_id": format!("ghost-{i}"),
+                "items": [{"item": "dish", "qty": 1}], "expected_total": 9_000}))
+            .send()
+            .await?;
+    }
+    let metrics_after = scrape().await?;
+
     println!(
         "hostile-bench: {} orders, {} idle connections",
         args.orders, args.connections
@@ -222,6 +255,10 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "  time to refuse a 64 KiB deep body (µs)      {:>10}",
         deep_refusal.as_micros()
+    );
+    println!(
+        "  /metrics series before / after 2,000 odd methods and made-up restaurants  {} / {}   ({} / {} bytes: counters' digits)",
+        metrics_before.0, metrics_after.0, metrics_before.1, metrics_after.1
     );
     Ok(())
 }

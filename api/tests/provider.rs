@@ -1,0 +1,145 @@
+//! A payment provider that fails every call, over real HTTP against the
+//! real engine and the provider simulator: the circuit opens, placements are
+//! refused without reserving anything, the provider sees only probes, and
+//! after recovery everything accepted settles.
+
+mod helpers;
+
+use std::time::{Duration, Instant};
+
+use api::admission::Limits;
+use engine::keys::Topic;
+use fred::prelude::*;
+use helpers::{TestApp, spawn_app_with};
+use serde_json::{Value, json};
+use stack::psp::Faults;
+
+fn body() -> Value {
+    json!({"restaurant_id": "wok", "items": [{"item": "noodles", "qty": 1}], "expected_total": 8_000})
+}
+
+fn at_rest(order: &Value) -> bool {
+    let pay = order["payment"]["status"].as_str().unwrap_or("");
+    matches!(pay, "CAPTURED" | "VOIDED" | "REFUNDED" | "DECLINED")
+        || (order["status"] == "REJECTED" && pay == "NONE")
+}
+
+/// Places one order with a fresh key; remembers it when accepted.
+async fn place(app: &TestApp, customer: &str, accepted: &mut Vec<String>) -> helpers::Reply {
+    let key = format!("k-{}", rand_suffix());
+    let reply = app.place(customer, &key, body()).await;
+    if reply.status == 202 {
+        accepted.push(reply.body["order_id"].as_str().unwrap().to_string());
+    }
+    reply
+}
+
+fn rand_suffix() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+async fn dead_letters(app: &TestApp) -> u64 {
+    let keys = app.engine.keys();
+    let mut total = 0;
+    for p in 0..keys.partitions() {
+        let len: u64 = app
+            .engine
+            .redis()
+            .xlen(keys.stream(p, Topic::Dead))
+            .await
+            .unwrap();
+        total += len;
+    }
+    total
+}
+
+/// The provider fails everything: within seconds placements answer 503
+/// `payment_unavailable` with `Retry-After` and reserve nothing, `/readyz`
+/// says `degraded: provider`, and the provider receives only probes. Once it
+/// recovers, placements are accepted again within seconds, every order
+/// accepted before or during the outage ends CAPTURED, and nothing was
+/// dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_opens_the_circuit_and_pushes_back_at_the_edge() {
+    let app = spawn_app_with(Limits {
+        rate_per_sec: 100_000.0,
+        burst: 100_000.0,
+        ..Limits::default()
+    })
+    .await;
+    app.seed("wok", true, &[("noodles", 8_000, 100_000)]).await;
+    let customer = app.customer("hungry");
+    let mut accepted = Vec::new();
+    for _ in 0..5 {
+        place(&app, &customer, &mut accepted).await.ok(202);
+    }
+
+    app.sim.set_faults(Faults {
+        error_rate: 1.0,
+        ..Faults::default()
+    });
+    // Orders keep coming; the circuit opens within seconds.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let refusal = loop {
+        let before = app.footprint("wok").await;
+        let reply = place(&app, &customer, &mut accepted).await;
+        if reply.status == 503 {
+            assert_eq!(
+                app.footprint("wok").await,
+                before,
+                "a refusal reserved nothing"
+            );
+            break reply;
+        }
+        assert!(Instant::now() < deadline, "still accepting: {reply:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    refusal.problem(503, "payment_unavailable");
+    assert!(refusal.retry_after.is_some());
+    let ready = app
+        .raw(reqwest::Method::GET, "/readyz", None, &[], None)
+        .await;
+    assert_eq!(ready.status, 200, "reads still work: {ready:?}");
+    assert_eq!(ready.body["status"], "degraded: provider", "{ready:?}");
+    // Reads and menus keep working.
+    let first = accepted[0].clone();
+    app.get(&format!("/v1/orders/{first}"), &customer)
+        .await
+        .ok(200);
+    app.get("/v1/restaurants/wok/menu", &customer).await.ok(200);
+
+    // While open, the provider sees probes only.
+    let calls_before = app.sim.stats().received;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let calls = app.sim.stats().received - calls_before;
+    assert!(calls <= 10, "{calls} provider calls in 5 s while open");
+
+    app.sim.set_faults(Faults::default());
+    let recovered = Instant::now();
+    loop {
+        let reply = place(&app, &customer, &mut accepted).await;
+        if reply.status == 202 {
+            break;
+        }
+        assert!(
+            recovered.elapsed() < Duration::from_secs(15),
+            "still refusing after recovery: {reply:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "accepted again {:.1} s after recovery",
+        recovered.elapsed().as_secs_f64()
+    );
+    for id in &accepted {
+        let order = app.wait_for(id, &customer, at_rest).await;
+        assert_eq!(
+            (&order["status"], &order["payment"]["status"]),
+            (&json!("APPROVED"), &json!("CAPTURED")),
+            "{order}"
+        );
+    }
+    assert_eq!(dead_letters(&app).await, 0);
+    let report = engine::check::check(&app.engine, true).await.unwrap();
+    assert!(report.passed(), "{report}");
+}
