@@ -228,14 +228,31 @@ pub async fn drive_payment(
     order_id: &uuid::Uuid,
     lane: Lane,
 ) -> Result<(), WorkError> {
+    let mut asked = false;
     for _ in 0..DRIVE_STEPS_MAX {
         let Some(order) = engine.order(order_id).await? else {
             return Ok(());
         };
-        let Some(action) = payment_action(&order) else {
-            return Ok(());
-        };
         let key = order.id.to_string();
+        let Some(action) = payment_action(&order) else {
+            // A rejected order that never recorded a payment may still hold
+            // one: an authorization whose answer was lost (a timeout after
+            // the charge) before the payment window closed. Ask once; what
+            // the provider holds is recorded and then voided or refunded.
+            if asked || (order.status, order.pay) != (OrderStatus::Rejected, PaymentStatus::None) {
+                return Ok(());
+            }
+            asked = true;
+            let Some(provider) = psp.lookup(&key).await? else {
+                return Ok(());
+            };
+            for step in catch_up(order.pay, &provider.state, false) {
+                engine
+                    .record_payment(&order, step, &provider.reference, lane)
+                    .await?;
+            }
+            continue;
+        };
         let answer = match action {
             PaymentAction::Authorize => psp.authorize(&key, order.total).await,
             PaymentAction::Capture => psp.capture(&key).await,

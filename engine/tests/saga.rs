@@ -525,6 +525,37 @@ async fn provider_timeouts_after_charging_never_charge_twice() {
     env.assert_rule_holds().await;
 }
 
+/// Places an order of one `item`, waits until it is paid, makes the provider
+/// fail every call, and has the restaurant reject the order: a void is owed.
+async fn rejected_while_the_provider_fails(
+    env: &TestEnv,
+    restaurant: &str,
+    item: &str,
+    price: i64,
+) -> engine::domain::Order {
+    let request = env.request("c1", restaurant, &[(item, 1)], price, "k1");
+    let id = env.engine.place_order(&request).await.unwrap().order_id;
+    let deadline = std::time::Instant::now() + SETTLE;
+    let order = loop {
+        let order = env.engine.order(&id).await.unwrap().unwrap();
+        if order.status == OrderStatus::Paid {
+            break order;
+        }
+        assert!(std::time::Instant::now() < deadline, "never authorized");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    env.sim.set_faults(Faults {
+        error_rate: 1.0,
+        ..Faults::default()
+    });
+    let lane = engine::keys::Lane::Online;
+    env.engine
+        .decide(&order, false, "", Some(order.version), false, lane)
+        .await
+        .unwrap();
+    order
+}
+
 /// A compensation the provider keeps refusing (void while it answers 503) is
 /// retried, then parked in the operator queue with its reason — never
 /// dropped: the order stays unsettled (REJECTED, AUTHORIZED) for
@@ -545,32 +576,9 @@ async fn a_compensation_that_keeps_failing_is_parked_not_dropped() {
         },
     );
     env.start_workers("w1");
-    let request = env.request("c1", "r-manual", &[("bibimbap", 1)], 9_000, "k1");
-    let id = env.engine.place_order(&request).await.unwrap().order_id;
     let deadline = std::time::Instant::now() + SETTLE;
-    let order = loop {
-        let order = env.engine.order(&id).await.unwrap().unwrap();
-        if order.status == OrderStatus::Paid {
-            break order;
-        }
-        assert!(std::time::Instant::now() < deadline, "never authorized");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
-    env.sim.set_faults(Faults {
-        error_rate: 1.0,
-        ..Faults::default()
-    });
-    env.engine
-        .decide(
-            &order,
-            false,
-            "",
-            Some(order.version),
-            false,
-            engine::keys::Lane::Online,
-        )
-        .await
-        .unwrap();
+    let order = rejected_while_the_provider_fails(&env, "r-manual", "bibimbap", 9_000).await;
+    let id = order.id;
     let parked_key = env
         .engine
         .keys()
@@ -723,32 +731,9 @@ async fn during_an_outage_a_compensation_waits_for_the_circuit() {
     let mut env = TestEnv::standalone().await;
     env.restaurant("r-outage", false, "kimbap", 4_000, 10).await;
     env.start_workers("w1");
-    let request = env.request("c1", "r-outage", &[("kimbap", 1)], 4_000, "k1");
-    let id = env.engine.place_order(&request).await.unwrap().order_id;
     let deadline = std::time::Instant::now() + SETTLE;
-    let order = loop {
-        let order = env.engine.order(&id).await.unwrap().unwrap();
-        if order.status == OrderStatus::Paid {
-            break order;
-        }
-        assert!(std::time::Instant::now() < deadline, "never authorized");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
-    env.sim.set_faults(Faults {
-        error_rate: 1.0,
-        ..Faults::default()
-    });
-    env.engine
-        .decide(
-            &order,
-            false,
-            "",
-            Some(order.version),
-            false,
-            engine::keys::Lane::Online,
-        )
-        .await
-        .unwrap();
+    let order = rejected_while_the_provider_fails(&env, "r-outage", "kimbap", 4_000).await;
+    let id = order.id;
     // Wait until the circuit opened (the void kept failing), then for more
     // rounds than `deliveries_max` would allow without it.
     while env.psp.breaker().state() != engine::breaker::BreakerState::Open {

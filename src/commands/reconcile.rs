@@ -43,6 +43,10 @@ pub struct ReconcileArgs {
     /// Write the JSON report here.
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// Run again and again, this long apart, until SIGTERM or Ctrl-C (a
+    /// scheduled reconciliation beside the engines); each run is recorded.
+    #[arg(long, env = "LUNCHRUSH_RECONCILE_EVERY", value_parser = humantime::parse_duration)]
+    pub every: Option<Duration>,
 }
 
 #[derive(Debug, Default, Clone, Copy, serde::Serialize)]
@@ -55,6 +59,27 @@ struct Counts {
 }
 
 pub async fn run(args: ReconcileArgs) -> anyhow::Result<ExitCode> {
+    let Some(every) = args.every else {
+        return run_once(&args).await;
+    };
+    anyhow::ensure!(!every.is_zero(), "--every must be positive");
+    let stop = super::up::shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        // A failed run is logged and tried again at the next turn.
+        match run_once(&args).await {
+            Ok(code) => tracing::info!(?code, next_in = ?every, "Reconciliation run finished."),
+            Err(error) => tracing::error!(error = %format!("{error:#}"), next_in = ?every,
+                "Reconciliation run failed."),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = &mut stop => return Ok(ExitCode::SUCCESS),
+        }
+    }
+}
+
+async fn run_once(args: &ReconcileArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.max_rate > 0.0, "--max-rate must be positive");
     let config = args
         .engine
@@ -184,11 +209,9 @@ pub async fn run(args: ReconcileArgs) -> anyhow::Result<ExitCode> {
     };
 
     let finished = SystemTime::now();
-    let run_id = record(
-        &pool, &run.fixes, &summary, started, finished, &args, status,
-    )
-    .await
-    .context("record the run in PostgreSQL");
+    let run_id = record(&pool, &run.fixes, &summary, started, finished, args, status)
+        .await
+        .context("record the run in PostgreSQL");
     let run_id = match run_id {
         Ok(id) => Some(id),
         Err(error) => {

@@ -142,6 +142,10 @@ impl Fault {
         }
     }
 
+    fn is_outage(self) -> bool {
+        matches!(self, Fault::ProviderOutage | Fault::ProviderOutageLong)
+    }
+
     fn drawn(self, outages: Outages) -> bool {
         match self {
             Fault::ProviderOutage => outages != Outages::None,
@@ -177,11 +181,13 @@ fn schedule(
         if at >= duration {
             return plan;
         }
-        // Every kind once (in a random order) before any repeats.
+        // Every kind once (in a random order) before any repeats; an
+        // outage at most once per run (the load goes on through it).
         if kinds.is_empty() {
+            let first_round = plan.is_empty();
             kinds = Fault::ALL
                 .into_iter()
-                .filter(|f| f.drawn(outages))
+                .filter(|f| f.drawn(outages) && (first_round || !f.is_outage()))
                 .collect();
             kinds.shuffle(rng);
         }

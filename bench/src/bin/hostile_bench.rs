@@ -207,7 +207,12 @@ async fn main() -> anyhow::Result<()> {
     // 4. Odd methods and made-up restaurants: /metrics must not grow.
     // Series (sample lines) and bytes of /metrics.
     let scrape = async || -> anyhow::Result<(usize, usize)> {
-        let text = http.get(format!("http://{address}/metrics")).send().await?.text().await?;
+        let text = http
+            .get(format!("http://{address}/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?;
         let series = text.lines().filter(|l| !l.starts_with('#')).count();
         if std::env::var_os("HOSTILE_BENCH_DUMP").is_some() {
             std::fs::write(format!("/tmp/metrics-{series}.txt"), &text)?;
@@ -224,7 +229,9 @@ async fn main() -> anyhow::Result<()> {
             metrics_before = scrape().await?;
         }
         let method = reqwest::Method::from_bytes(format!("M{i}{}", "X".repeat(1_000)).as_bytes())?;
-        http.request(method, format!("http://{address}/v1/orders")).send().await?;
+        http.request(method, format!("http://{address}/v1/orders"))
+            .send()
+            .await?;
         http.post(format!("http://{address}/v1/orders"))
             .bearer_auth(&token)
             .header("idempotency-key", format!("ghost-{i}"))
