@@ -9,7 +9,7 @@
     KEYS[3] idempotency record       {pN}:idem:<customer>:<key>
     KEYS[4] orders stream            {pN}:orders
     KEYS[5] in-flight index (zset)   {pN}:inflight
-    KEYS[6] timer wheel (zset)       {pN}:timers
+    KEYS[6] timer wheel (zset)       {pN}:wheel
     KEYS[5+2i], KEYS[6+2i]  line i: item hash {pN}:r:<rid>:i:<item>,
                             per-customer hash {pN}:r:<rid>:i:<item>:pc
     ARGV[1] order id (UUIDv7 carrying the partition)

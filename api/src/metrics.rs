@@ -293,6 +293,54 @@ mod tests {
         assert!(!spots.render().contains("r19"));
     }
 
+    /// Every `"lunchrush_…"` name recorded in the code (and every `# TYPE`
+    /// rendered by hand) is in `docs/metrics.md`, and nothing else is.
+    #[test]
+    fn the_metrics_reference_equals_the_code() {
+        fn sources(dir: &std::path::Path, out: &mut Vec<String>) {
+            for entry in std::fs::read_dir(dir).unwrap().filter_map(Result::ok) {
+                let path = entry.path();
+                if path.is_dir() {
+                    sources(&path, out);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    out.push(std::fs::read_to_string(path).unwrap());
+                }
+            }
+        }
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut texts = Vec::new();
+        for dir in ["api/src", "engine/src", "archiver/src", "src"] {
+            sources(&root.join(dir), &mut texts);
+        }
+        let name = |rest: &str| -> String {
+            rest.chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect()
+        };
+        let mut in_code = std::collections::BTreeSet::new();
+        for text in &texts {
+            for rest in text.split("\"lunchrush_").skip(1) {
+                let found = name(rest);
+                if !found.is_empty() && rest[found.len()..].starts_with('"') {
+                    in_code.insert(format!("lunchrush_{found}"));
+                }
+            }
+            for rest in text.split("# TYPE lunchrush_").skip(1) {
+                let found = name(rest);
+                if !found.is_empty() {
+                    in_code.insert(format!("lunchrush_{found}"));
+                }
+            }
+        }
+        let doc = std::fs::read_to_string(root.join("docs/metrics.md")).unwrap();
+        let documented: std::collections::BTreeSet<String> = doc
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `lunchrush_"))
+            .map(|rest| format!("lunchrush_{}", name(rest)))
+            .collect();
+        assert_eq!(in_code, documented);
+    }
+
     #[test]
     fn tokens_compare_whole() {
         assert!(constant_time_eq(b"abc", b"abc"));
