@@ -39,6 +39,8 @@ async fn reconciliation_repairs_what_a_redis_crash_loses() {
     fx.start_workers();
     fx.seed(4, 7_000, 100_000, None).await;
     let engine = fx.engine.clone();
+    let placed_so_far = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = placed_so_far.clone();
     let load = tokio::spawn(async move {
         let mut placed = 0;
         for i in 0..2_000 {
@@ -53,11 +55,18 @@ async fn reconciliation_repairs_what_a_redis_crash_loses() {
             // Placements fail while Redis is down; that is the point.
             if engine.place_order(&request).await.is_ok() {
                 placed += 1;
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         }
         placed
     });
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    // Kill Redis mid-load: once a few hundred orders (and their sagas) are
+    // under way, not after a guessed time.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while placed_so_far.load(std::sync::atomic::Ordering::Relaxed) < 300 {
+        assert!(Instant::now() < deadline, "the load never got going");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     fx.stack.redis.servers_mut()[0].kill();
     // A process crash loses nothing acknowledged (every write reached the OS
     // before its reply). A machine crash loses what everysec had not yet
@@ -72,9 +81,10 @@ async fn reconciliation_repairs_what_a_redis_crash_loses() {
     while fx.unsettled().await > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    // Quiescent (or as settled as a loss allows): reconcile everything,
+    // whatever its age.
     let output = fx
-        .lunchrush(&["reconcile", "--older-than", "1s"])
+        .lunchrush(&["reconcile", "--older-than", "0s"])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
