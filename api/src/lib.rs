@@ -81,6 +81,10 @@ pub struct AppState {
     /// group's lag plus pending on the orders streams), gathered in the
     /// background.
     pub payment_backlog: Arc<std::sync::atomic::AtomicU64>,
+    /// Some engine's provider circuit is open (`psp:circuit` in Redis,
+    /// gathered in the background): what a process without payment hops
+    /// (`--no-workers`) goes by.
+    pub circuit_open_elsewhere: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl AppState {
@@ -106,6 +110,7 @@ impl AppState {
             limiter: Arc::new(admission::RateLimiter::new(limits)),
             breaker: None,
             payment_backlog: Arc::default(),
+            circuit_open_elsewhere: Arc::default(),
         }
     }
 
@@ -119,14 +124,21 @@ impl AppState {
     /// circuit is open, or the unpaid backlog would not clear inside the
     /// payment window at the provider's recent pace.
     pub fn payments_unavailable(&self) -> Option<(String, u64)> {
-        let breaker = self.breaker.as_ref()?;
-        if breaker.state() == engine::breaker::BreakerState::Open {
+        let failing = || "the payment provider is failing; no order can be paid now".to_string();
+        if let Some(breaker) = &self.breaker
+            && breaker.state() == engine::breaker::BreakerState::Open
+        {
             let wait = breaker.retry_in().unwrap_or_default();
-            return Some((
-                "the payment provider is failing; no order can be paid now".into(),
-                wait.as_secs().max(1),
-            ));
+            return Some((failing(), wait.as_secs().max(1)));
         }
+        // A process that calls the provider itself goes by its own circuit;
+        // one that does not, by the circuits the others announce.
+        let Some(breaker) = self.breaker.as_ref() else {
+            let elsewhere = self
+                .circuit_open_elsewhere
+                .load(std::sync::atomic::Ordering::Relaxed);
+            return elsewhere.then(|| (failing(), 2));
+        };
         let backlog = self
             .payment_backlog
             .load(std::sync::atomic::Ordering::Relaxed);

@@ -217,6 +217,10 @@ async fn stream_gauges(state: &AppState) -> Result<(), fred::error::Error> {
         scheduled += state.engine.timers_scheduled(p).await.unwrap_or(0);
     }
     metrics::gauge!("lunchrush_timers_scheduled").set(scheduled as f64);
+    let circuit: Option<String> = state.redis.get(keys.circuit()).await?;
+    state
+        .circuit_open_elsewhere
+        .store(circuit.is_some(), std::sync::atomic::Ordering::Relaxed);
     for (topic, value) in length {
         metrics::gauge!("lunchrush_stream_length_entries", "topic" => topic).set(value);
     }

@@ -143,3 +143,76 @@ async fn an_outage_opens_the_circuit_and_pushes_back_at_the_edge() {
     let report = engine::check::check(&app.engine, true).await.unwrap();
     assert!(report.passed(), "{report}");
 }
+
+/// A process that runs no payment hop (`serve --no-workers`) learns of an
+/// open circuit from the announcement engines keep in Redis: it refuses
+/// placements while the announcement lasts, and takes them again once it
+/// lapses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_only_process_pushes_back_on_an_announced_circuit() {
+    let app = spawn_app_with(Limits::default()).await;
+    app.seed("wok", true, &[("noodles", 8_000, 100)]).await;
+    let api_only = api::AppState::new(
+        app.engine.clone(),
+        app.postgres.clone(),
+        helpers::SECRET.as_bytes(),
+        Limits::default(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(api::serve(listener, api_only, std::future::pending()));
+    let customer = app.customer("hungry");
+    let place = |key: String| {
+        let http = app.http.clone();
+        let (url, customer) = (url.clone(), customer.clone());
+        async move {
+            http.post(format!("{url}/v1/orders"))
+                .bearer_auth(customer)
+                .header("idempotency-key", key)
+                .json(&body())
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(place("before".into()).await.status(), 202);
+
+    let key = app.engine.keys().circuit();
+    let _: () = app
+        .engine
+        .redis()
+        .set(
+            &key,
+            "open",
+            Some(fred::types::Expiration::PX(4_000)),
+            None,
+            false,
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut n = 0;
+    loop {
+        n += 1;
+        let reply = place(format!("during-{n}")).await;
+        if reply.status() == 503 {
+            let problem: Value = reply.json().await.unwrap();
+            assert_eq!(problem["code"], "payment_unavailable");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the announcement was not heard");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        n += 1;
+        if place(format!("after-{n}")).await.status() == 202 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still refusing after the announcement lapsed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

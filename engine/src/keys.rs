@@ -163,6 +163,13 @@ impl KeySpace {
         format!("{}:idemg:{customer}:{key}", self.base(p))
     }
 
+    /// Set (with a short expiry, renewed) while some engine's provider
+    /// circuit is open: how processes that run no payment hop learn of it.
+    /// Outside every partition: no script touches it.
+    pub fn circuit(&self) -> String {
+        format!("{}psp:circuit", self.prefix)
+    }
+
     pub fn inflight(&self, p: u16) -> String {
         format!("{}:inflight", self.base(p))
     }

@@ -99,12 +99,21 @@ pub async fn run_engine(
         config.jwt_secret.as_bytes(),
         limits,
     );
+    let mut publisher = None;
     if workers.is_some() {
         state = state.with_breaker(psp.breaker().clone());
+        publisher = Some(tokio::spawn(publish_circuit(
+            redis.clone(),
+            state.engine.keys().circuit(),
+            psp.breaker().clone(),
+        )));
     }
     tracing::info!(listen = %config.listen, workers = workers.is_some(), partitions = config.partitions,
         "Engine serving.");
     let served = api::serve(listener, state, shutdown).await;
+    if let Some(publisher) = publisher {
+        publisher.abort();
+    }
     let _ = stop.send(true);
     // Each worker finishes its batch; but with Redis gone a batch never
     // finishes, and nothing unacknowledged is lost by leaving (another
@@ -120,6 +129,33 @@ pub async fn run_engine(
         tracing::warn!(grace = ?SHUTDOWN_GRACE, "Workers did not stop in time; leaving their pending events to be reclaimed.");
     }
     served
+}
+
+/// How often an open circuit is announced to the other processes, and how
+/// long the announcement lasts (it lapses by itself once nobody renews it).
+const CIRCUIT_ANNOUNCE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+const CIRCUIT_ANNOUNCE_TTL_MS: i64 = 3_000;
+
+/// While this process's provider circuit is open, keeps `key` set in Redis
+/// so that API-only processes (`--no-workers`) push back too.
+async fn publish_circuit(
+    redis: fred::prelude::Client,
+    key: String,
+    breaker: std::sync::Arc<engine::breaker::Breaker>,
+) {
+    use fred::prelude::KeysInterface;
+    let mut tick = tokio::time::interval(CIRCUIT_ANNOUNCE_EVERY);
+    loop {
+        tick.tick().await;
+        if breaker.state() == engine::breaker::BreakerState::Closed {
+            continue;
+        }
+        let expire = Some(fred::types::Expiration::PX(CIRCUIT_ANNOUNCE_TTL_MS));
+        let set: Result<(), _> = redis.set(&key, "open", expire, None, false).await;
+        if let Err(error) = set {
+            tracing::warn!(%error, "Cannot announce the open provider circuit.");
+        }
+    }
 }
 
 /// How long a stopping engine waits for its workers' batches.
