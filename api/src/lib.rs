@@ -126,7 +126,7 @@ impl AppState {
     pub fn payments_unavailable(&self) -> Option<(String, u64)> {
         let failing = || "the payment provider is failing; no order can be paid now".to_string();
         if let Some(breaker) = &self.breaker
-            && breaker.state() == engine::breaker::BreakerState::Open
+            && breaker.is_refusing()
         {
             let wait = breaker.retry_in().unwrap_or_default();
             return Some((failing(), wait.as_secs().max(1)));
@@ -143,7 +143,7 @@ impl AppState {
             .payment_backlog
             .load(std::sync::atomic::Ordering::Relaxed);
         let window = self.engine.config().timers.payment_window;
-        let measured = breaker.answered_per_sec();
+        let measured = breaker.answered_per_sec().unwrap_or(0.0);
         let ceiling = breaker.options().max_rate;
         backlog_too_long(backlog, measured, ceiling, window).map(|pace| {
             (

@@ -146,11 +146,6 @@ pub async fn place(
                 "the Idempotency-Key must be printable ASCII",
             )
         })?;
-    if let Some((why, retry_after)) = state.payments_unavailable() {
-        metrics::counter!("lunchrush_placements_refused_total", "code" => "payment_unavailable")
-            .increment(1);
-        return Err(Problem::unavailable("payment_unavailable", why).retry_after(retry_after));
-    }
     let lines: Vec<(String, i64)> = body.items.into_iter().map(|l| (l.item, l.qty)).collect();
     let request = PlaceOrder::parse(
         &auth.0.sub,
@@ -159,6 +154,16 @@ pub async fn place(
         body.expected_total,
         key,
     )?;
+    if let Some((why, retry_after)) = state.payments_unavailable() {
+        // A retry of an order already placed still gets its first answer:
+        // the order exists and will be paid once the provider is back.
+        if let Some(placed) = state.engine.replay(&request).await? {
+            return Ok(placed_response(&placed));
+        }
+        metrics::counter!("lunchrush_placements_refused_total", "code" => "payment_unavailable")
+            .increment(1);
+        return Err(Problem::unavailable("payment_unavailable", why).retry_after(retry_after));
+    }
     let started = Instant::now();
     let result = state.engine.place_order(&request).await;
     metrics::histogram!("lunchrush_placement_seconds").record(started.elapsed().as_secs_f64());
@@ -180,13 +185,18 @@ pub async fn place(
             .increment(1);
         problem
     })?;
-    Ok((
+    Ok(placed_response(&placed))
+}
+
+/// 202 with the order placed (or the first answer again, for a retry).
+fn placed_response(placed: &engine::engine::Placed) -> Response {
+    (
         StatusCode::ACCEPTED,
         axum::Json(
             json!({"order_id": placed.order_id, "status": "PENDING", "total": placed.total}),
         ),
     )
-        .into_response())
+        .into_response()
 }
 
 /// Loads an order the caller may see: 404 for a stranger's order (or a bad

@@ -200,14 +200,16 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(router.clone());
-        let connection = http.serve_connection(TokioIo::new(ProblemIo::new(stream)), service);
+        // The permit goes with the socket: it is given back only when the
+        // socket is closed, drain included.
+        let io = ProblemIo::new(stream, permit);
+        let connection = http.serve_connection(TokioIo::new(io), service);
         let connection = graceful.watch(connection);
         let connections = connections.clone();
         connections.opened();
         tokio::spawn(async move {
             let _ = connection.await;
             connections.closed();
-            drop(permit);
         });
     }
     drop(listener);
@@ -299,7 +301,15 @@ pub struct ProblemIo {
     inner: Option<TcpStream>,
     /// A replacement still being written, and how much of it is written.
     pending: Option<(Vec<u8>, usize)>,
+    /// This connection's place under the cap, held until the socket closes.
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Since a write could not proceed: a client that stops reading its
+    /// answers is cut off after [`WRITE_STALL_MAX`].
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
 }
+
+/// How long a write may wait for the client to read, with no progress at all.
+const WRITE_STALL_MAX: Duration = Duration::from_secs(30);
 
 /// How long a closed connection's unread input is drained at most.
 const LINGER_MAX: Duration = Duration::from_secs(2);
@@ -307,11 +317,36 @@ const LINGER_MAX: Duration = Duration::from_secs(2);
 const LINGER_BYTES_MAX: usize = 1024 * 1024;
 
 impl ProblemIo {
-    pub fn new(inner: TcpStream) -> Self {
+    pub fn new(inner: TcpStream, permit: tokio::sync::OwnedSemaphorePermit) -> Self {
         Self {
             inner: Some(inner),
             pending: None,
+            permit: Some(permit),
+            stalled: None,
         }
+    }
+
+    /// Turns a write that made no progress for [`WRITE_STALL_MAX`] into an
+    /// error (so the connection ends); any progress resets the clock.
+    fn watch_stall<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if poll.is_ready() {
+            self.stalled = None;
+            return poll;
+        }
+        let stall = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(WRITE_STALL_MAX)));
+        if stall.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client stopped reading its answers",
+            )));
+        }
+        Poll::Pending
     }
 
     fn stream(&mut self) -> &mut TcpStream {
@@ -400,19 +435,23 @@ impl AsyncWrite for ProblemIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        ready!(self.poll_pending(cx))?;
+        let pending = self.poll_pending(cx);
+        ready!(self.watch_stall(cx, pending))?;
         if let Some(replacement) = replace_bare_refusal(buf) {
             self.pending = Some((replacement, 0));
             // What hyper wrote is taken whole; the replacement goes out instead.
             let _ = self.poll_pending(cx)?;
             return Poll::Ready(Ok(buf.len()));
         }
-        Pin::new(self.stream()).poll_write(cx, buf)
+        let poll = Pin::new(self.stream()).poll_write(cx, buf);
+        self.watch_stall(cx, poll)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        ready!(self.poll_pending(cx))?;
-        Pin::new(self.stream()).poll_flush(cx)
+        let pending = self.poll_pending(cx);
+        ready!(self.watch_stall(cx, pending))?;
+        let poll = Pin::new(self.stream()).poll_flush(cx);
+        self.watch_stall(cx, poll)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -430,6 +469,7 @@ impl Drop for ProblemIo {
         let Some(stream) = self.inner.take() else {
             return;
         };
+        let permit = self.permit.take();
         // Input still arriving: drain it for a while before closing.
         let mut probe = [0u8; 1];
         if !matches!(stream.try_read(&mut probe), Ok(n) if n > 0) {
@@ -439,6 +479,8 @@ impl Drop for ProblemIo {
             return;
         };
         runtime.spawn(async move {
+            // Still counted under the cap while it drains.
+            let _permit = permit;
             let mut stream = stream;
             let mut buf = vec![0u8; 16 * 1024];
             let mut drained = 0;

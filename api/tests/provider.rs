@@ -73,6 +73,8 @@ async fn an_outage_opens_the_circuit_and_pushes_back_at_the_edge() {
     for _ in 0..5 {
         place(&app, &customer, &mut accepted).await.ok(202);
     }
+    let known = app.place(&customer, "known", body()).await;
+    let known_id = known.ok(202)["order_id"].clone();
 
     app.sim.set_faults(Faults {
         error_rate: 1.0,
@@ -96,6 +98,9 @@ async fn an_outage_opens_the_circuit_and_pushes_back_at_the_edge() {
     };
     refusal.problem(503, "payment_unavailable");
     assert!(refusal.retry_after.is_some());
+    // A retry of an order placed before still gets its first answer.
+    let retry = app.place(&customer, "known", body()).await;
+    assert_eq!(retry.ok(202)["order_id"], known_id, "{retry:?}");
     let ready = app
         .raw(reqwest::Method::GET, "/readyz", None, &[], None)
         .await;

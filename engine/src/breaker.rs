@@ -121,6 +121,8 @@ pub struct Breaker {
 
 /// Calls remembered per window at most (bounds the breaker's memory at any rate).
 const WINDOW_CALLS_MAX: usize = 10_000;
+/// The recent pace is measured over at least this many calls.
+pub const PACE_CALLS_MIN: usize = 100;
 
 impl Breaker {
     pub fn new(options: PspOptions) -> Self {
@@ -250,6 +252,14 @@ impl Breaker {
         self.lock().state
     }
 
+    /// Whether calls are being kept in right now: open, and its cool-down
+    /// not over. (Past the cool-down the next call is the probe, so the
+    /// edge must let orders in again for there to be one.)
+    pub fn is_refusing(&self) -> bool {
+        let inner = self.lock();
+        inner.state == BreakerState::Open && Instant::now() < inner.open_until
+    }
+
     /// While open: how long until the next probe may go out.
     pub fn retry_in(&self) -> Option<Duration> {
         let inner = self.lock();
@@ -259,12 +269,17 @@ impl Breaker {
         }
     }
 
-    /// Answered calls per second over the window (the provider's recent
-    /// rate as this process saw it).
-    pub fn answered_per_sec(&self) -> f64 {
+    /// Answered calls per second over the span the remembered calls cover
+    /// (the provider's recent pace as this process saw it); `None` without
+    /// enough evidence (fewer than [`PACE_CALLS_MIN`] calls, or under a
+    /// second of them).
+    pub fn answered_per_sec(&self) -> Option<f64> {
         let inner = self.lock();
+        let (first, last) = (inner.recent.front()?.0, inner.recent.back()?.0);
+        let span = last.duration_since(first);
         let answered = inner.recent.iter().filter(|(_, failed)| !failed).count();
-        answered as f64 / self.options.breaker_window.as_secs_f64().max(1e-3)
+        (inner.recent.len() >= PACE_CALLS_MIN && span >= Duration::from_secs(1))
+            .then(|| answered as f64 / span.as_secs_f64())
     }
 
     pub fn options(&self) -> &PspOptions {
@@ -404,9 +419,14 @@ mod tests {
             call(&breaker, true);
         }
         assert_eq!(breaker.state(), BreakerState::Open);
+        assert!(breaker.is_refusing());
         assert_eq!(breaker.permit(), Permit::Denied);
         assert!(breaker.retry_in().unwrap() <= Duration::from_millis(50));
         std::thread::sleep(Duration::from_millis(60));
+        assert!(
+            !breaker.is_refusing(),
+            "past the cool-down, orders may come for a probe"
+        );
         let probe = breaker.permit();
         assert_eq!(probe, Permit::Probe);
         assert_eq!(breaker.state(), BreakerState::HalfOpen);

@@ -531,6 +531,37 @@ impl Engine {
     /// customer's partition (`SET NX GET`, before the script) catches the
     /// same key reused for a restaurant of another partition; a refused
     /// placement removes the guard it created, so a refusal changes nothing.
+    /// The first answer to `request`'s Idempotency-Key, if this same request
+    /// was placed before (reads only; `place_order` is what decides). For
+    /// answering a retry while new placements are refused.
+    pub async fn replay(&self, request: &PlaceOrder) -> Result<Option<Placed>, EngineError> {
+        let keys = self.keys();
+        let p = keys.partition_of_restaurant(&request.restaurant);
+        let record: Option<String> = self
+            .redis()
+            .get(keys.idempotency(p, &request.customer, &request.idempotency_key))
+            .await?;
+        let Some(record) = record else {
+            return Ok(None);
+        };
+        let record: serde_json::Value =
+            serde_json::from_str(&record).map_err(|_| EngineError::Reply {
+                script: "place_order",
+                reply: vec![record.clone()],
+            })?;
+        let order_id = record["order"].as_str().and_then(|id| id.parse().ok());
+        match (record["fp"].as_str(), order_id, record["total"].as_i64()) {
+            (Some(fp), Some(order_id), Some(total)) if fp == request.fingerprint() => {
+                Ok(Some(Placed {
+                    order_id,
+                    total,
+                    duplicate: true,
+                }))
+            }
+            _ => Ok(None),
+        }
+    }
+
     pub async fn place_order(&self, request: &PlaceOrder) -> Result<Placed, PlaceError> {
         let keys = self.keys();
         let fingerprint = request.fingerprint();

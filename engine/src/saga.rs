@@ -528,14 +528,6 @@ impl Worker {
                 Err(error) => {
                     tracing::warn!(role = self.role.group(), %error, "Worker round failed; backing off.");
                     idle = self.options.idle_poll_max;
-                    // A stream lost with its group (Redis lost a tail, or a
-                    // key was deleted) would fail every round: recreate.
-                    if error.to_string().contains("NOGROUP") {
-                        let roles = [(self.role.group(), self.role.topics())];
-                        if let Err(error) = ensure_groups(&self.engine, &roles).await {
-                            tracing::error!(%error, "Cannot recreate consumer groups.");
-                        }
-                    }
                 }
             }
             tokio::select! {
@@ -544,6 +536,19 @@ impl Worker {
                 _ = shutdown.changed() => {}
             }
             idle = (idle * 2).min(self.options.idle_poll_max);
+        }
+    }
+
+    /// A stream lost with its group (Redis lost a tail, a key was deleted)
+    /// fails every read of that partition while the others go on: recreate
+    /// the groups as soon as one says NOGROUP.
+    async fn recreate_lost_groups(&self, failure: Option<&fred::error::Error>) {
+        if !failure.is_some_and(|e| e.to_string().contains("NOGROUP")) {
+            return;
+        }
+        let roles = [(self.role.group(), self.role.topics())];
+        if let Err(error) = ensure_groups(&self.engine, &roles).await {
+            tracing::error!(%error, "Cannot recreate consumer groups.");
         }
     }
 
@@ -602,6 +607,7 @@ impl Worker {
             }
         }
         let round = self.handle(entries).await?;
+        self.recreate_lost_groups(failure.as_ref()).await;
         match failure {
             Some(error) if round.handled + round.failed + round.dead == 0 => Err(error.into()),
             Some(error) => {
@@ -669,6 +675,7 @@ impl Worker {
                 total.deferred += round.deferred;
             }
         }
+        self.recreate_lost_groups(failure.as_ref()).await;
         match failure {
             Some(error) if total.handled + total.failed + total.dead == 0 => Err(error.into()),
             _ => Ok(total),
@@ -729,7 +736,11 @@ impl Worker {
                 }
                 Disposition::Deferred(deliveries) => {
                     round.deferred += 1;
-                    self.defer(&stream, &id, deliveries).await?;
+                    // Failing to undo the delivery costs one count towards
+                    // the dead letters, never the acks of the others.
+                    if let Err(error) = self.defer(&stream, &id, deliveries).await {
+                        tracing::warn!(%stream, %id, %error, "Could not undo a deferred delivery.");
+                    }
                     continue;
                 }
                 Disposition::Dead => round.dead += 1,

@@ -28,6 +28,20 @@ pub fn pid_file(home: &Path) -> PathBuf {
     home.join("up.pid")
 }
 
+/// Whether `pid` is a `lunchrush up` or `demo` (a stale pid file may name
+/// any process by now).
+fn is_lunchrush_up(pid: u32) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let program = args.first().map(|a| a.rsplit('/').next().unwrap_or(a));
+    program == Some("lunchrush") && args.iter().skip(1).any(|a| a == "up" || a == "demo")
+}
+
 pub async fn run(args: DownArgs) -> anyhow::Result<ExitCode> {
     if !args.home.exists() {
         println!("nothing at {}", args.home.display());
@@ -36,7 +50,7 @@ pub async fn run(args: DownArgs) -> anyhow::Result<ExitCode> {
     let pid = std::fs::read_to_string(pid_file(&args.home))
         .ok()
         .and_then(|text| text.trim().parse::<u32>().ok())
-        .filter(|&pid| stack::process_alive(pid));
+        .filter(|&pid| stack::process_alive(pid) && is_lunchrush_up(pid));
     if let Some(pid) = pid {
         // SAFETY: kill(2) on the pid `up` recorded for this home.
         unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };

@@ -86,6 +86,18 @@ async fn run_once(args: &ReconcileArgs) -> anyhow::Result<ExitCode> {
         .config(engine::Config::default().listen, UNUSED_SECRET.into())?;
     let started = SystemTime::now();
     let redis = engine::store::connect(&config).await?;
+    let outcome = run_connected(args, &config, started, redis.clone()).await;
+    // With --every, a connection per run would pile up: close it.
+    let _ = fred::interfaces::ClientLike::quit(&redis).await;
+    outcome
+}
+
+async fn run_connected(
+    args: &ReconcileArgs,
+    config: &engine::Config,
+    started: SystemTime,
+    redis: fred::prelude::Client,
+) -> anyhow::Result<ExitCode> {
     let engine = engine::Engine::new(redis, config.clone()).await?;
     let psp = engine::psp::PspClient::with_options(&config.psp_url, config.psp.clone());
     let pool = api::postgres_pool(&config.postgres_url)?;

@@ -147,7 +147,7 @@ async fn publish_circuit(
     let mut tick = tokio::time::interval(CIRCUIT_ANNOUNCE_EVERY);
     loop {
         tick.tick().await;
-        if breaker.state() == engine::breaker::BreakerState::Closed {
+        if !breaker.is_refusing() {
             continue;
         }
         let expire = Some(fred::types::Expiration::PX(CIRCUIT_ANNOUNCE_TTL_MS));

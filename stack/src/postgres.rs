@@ -311,6 +311,15 @@ fn data_directory(dir: &Path, run_as: Option<RunAs>) -> Result<PathBuf, StackErr
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect();
+    // A home made before stack ids existed keeps the data its note names.
+    if !dir.join("STACK_ID").exists()
+        && let Ok(note) = std::fs::read_to_string(dir.join("DATA_DIRECTORY"))
+    {
+        let data = PathBuf::from(note.trim());
+        if data.starts_with(FALLBACK_DATA_ROOT) && data.join("PG_VERSION").is_file() {
+            return Ok(data);
+        }
+    }
     // Named after the home *and* its id: a new home at the same path never
     // adopts the data of the one that was deleted.
     let id = stack_id(dir)?;
@@ -364,9 +373,19 @@ pub fn remove_outside_data(dir: &Path) -> std::io::Result<Option<PathBuf>> {
         return Ok(None);
     };
     let data = PathBuf::from(note.trim());
-    let Some(outside) = data.parent().filter(|p| p.starts_with(FALLBACK_DATA_ROOT)) else {
+    // Only a directory right below the fallback root, named as we name
+    // them: a note that says anything else is not ours to remove.
+    let Some(outside) = data.parent() else {
         return Ok(None);
     };
+    let plain = outside.file_name().is_some_and(|name| {
+        name.to_string_lossy()
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    });
+    if outside.parent() != Some(Path::new(FALLBACK_DATA_ROOT)) || !plain {
+        return Ok(None);
+    }
     if outside.exists() {
         std::fs::remove_dir_all(outside)?;
     }

@@ -677,8 +677,8 @@ async fn limit(kind: &str) -> anyhow::Result<()> {
     let rid = format!("limit-{kind}");
     let lines: Vec<(&str, i64, i64)> = match kind {
         "lunch" => vec![
-            ("dish-0", 5_000, 1_000_000_000),
-            ("dish-1", 6_000, 1_000_000_000),
+            ("dish-0", 5_000, engine::domain::STOCK_MAX),
+            ("dish-1", 6_000, engine::domain::STOCK_MAX),
         ],
         "flash" => vec![(
             "deal",
