@@ -167,6 +167,7 @@ pub async fn serve(
     let limits = state.limiter.limits().clone();
     let cap = connections_cap(limits.connections_max);
     let permits = Arc::new(tokio::sync::Semaphore::new(cap));
+    let refusals = Arc::new(tokio::sync::Semaphore::new(REFUSALS_DRAINING_MAX));
     let connections = Arc::new(Connections::default());
     let router = crate::router(state.clone());
     let gatherer = tokio::spawn(crate::metrics::gather(state));
@@ -196,6 +197,15 @@ pub async fn serve(
             // One write into an empty socket buffer does not block; what
             // does not fit is dropped with the connection.
             let _ = stream.try_write(&REFUSAL);
+            // Closing with the request unread would reset the connection and
+            // could destroy the refusal before the client reads it: drain
+            // briefly — a bounded number of refusals at a time.
+            if let Ok(draining) = refusals.clone().try_acquire_owned() {
+                tokio::spawn(async move {
+                    linger(stream).await;
+                    drop(draining);
+                });
+            }
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -310,6 +320,26 @@ pub struct ProblemIo {
 
 /// How long a write may wait for the client to read, with no progress at all.
 const WRITE_STALL_MAX: Duration = Duration::from_secs(30);
+
+/// Refused connections drained at once at most (past it, closed at once).
+const REFUSALS_DRAINING_MAX: usize = 64;
+
+/// Reads and discards what a closing connection still sends, for at most
+/// [`LINGER_MAX`] or [`LINGER_BYTES_MAX`], so that closing it does not reset
+/// it before the client read our last answer.
+async fn linger(mut stream: TcpStream) {
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut drained = 0;
+    let _ = tokio::time::timeout(LINGER_MAX, async {
+        while drained < LINGER_BYTES_MAX {
+            match tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => drained += n,
+            }
+        }
+    })
+    .await;
+}
 
 /// How long a closed connection's unread input is drained at most.
 const LINGER_MAX: Duration = Duration::from_secs(2);
@@ -481,18 +511,7 @@ impl Drop for ProblemIo {
         runtime.spawn(async move {
             // Still counted under the cap while it drains.
             let _permit = permit;
-            let mut stream = stream;
-            let mut buf = vec![0u8; 16 * 1024];
-            let mut drained = 0;
-            let _ = tokio::time::timeout(LINGER_MAX, async {
-                while drained < LINGER_BYTES_MAX {
-                    match tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => drained += n,
-                    }
-                }
-            })
-            .await;
+            linger(stream).await;
         });
     }
 }
