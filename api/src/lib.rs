@@ -125,12 +125,6 @@ impl AppState {
     /// payment window at the provider's recent pace.
     pub fn payments_unavailable(&self) -> Option<(String, u64)> {
         let failing = || "the payment provider is failing; no order can be paid now".to_string();
-        if let Some(breaker) = &self.breaker
-            && breaker.is_refusing()
-        {
-            let wait = breaker.retry_in().unwrap_or_default();
-            return Some((failing(), wait.as_secs().max(1)));
-        }
         // A process that calls the provider itself goes by its own circuit;
         // one that does not, by the circuits the others announce.
         let Some(breaker) = self.breaker.as_ref() else {
@@ -139,12 +133,16 @@ impl AppState {
                 .load(std::sync::atomic::Ordering::Relaxed);
             return elsewhere.then(|| (failing(), 2));
         };
+        if breaker.is_refusing() {
+            let wait = breaker.retry_in().unwrap_or_default();
+            return Some((failing(), wait.as_secs().max(1)));
+        }
         let backlog = self
             .payment_backlog
             .load(std::sync::atomic::Ordering::Relaxed);
         let window = self.engine.config().timers.payment_window;
-        let measured = breaker.answered_per_sec().unwrap_or(0.0);
         let ceiling = breaker.options().max_rate;
+        let measured = || breaker.answered_per_sec().unwrap_or(0.0);
         backlog_too_long(backlog, measured, ceiling, window).map(|pace| {
             (
                 format!(
@@ -160,15 +158,18 @@ impl AppState {
 /// `Some(pace)` when `backlog` orders would not clear within half the
 /// payment window at the provider's pace: the calls/s it answered lately,
 /// or the ceiling (`--psp-max-rate`) when it was not called lately.
+/// The pace is asked for only past [`PAYMENT_BACKLOG_MIN`]: most
+/// placements see a small backlog and pay nothing for the check.
 pub fn backlog_too_long(
     backlog: u64,
-    answered_per_sec: f64,
+    answered_per_sec: impl FnOnce() -> f64,
     ceiling: f64,
     payment_window: std::time::Duration,
 ) -> Option<f64> {
     if backlog < PAYMENT_BACKLOG_MIN {
         return None;
     }
+    let answered_per_sec = answered_per_sec();
     let pace = if answered_per_sec > 0.0 {
         answered_per_sec
     } else {
@@ -299,25 +300,25 @@ mod tests {
     fn the_backlog_is_measured_against_the_payment_window() {
         let window = Duration::from_secs(120);
         assert_eq!(
-            super::backlog_too_long(999, 0.1, 5_000.0, window),
+            super::backlog_too_long(999, || 0.1, 5_000.0, window),
             None,
             "small"
         );
         assert_eq!(
-            super::backlog_too_long(50_000, 1_000.0, 5_000.0, window),
+            super::backlog_too_long(50_000, || 1_000.0, 5_000.0, window),
             None
         );
         assert_eq!(
-            super::backlog_too_long(70_000, 1_000.0, 5_000.0, window),
+            super::backlog_too_long(70_000, || 1_000.0, 5_000.0, window),
             Some(1_000.0)
         );
         assert_eq!(
-            super::backlog_too_long(70_000, 0.0, 5_000.0, window),
+            super::backlog_too_long(70_000, || 0.0, 5_000.0, window),
             None,
             "idle: ceiling"
         );
         assert_eq!(
-            super::backlog_too_long(400_000, 0.0, 5_000.0, window),
+            super::backlog_too_long(400_000, || 0.0, 5_000.0, window),
             Some(5_000.0)
         );
     }

@@ -106,6 +106,9 @@ struct Inner {
     state: BreakerState,
     /// Calls in the window: (when, failed).
     recent: VecDeque<(Instant, bool)>,
+    /// How many of `recent` failed, kept as calls come and go (a provider
+    /// call never walks the window).
+    recent_failures: usize,
     failures_in_row: u32,
     open_until: Instant,
     open_for: Duration,
@@ -132,6 +135,7 @@ impl Breaker {
             inner: Mutex::new(Inner {
                 state: BreakerState::Closed,
                 recent: VecDeque::new(),
+                recent_failures: 0,
                 failures_in_row: 0,
                 open_until: now,
                 open_for: options.breaker_open,
@@ -184,6 +188,7 @@ impl Breaker {
             } else {
                 inner.open_for = self.options.breaker_open;
                 inner.recent.clear();
+                inner.recent_failures = 0;
                 inner.failures_in_row = 0;
                 Self::move_to(&mut inner, BreakerState::Closed, "the probe succeeded");
             }
@@ -200,11 +205,14 @@ impl Breaker {
             .front()
             .is_some_and(|(at, _)| *at < horizon || inner.recent.len() >= WINDOW_CALLS_MAX)
         {
-            inner.recent.pop_front();
+            if let Some((_, true)) = inner.recent.pop_front() {
+                inner.recent_failures -= 1;
+            }
         }
         inner.recent.push_back((now, failed));
+        inner.recent_failures += usize::from(failed);
         let calls = inner.recent.len() as u32;
-        let failures = inner.recent.iter().filter(|(_, f)| *f).count() as u32;
+        let failures = inner.recent_failures as u32;
         let reason = if inner.failures_in_row >= self.options.breaker_failures {
             Some(format!("{} failed calls in a row", inner.failures_in_row))
         } else if calls >= self.options.breaker_calls_min
@@ -277,7 +285,7 @@ impl Breaker {
         let inner = self.lock();
         let (first, last) = (inner.recent.front()?.0, inner.recent.back()?.0);
         let span = last.duration_since(first);
-        let answered = inner.recent.iter().filter(|(_, failed)| !failed).count();
+        let answered = inner.recent.len() - inner.recent_failures;
         (inner.recent.len() >= PACE_CALLS_MIN && span >= Duration::from_secs(1))
             .then(|| answered as f64 / span.as_secs_f64())
     }

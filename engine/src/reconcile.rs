@@ -318,20 +318,12 @@ impl Reconciler {
         partition: u16,
         raw: &str,
     ) -> Result<bool, ReconcileError> {
-        let order = match raw.parse::<uuid::Uuid>() {
-            Ok(id) => self.engine.order(&id).await?,
-            Err(_) => None,
+        let Ok(id) = raw.parse::<uuid::Uuid>() else {
+            return self.dangling(run, partition, raw).await;
         };
-        let Some(order) = order else {
-            let exists: bool = match raw.parse::<uuid::Uuid>() {
-                Ok(id) => {
-                    self.engine
-                        .redis()
-                        .exists(self.engine.keys().order(partition, &id))
-                        .await?
-                }
-                Err(_) => false,
-            };
+        let Some(order) = self.engine.order(&id).await? else {
+            let key = self.engine.keys().order(partition, &id);
+            let exists: bool = self.engine.redis().exists(key).await?;
             if exists {
                 // A hash that does not read as an order is not a gone order.
                 run.record(
@@ -345,7 +337,6 @@ impl Reconciler {
             }
             return self.dangling(run, partition, raw).await;
         };
-        let id = order.id;
         let state = format!("{} / {}", order.status, order.pay);
         if run.options.dry_run {
             run.record(
