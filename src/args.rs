@@ -56,8 +56,23 @@ pub struct TuningArgs {
     /// The purchase is confirmed automatically this long after the notice.
     #[arg(long, env = "LUNCHRUSH_AUTO_CONFIRM_AFTER", default_value = "5d", value_parser = humantime::parse_duration)]
     pub auto_confirm_after: Duration,
+    /// A settled order leaves Redis this long after it came to rest and was
+    /// archived; reads then come from PostgreSQL ("off": never).
+    #[arg(long, env = "LUNCHRUSH_LIVE_RETENTION", default_value = "1h", value_parser = parse_retention)]
+    pub live_retention: Retention,
     #[command(flatten)]
     pub psp: PspArgs,
+}
+
+/// A live retention: a duration, or `off` (`None`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention(pub Option<Duration>);
+
+fn parse_retention(text: &str) -> Result<Retention, humantime::DurationError> {
+    match text {
+        "off" | "never" => Ok(Retention(None)),
+        _ => humantime::parse_duration(text).map(|d| Retention(Some(d))),
+    }
 }
 
 /// How this process treats the payment provider: a circuit breaker and a
@@ -125,6 +140,7 @@ impl TuningArgs {
                 auto_confirm_after: self.auto_confirm_after,
             },
             psp: self.psp.options(),
+            live_retention: self.live_retention.0,
         };
         config.validate()?;
         Ok(config)

@@ -6,6 +6,7 @@
 //! - [`problem`]: `application/problem+json` answers.
 //! - [`admission`]: rate limits, in-flight bound, deadlines.
 //! - [`menus`], [`orders`]: the v1 routes.
+//! - [`archive`]: retired orders read back from PostgreSQL.
 //! - [`health`], [`metrics`], [`openapi`]: operations endpoints.
 //! - [`server`]: the accept loop: connection cap, head timeout, protocol
 //!   refusals as problem+json.
@@ -15,6 +16,7 @@
 //! in domain results.
 
 pub mod admission;
+pub mod archive;
 pub mod auth;
 pub mod extract;
 pub mod health;

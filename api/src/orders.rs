@@ -199,20 +199,70 @@ fn placed_response(placed: &engine::engine::Placed) -> Response {
         .into_response()
 }
 
+/// Where an order was found: live in Redis, or retired to the archive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Live,
+    Archive,
+}
+
+/// The order, live or retired (see [`crate::archive`]).
+async fn find_order(state: &AppState, id: &uuid::Uuid) -> Result<Option<(Order, Source)>, Problem> {
+    if let Some(order) = state.engine.order(id).await? {
+        return Ok(Some((order, Source::Live)));
+    }
+    match crate::archive::retired_order(&state.postgres, id).await {
+        Ok(found) => Ok(found.map(|order| (order, Source::Archive))),
+        Err(error) => {
+            tracing::warn!(%error, order = %id, "Archive unavailable for an order read.");
+            Err(Problem::unavailable(
+                "archive_unavailable",
+                "this order is not live and the archive did not answer; retry",
+            ))
+        }
+    }
+}
+
+/// The refusal of an action on an order that left live state.
+fn retired_problem(order: &Order) -> Problem {
+    Problem::conflict(
+        "order_retired",
+        format!(
+            "order {} settled as {} / {} and was retired from live state to the archive; \
+             it can still be read, but no longer changed (keep --live-retention as long as \
+             your refund window)",
+            order.id, order.status, order.pay
+        ),
+    )
+    .with("order_status", json!(order.status.as_str()))
+}
+
 /// Loads an order the caller may see: 404 for a stranger's order (or a bad
 /// id), 403 for another restaurant's.
-async fn visible_order(state: &AppState, auth: &Auth, id: &str) -> Result<Order, Problem> {
+async fn visible_order(
+    state: &AppState,
+    auth: &Auth,
+    id: &str,
+) -> Result<(Order, Source), Problem> {
     let not_found = || Problem::not_found("order_not_found", format!("order {id} does not exist"));
     let id: uuid::Uuid = id.parse().map_err(|_| not_found())?;
-    let order = state.engine.order(&id).await?.ok_or_else(not_found)?;
+    let (order, source) = find_order(state, &id).await?.ok_or_else(not_found)?;
     match auth.role() {
-        Role::Admin => Ok(order),
-        Role::Customer if order.customer == auth.0.sub => Ok(order),
+        Role::Admin => Ok((order, source)),
+        Role::Customer if order.customer == auth.0.sub => Ok((order, source)),
         Role::Customer => Err(not_found()),
         Role::Restaurant => {
             auth.require_restaurant(&order.restaurant)?;
-            Ok(order)
+            Ok((order, source))
         }
+    }
+}
+
+/// An order an action may change: live, not retired.
+async fn live_order(state: &AppState, auth: &Auth, id: &str) -> Result<Order, Problem> {
+    match visible_order(state, auth, id).await? {
+        (order, Source::Live) => Ok(order),
+        (order, Source::Archive) => Err(retired_problem(&order)),
     }
 }
 
@@ -221,7 +271,7 @@ pub async fn get(
     auth: Auth,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
-    let order = visible_order(&state, &auth, &id).await?;
+    let (order, _) = visible_order(&state, &auth, &id).await?;
     Ok(axum::Json(order_json(&order)).into_response())
 }
 
@@ -241,10 +291,14 @@ async fn transition_response(
             })?;
             Ok(axum::Json(order_json(&order)).into_response())
         }
-        Outcome::NotFound => Err(Problem::not_found(
-            "order_not_found",
-            format!("order {} does not exist", order.id),
-        )),
+        // Retired between the read and the action.
+        Outcome::NotFound => match find_order(state, &order.id).await? {
+            Some((order, Source::Archive)) => Err(retired_problem(&order)),
+            _ => Err(Problem::not_found(
+                "order_not_found",
+                format!("order {} does not exist", order.id),
+            )),
+        },
         Outcome::Refused(detail) => {
             let status = t.status.map(|s| s.as_str()).unwrap_or("unknown");
             let (code, text) = match detail.as_str() {
@@ -302,7 +356,7 @@ impl Action {
 async fn act(state: &AppState, auth: &Auth, id: &str, action: Action) -> Result<Response, Problem> {
     let (role, what) = action.allowed();
     auth.require(&[role, Role::Admin], what)?;
-    let order = visible_order(state, auth, id).await?;
+    let order = live_order(state, auth, id).await?;
     let actor = match (auth.is_admin(), role) {
         (true, _) => Actor::Admin,
         (false, Role::Restaurant) => Actor::Restaurant,
@@ -364,7 +418,7 @@ pub async fn reject(
             "reason: must not contain control characters other than line breaks and tabs",
         ));
     }
-    let order = visible_order(&state, &auth, &id).await?;
+    let order = live_order(&state, &auth, &id).await?;
     let t = state
         .engine
         .decide(&order, false, reason, None, false, Lane::Online)
@@ -405,7 +459,7 @@ pub async fn events(
     auth: Auth,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
-    let order = visible_order(&state, &auth, &id).await?;
+    let (order, _) = visible_order(&state, &auth, &id).await?;
     let mut by_seq: std::collections::BTreeMap<u64, Value> = std::collections::BTreeMap::new();
     for e in state.engine.order_events(&order).await? {
         by_seq.insert(

@@ -22,6 +22,10 @@ pub struct AuditReport {
     pub events: u64,
     /// Entries still in the streams (archived-but-untrimmed or unarchived).
     pub stream_entries: u64,
+    /// Archived at a final pair, no longer live (retired).
+    pub retired: u64,
+    /// Archived mid-saga, no longer live.
+    pub vanished: u64,
     pub violations: Vec<String>,
     /// The orders behind the violations (for repair).
     pub broken: Vec<Uuid>,
@@ -42,6 +46,11 @@ impl std::fmt::Display for AuditReport {
             self.events,
             self.stream_entries,
             if self.passed() { "PASS" } else { "FAIL" }
+        )?;
+        writeln!(
+            f,
+            "  not live: {} retired (settled and archived), {} vanished (archived mid-saga)",
+            self.retired, self.vanished
         )?;
         for violation in &self.violations {
             writeln!(f, "  violation: {violation}")?;
@@ -85,7 +94,53 @@ pub async fn audit(
             audit_chunk(&client, &orders, &mut report).await?;
         }
     }
+    count_not_live(engine, &client, &mut report).await?;
     Ok(report)
+}
+
+/// Orders the archive has and Redis no longer holds, by whether they were
+/// at a final pair. Reads the projection a page at a time.
+async fn count_not_live(
+    engine: &Engine,
+    client: &deadpool_postgres::Object,
+    report: &mut AuditReport,
+) -> Result<(), ArchiveError> {
+    let mut after = Uuid::nil();
+    loop {
+        let rows = client
+            .query(
+                "SELECT order_id, (status = 'CONFIRMED' AND payment_status = 'CAPTURED') \
+                 OR (status = 'REJECTED' AND payment_status IN ('NONE', 'DECLINED', 'VOIDED', 'REFUNDED')) \
+                 FROM orders WHERE order_id > $1 ORDER BY order_id LIMIT 1000",
+                &[&after],
+            )
+            .await?;
+        let Some(last) = rows.last() else {
+            return Ok(());
+        };
+        after = last.get(0);
+        let keys = engine.keys();
+        let checks = rows.iter().map(|row| {
+            let id: Uuid = row.get(0);
+            let key = keys.partition_of_order(&id).map(|p| keys.order(p, &id));
+            async move {
+                match key {
+                    Some(key) => engine.redis().exists::<u64, _>(key).await,
+                    None => Ok(0),
+                }
+            }
+        });
+        let live = futures::future::try_join_all(checks).await?;
+        for (row, live) in rows.iter().zip(live) {
+            if live == 0 {
+                if row.get::<_, bool>(1) {
+                    report.retired += 1;
+                } else {
+                    report.vanished += 1;
+                }
+            }
+        }
+    }
 }
 
 /// Audits the given orders only.

@@ -47,7 +47,7 @@ use uuid::Uuid;
 use crate::project::{Archived, fold};
 
 /// The archiver's consumer group on every stream.
-pub const GROUP: &str = "archiver";
+pub const GROUP: &str = engine::retire::ARCHIVER_GROUP;
 /// Reconciliation's group on the `parked` streams: parked compensations stay
 /// in Redis until reconciliation has dealt with them.
 pub const RECONCILE_GROUP: &str = "reconcile";
@@ -343,7 +343,7 @@ impl Archiver {
             .await
             .expect("the semaphore is never closed");
         let started = Instant::now();
-        self.write_batch(&entries).await?;
+        let resting = self.write_batch(&entries).await?;
         let mut by_stream: HashMap<&str, Vec<&str>> = HashMap::new();
         for entry in &entries {
             by_stream.entry(&entry.stream).or_default().push(&entry.id);
@@ -352,6 +352,7 @@ impl Archiver {
             let ids: Vec<String> = ids.into_iter().map(str::to_string).collect();
             let _: i64 = self.engine.redis().xack(stream, GROUP, ids).await?;
         }
+        self.mark_resting(&resting).await?;
         metrics::counter!("lunchrush_archived_events_total").increment(entries.len() as u64);
         metrics::histogram!("lunchrush_archive_batch_seconds")
             .record(started.elapsed().as_secs_f64());
@@ -430,8 +431,34 @@ impl Archiver {
         Ok(())
     }
 
-    /// Writes one batch in one transaction (see the crate docs).
-    async fn write_batch(&self, entries: &[Entry]) -> Result<(), ArchiveError> {
+    /// Adds the orders a committed and acknowledged batch left at a final
+    /// pair to their partition's resting index: the retirer's candidates
+    /// (`engine::retire`). Re-adding one is harmless: the retire script
+    /// re-checks everything.
+    async fn mark_resting(&self, resting: &[(Uuid, i64)]) -> Result<(), ArchiveError> {
+        let keys = self.engine.keys();
+        let mut by_partition: HashMap<u16, Vec<(f64, String)>> = HashMap::new();
+        for (id, at) in resting {
+            if let Some(p) = keys.partition_of_order(id) {
+                by_partition
+                    .entry(p)
+                    .or_default()
+                    .push((*at as f64, id.to_string()));
+            }
+        }
+        for (p, members) in by_partition {
+            let _: i64 = self
+                .engine
+                .redis()
+                .zadd(keys.resting(p), None, None, false, false, members)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Writes one batch in one transaction (see the crate docs); returns the
+    /// orders it left at a final pair, with the time they came to rest.
+    async fn write_batch(&self, entries: &[Entry]) -> Result<Vec<(Uuid, i64)>, ArchiveError> {
         let mut events = Vec::with_capacity(entries.len());
         let mut dead = Vec::new();
         for entry in entries {
@@ -482,10 +509,10 @@ impl Archiver {
         insert_menu_history(&tx, &events, &payloads).await?;
         insert_delayed_task_history(&tx, &events, &payloads).await?;
         insert_order_items(&tx, &events, &payloads).await?;
-        refold_orders(&tx, &events).await?;
+        let resting = refold_orders(&tx, &events).await?;
         advance_watermarks(&tx, entries).await?;
         tx.commit().await?;
-        Ok(())
+        Ok(resting)
     }
 
     /// Creates the monthly partitions the batch needs (cached per process).
@@ -949,14 +976,15 @@ async fn insert_order_items(
     Ok(())
 }
 
-/// Refolds the projection of every order the batch touched, from the archive.
+/// Refolds the projection of every order the batch touched, from the
+/// archive; returns those now at a final pair, with their last change (ms).
 async fn refold_orders(
     tx: &tokio_postgres::Transaction<'_>,
     events: &[Event],
-) -> Result<(), ArchiveError> {
+) -> Result<Vec<(Uuid, i64)>, ArchiveError> {
     let touched: BTreeSet<Uuid> = events.iter().filter_map(Event::order_id).collect();
     if touched.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let ids: Vec<Uuid> = touched.into_iter().collect();
     let months: Vec<SystemTime> = ids.iter().map(uuid_time).collect();
@@ -1036,7 +1064,18 @@ async fn refold_orders(
         )
         .await?;
     }
-    Ok(())
+    Ok(folded
+        .iter()
+        .filter(|r| r.is_final())
+        .map(|r| {
+            let at = r
+                .updated_at
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0);
+            (r.order_id, at)
+        })
+        .collect())
 }
 
 async fn advance_watermarks(

@@ -39,6 +39,21 @@ pub struct OrderRow {
     pub provider_ref: Option<String>,
 }
 
+impl OrderRow {
+    /// At a pair no step follows: CONFIRMED with its capture, or REJECTED
+    /// with its payment settled.
+    pub fn is_final(&self) -> bool {
+        match self.status.as_str() {
+            "CONFIRMED" => self.payment_status == "CAPTURED",
+            "REJECTED" => matches!(
+                self.payment_status.as_str(),
+                "NONE" | "DECLINED" | "VOIDED" | "REFUNDED"
+            ),
+            _ => false,
+        }
+    }
+}
+
 /// Folds `events` (one order's, sorted by `seq`) into its row.
 pub fn fold(events: &[Archived]) -> Option<OrderRow> {
     let first = events.first()?;
@@ -102,7 +117,10 @@ pub fn fold(events: &[Archived]) -> Option<OrderRow> {
         }
         row.last_seq = row.last_seq.max(event.seq);
         row.events += 1;
-        row.updated_at = Some(event.at);
+        // A notification changes no state: Redis's `updated` stays too.
+        if event.kind != "NotificationSent" {
+            row.updated_at = Some(event.at);
+        }
     }
     Some(row)
 }

@@ -2,11 +2,12 @@
 //!
 //! 1. **No mismatched pair**: every order is in an allowed (status, payment)
 //!    pair — or, unless `at_rest`, in a pair a running saga passes through.
-//! 2. **Stock conserved**: for every item, `supplied` (initial + restocks) =
-//!    on hand + units held by non-rejected orders, and on hand ≥ 0.
+//! 2. **Stock conserved**: for every item, `supplied` (initial + restocks −
+//!    units of retired orders) = on hand + units held by live non-rejected
+//!    orders, and on hand ≥ 0.
 //! 3. **Per-customer limits**: the per-customer counters equal the units of
-//!    the customer's non-rejected counted lines and never exceed
-//!    `max_per_customer`.
+//!    the customer's live non-rejected counted lines plus those of their
+//!    retired orders (`:pcr`), and never exceed `max_per_customer`.
 //!
 //! It reads with SCAN (bounded pages) and one HGETALL per order, batched, so
 //! memory grows with the number of items and limited customers, not orders.
@@ -31,6 +32,9 @@ pub struct CheckReport {
     pub in_flight: u64,
     pub by_status: std::collections::BTreeMap<String, u64>,
     pub items: u64,
+    /// Items whose stock kept moving during every scan (live traffic or
+    /// retirement): not judged this time.
+    pub unjudged: u64,
     /// Each broken rule, in words.
     pub violations: Vec<String>,
 }
@@ -51,6 +55,13 @@ impl std::fmt::Display for CheckReport {
             self.items,
             if self.passed() { "PASS" } else { "FAIL" }
         )?;
+        if self.unjudged > 0 {
+            writeln!(
+                f,
+                "  {} items kept moving and were not judged",
+                self.unjudged
+            )?;
+        }
         for (status, count) in &self.by_status {
             writeln!(f, "  {status:<10} {count}")?;
         }
@@ -64,113 +75,237 @@ impl std::fmt::Display for CheckReport {
 /// Checks every order and item of every partition.
 pub async fn check(engine: &Engine, at_rest: bool) -> Result<CheckReport, EngineError> {
     let mut report = CheckReport::default();
-    // (partition, restaurant, item) -> units held by non-rejected orders
-    let mut held: HashMap<(u16, String, String), i64> = HashMap::new();
-    // (partition, restaurant, item, customer) -> counted units
-    let mut counted: HashMap<(u16, String, String, String), i64> = HashMap::new();
     for p in 0..engine.keys().partitions() {
-        let mut pages = engine
-            .redis()
-            .scan(engine.keys().order_pattern(p), Some(SCAN_COUNT), None);
-        while let Some(page) = pages.next().await {
-            let mut page = page?;
-            let keys = page.take_results().unwrap_or_default();
-            let reads = keys.iter().map(|key| {
-                engine
-                    .redis()
-                    .hgetall::<HashMap<String, String>, _>(key.clone())
-            });
-            let orders = futures::future::try_join_all(reads).await?;
-            Scanner::next(page);
-            for (key, fields) in keys.iter().zip(orders) {
-                let Some(order) = Order::from_fields(p, &fields) else {
-                    report
-                        .violations
-                        .push(format!("{}: malformed order hash", key.as_str_lossy()));
-                    continue;
-                };
-                check_order(&order, at_rest, &mut report);
-                if order.status != OrderStatus::Rejected {
-                    for line in &order.lines {
-                        let item = (p, order.restaurant.clone(), line.item.clone());
-                        *held.entry(item).or_default() += i64::from(line.qty);
-                        if line.counted {
-                            *counted
-                                .entry((
-                                    p,
-                                    order.restaurant.clone(),
-                                    line.item.clone(),
-                                    order.customer.clone(),
-                                ))
-                                .or_default() += i64::from(line.qty);
-                        }
-                    }
-                }
+        check_partition(engine, p, at_rest, &mut report).await?;
+    }
+    Ok(report)
+}
+
+/// Scans of a partition tried before items that keep moving are left
+/// unjudged.
+const ATTEMPTS: u32 = 5;
+
+/// (restaurant, item) -> units held by live non-rejected orders.
+type Held = HashMap<(String, String), i64>;
+/// (restaurant, item, customer) -> counted units of live orders.
+type Counted = HashMap<(String, String, String), i64>;
+
+/// One partition. An item's numbers are judged only if its stock version
+/// did not move while the orders were scanned (live traffic or retirement
+/// would otherwise count one order's units twice or not at all); a
+/// partition with moving items is scanned again, up to [`ATTEMPTS`] times.
+async fn check_partition(
+    engine: &Engine,
+    p: u16,
+    at_rest: bool,
+    report: &mut CheckReport,
+) -> Result<(), EngineError> {
+    for attempt in 1..=ATTEMPTS {
+        let before = stock_versions(engine, p).await?;
+        let mut part = CheckReport::default();
+        let (held, counted) = scan_orders(engine, p, at_rest, &mut part).await?;
+        let moved = judge_items(engine, p, &before, held, counted, &mut part).await?;
+        if moved == 0 || attempt == ATTEMPTS {
+            report.orders += part.orders;
+            report.in_flight += part.in_flight;
+            report.items += part.items;
+            report.unjudged += moved;
+            for (status, n) in part.by_status {
+                *report.by_status.entry(status).or_default() += n;
+            }
+            report.violations.extend(part.violations);
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100 * u64::from(attempt))).await;
+    }
+    Ok(())
+}
+
+async fn stock_versions(
+    engine: &Engine,
+    p: u16,
+) -> Result<HashMap<(String, String), i64>, EngineError> {
+    let mut versions = HashMap::new();
+    for restaurant in engine.restaurants(p).await? {
+        if let Some(menu) = engine.menu(&restaurant).await? {
+            for item in menu.items {
+                versions.insert((restaurant.clone(), item.item), item.stock_version);
             }
         }
     }
-    for p in 0..engine.keys().partitions() {
-        for restaurant in engine.restaurants(p).await? {
-            let Some(menu) = engine.menu(&restaurant).await? else {
+    Ok(versions)
+}
+
+/// Every order of the partition: its pair checked, its lines counted.
+async fn scan_orders(
+    engine: &Engine,
+    p: u16,
+    at_rest: bool,
+    report: &mut CheckReport,
+) -> Result<(Held, Counted), EngineError> {
+    let mut held = Held::new();
+    let mut counted = Counted::new();
+    let mut pages = engine
+        .redis()
+        .scan(engine.keys().order_pattern(p), Some(SCAN_COUNT), None);
+    while let Some(page) = pages.next().await {
+        let mut page = page?;
+        let keys = page.take_results().unwrap_or_default();
+        let reads = keys.iter().map(|key| {
+            engine
+                .redis()
+                .hgetall::<HashMap<String, String>, _>(key.clone())
+        });
+        let orders = futures::future::try_join_all(reads).await?;
+        Scanner::next(page);
+        for (key, fields) in keys.iter().zip(orders) {
+            if fields.is_empty() {
+                continue; // retired since the SCAN
+            }
+            let Some(order) = Order::from_fields(p, &fields) else {
+                report
+                    .violations
+                    .push(format!("{}: malformed order hash", key.as_str_lossy()));
                 continue;
             };
-            for item in &menu.items {
-                report.items += 1;
-                let units = held
-                    .remove(&(p, restaurant.clone(), item.item.clone()))
-                    .unwrap_or(0);
-                if item.stock < 0 {
-                    report.violations.push(format!(
-                        "item {restaurant}/{}: {} units on hand (oversold)",
-                        item.item, item.stock
-                    ));
-                }
-                if item.supplied != item.stock + units {
-                    report.violations.push(format!(
-                        "item {restaurant}/{}: supplied {} != on hand {} + held by live orders {}",
-                        item.item, item.supplied, item.stock, units
-                    ));
-                }
-                let per_customer: HashMap<String, i64> = engine
-                    .redis()
-                    .hgetall(engine.keys().item_per_customer(p, &restaurant, &item.item))
-                    .await?;
-                for (customer, units) in &per_customer {
-                    let units = *units;
-                    let expected = counted
-                        .remove(&(p, restaurant.clone(), item.item.clone(), customer.clone()))
-                        .unwrap_or(0);
-                    if units != expected {
-                        report.violations.push(format!(
-                            "item {restaurant}/{}: customer {customer} counted {units}, live orders hold {expected}",
-                            item.item
-                        ));
-                    }
-                    if let Some(max) = item.max_per_customer
-                        && units > max
-                    {
-                        report.violations.push(format!(
-                            "item {restaurant}/{}: customer {customer} holds {units} > max_per_customer {max}",
-                            item.item
-                        ));
-                    }
+            check_order(&order, at_rest, report);
+            if order.status == OrderStatus::Rejected {
+                continue;
+            }
+            for line in &order.lines {
+                let item = (order.restaurant.clone(), line.item.clone());
+                *held.entry(item).or_default() += i64::from(line.qty);
+                if line.counted {
+                    let key = (
+                        order.restaurant.clone(),
+                        line.item.clone(),
+                        order.customer.clone(),
+                    );
+                    *counted.entry(key).or_default() += i64::from(line.qty);
                 }
             }
         }
     }
-    for ((p, restaurant, item), units) in held {
+    Ok((held, counted))
+}
+
+/// Stock and per-customer counters of every item of the partition against
+/// the live orders' lines; returns how many items moved during the scan
+/// (not judged).
+async fn judge_items(
+    engine: &Engine,
+    p: u16,
+    before: &HashMap<(String, String), i64>,
+    mut held: Held,
+    mut counted: Counted,
+    report: &mut CheckReport,
+) -> Result<u64, EngineError> {
+    let mut moved = 0;
+    for restaurant in engine.restaurants(p).await? {
+        let Some(menu) = engine.menu(&restaurant).await? else {
+            continue;
+        };
+        for item in &menu.items {
+            let key = (restaurant.clone(), item.item.clone());
+            let units = held.remove(&key).unwrap_or(0);
+            let per_customer: HashMap<String, i64> = engine
+                .redis()
+                .hgetall(engine.keys().item_per_customer(p, &restaurant, &item.item))
+                .await?;
+            let retired: HashMap<String, i64> = engine
+                .redis()
+                .hgetall(
+                    engine
+                        .keys()
+                        .item_retired_per_customer(p, &restaurant, &item.item),
+                )
+                .await?;
+            let now: Option<String> = engine
+                .redis()
+                .hget(engine.keys().item(p, &restaurant, &item.item), "sv")
+                .await?;
+            let now = now.and_then(|s| s.parse::<i64>().ok()).unwrap_or(0);
+            if before.get(&key) != Some(&item.stock_version) || now != item.stock_version {
+                moved += 1;
+                counted.retain(|(r, i, _), _| !(r == &restaurant && i == &item.item));
+                continue;
+            }
+            report.items += 1;
+            judge_item(
+                &restaurant,
+                item,
+                units,
+                &per_customer,
+                retired,
+                &mut counted,
+                report,
+            );
+        }
+    }
+    for ((restaurant, item), units) in held {
         report.violations.push(format!(
             "partition {p}: {units} units of unknown item {restaurant}/{item} held by live orders"
         ));
     }
-    for ((_, restaurant, item, customer), units) in counted {
+    for ((restaurant, item, customer), units) in counted {
         if units > 0 {
             report.violations.push(format!(
                 "item {restaurant}/{item}: customer {customer} holds {units} counted units with no counter"
             ));
         }
     }
-    Ok(report)
+    Ok(moved)
+}
+
+fn judge_item(
+    restaurant: &str,
+    item: &crate::domain::MenuItem,
+    units: i64,
+    per_customer: &HashMap<String, i64>,
+    mut retired: HashMap<String, i64>,
+    counted: &mut Counted,
+    report: &mut CheckReport,
+) {
+    if item.stock < 0 {
+        report.violations.push(format!(
+            "item {restaurant}/{}: {} units on hand (oversold)",
+            item.item, item.stock
+        ));
+    }
+    if item.supplied != item.stock + units {
+        report.violations.push(format!(
+            "item {restaurant}/{}: supplied {} != on hand {} + held by live orders {}",
+            item.item, item.supplied, item.stock, units
+        ));
+    }
+    for (customer, &have) in per_customer {
+        let live = counted
+            .remove(&(restaurant.to_string(), item.item.clone(), customer.clone()))
+            .unwrap_or(0);
+        let gone = retired.remove(customer).unwrap_or(0);
+        if have != live + gone {
+            report.violations.push(format!(
+                "item {restaurant}/{}: customer {customer} counted {have}, live orders hold {live}, retired orders {gone}",
+                item.item
+            ));
+        }
+        if let Some(max) = item.max_per_customer
+            && have > max
+        {
+            report.violations.push(format!(
+                "item {restaurant}/{}: customer {customer} holds {have} > max_per_customer {max}",
+                item.item
+            ));
+        }
+    }
+    for (customer, units) in retired {
+        if units != 0 {
+            report.violations.push(format!(
+                "item {restaurant}/{}: customer {customer} has {units} retired counted units but no counter",
+                item.item
+            ));
+        }
+    }
 }
 
 fn check_order(order: &Order, at_rest: bool, report: &mut CheckReport) {

@@ -65,7 +65,13 @@ pub struct Config {
     pub timers: Timers,
     /// The provider client's breaker and pacer.
     pub psp: crate::breaker::PspOptions,
+    /// How long a settled, archived order stays in Redis before it is
+    /// retired to the archive (`None`: never; see [`crate::retire`]).
+    pub live_retention: Option<std::time::Duration>,
 }
+
+/// The default live retention.
+pub const LIVE_RETENTION_DEFAULT: std::time::Duration = std::time::Duration::from_secs(3600);
 
 impl Default for Config {
     fn default() -> Self {
@@ -79,6 +85,7 @@ impl Default for Config {
             key_prefix: "lr:".into(),
             timers: Timers::default(),
             psp: crate::breaker::PspOptions::default(),
+            live_retention: Some(LIVE_RETENTION_DEFAULT),
         }
     }
 }

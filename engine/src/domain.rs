@@ -278,6 +278,17 @@ pub fn is_allowed_pair(status: OrderStatus, pay: PaymentStatus) -> bool {
     }
 }
 
+/// A pair no step follows (the order may leave live state, see
+/// [`crate::retire`]): CONFIRMED with its capture, or REJECTED with its
+/// payment settled.
+pub fn is_final_pair(status: OrderStatus, pay: PaymentStatus) -> bool {
+    match status {
+        OrderStatus::Confirmed => pay == PaymentStatus::Captured,
+        OrderStatus::Rejected => is_allowed_pair(status, pay),
+        _ => false,
+    }
+}
+
 /// Whether `(status, pay)` may be seen while the saga is still running.
 pub fn is_in_flight_pair(status: OrderStatus, pay: PaymentStatus) -> bool {
     matches!(

@@ -7,10 +7,12 @@
 //! <prefix>{pN}:r:<rid>:items              set of item ids
 //! <prefix>{pN}:r:<rid>:i:<item>           hash: name price stock supplied sv available max_pc
 //! <prefix>{pN}:r:<rid>:i:<item>:pc        hash: customer -> units held (max_per_customer items)
+//! <prefix>{pN}:r:<rid>:i:<item>:pcr       hash: customer -> counted units of retired orders
 //! <prefix>{pN}:o:<order>                  hash: the order (see lua/includes/common.lua)
 //! <prefix>{pN}:idem:<customer>:<key>      string: the first answer to an Idempotency-Key
 //! <prefix>{pN}:idemg:<customer>:<key>     string: fingerprint guard in the customer's partition
 //! <prefix>{pN}:inflight                   zset: unsettled orders by last change (ms)
+//! <prefix>{pN}:resting                    zset: archived orders at a final pair, by rest time (ms)
 //! <prefix>{pN}:wheel                      zset: delayed tasks '<kind>|<order>' by due time (ms)
 //! <prefix>{pN}:<topic>                    stream: orders payments restaurant menu timers batch dead parked
 //! ```
@@ -145,6 +147,12 @@ impl KeySpace {
         format!("{}:r:{restaurant}:i:{item}:pc", self.base(p))
     }
 
+    /// Counted units of the item's retired orders, per customer: with the
+    /// live orders' counted lines they explain the per-customer counter.
+    pub fn item_retired_per_customer(&self, p: u16, restaurant: &str, item: &str) -> String {
+        format!("{}:r:{restaurant}:i:{item}:pcr", self.base(p))
+    }
+
     pub fn order(&self, p: u16, order: &uuid::Uuid) -> String {
         format!("{}:o:{order}", self.base(p))
     }
@@ -172,6 +180,12 @@ impl KeySpace {
 
     pub fn inflight(&self, p: u16) -> String {
         format!("{}:inflight", self.base(p))
+    }
+
+    /// Orders at a final pair whose events are archived, scored by when
+    /// they came to rest: the candidates for retirement (`lua/retire.lua`).
+    pub fn resting(&self, p: u16) -> String {
+        format!("{}:resting", self.base(p))
     }
 
     /// The partition's timer wheel.

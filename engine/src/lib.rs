@@ -17,6 +17,7 @@
 //! - [`timers`]: the timer wheel and its claimer (delayed tasks).
 //! - [`notify`]: the `Notifier` trait, log and webhook notifiers.
 //! - [`reconcile`]: finding and fixing orphans on the Redis and provider side.
+//! - [`retire`]: live-state retention (settled, archived orders leave Redis).
 //!
 //! **Architecture Invariant:** `engine` knows nothing about HTTP routes or
 //! status codes; `api` is the only crate that does.
@@ -34,6 +35,7 @@ pub mod keys;
 pub mod notify;
 pub mod psp;
 pub mod reconcile;
+pub mod retire;
 pub mod saga;
 pub mod scripts;
 pub mod store;

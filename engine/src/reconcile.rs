@@ -151,10 +151,17 @@ fn settled(order: &Order) -> bool {
     crate::domain::is_allowed_pair(order.status, order.pay)
 }
 
+/// A consumer idle this long with nothing pending is deleted from its group.
+pub const CONSUMER_IDLE_MAX: Duration = Duration::from_secs(24 * 3600);
+
 /// The Redis/provider reconciler.
 pub struct Reconciler {
     pub engine: Engine,
     pub psp: PspClient,
+    /// Where orders that left live state are found (see [`crate::retire`]):
+    /// without it, a provider payment whose order is not in Redis is left
+    /// alone rather than taken for a charge without an order.
+    pub archive: Option<std::sync::Arc<dyn crate::retire::Archive>>,
 }
 
 /// Failures that stop a phase (not orphans).
@@ -170,7 +177,30 @@ pub enum ReconcileError {
 
 impl Reconciler {
     pub fn new(engine: Engine, psp: PspClient) -> Self {
-        Self { engine, psp }
+        Self {
+            engine,
+            psp,
+            archive: None,
+        }
+    }
+
+    /// Consults `archive` for orders not in Redis.
+    pub fn with_archive(mut self, archive: std::sync::Arc<dyn crate::retire::Archive>) -> Self {
+        self.archive = Some(archive);
+        self
+    }
+
+    /// Whether the order left live state (retired to the archive); `None`
+    /// when that cannot be known (no archive, or it did not answer).
+    async fn retired(&self, id: &uuid::Uuid) -> Option<Option<Order>> {
+        let archive = self.archive.as_ref()?;
+        match archive.order(id).await {
+            Ok(found) => Some(found),
+            Err(error) => {
+                tracing::warn!(order = %id, %error, "The archive did not answer; the payment is left for the next run.");
+                None
+            }
+        }
     }
 
     /// Drives one order toward a resting pair in the batch lane: re-drive
@@ -428,8 +458,12 @@ impl Reconciler {
             }
             let mut held: HashMap<(String, String), i64> = HashMap::new();
             let mut counted: HashMap<(String, String, String), i64> = HashMap::new();
+            let mut resting: Vec<(f64, String)> = Vec::new();
             self.engine
                 .for_each_order(p, |order| {
+                    if crate::domain::is_final_pair(order.status, order.pay) {
+                        resting.push((order.updated_ms as f64, order.id.to_string()));
+                    }
                     if order.status == OrderStatus::Rejected {
                         return;
                     }
@@ -459,13 +493,23 @@ impl Reconciler {
                     .redis()
                     .hgetall(self.engine.keys().item_per_customer(p, &restaurant, &item))
                     .await?;
+                let retired: HashMap<String, i64> = self
+                    .engine
+                    .redis()
+                    .hgetall(
+                        self.engine
+                            .keys()
+                            .item_retired_per_customer(p, &restaurant, &item),
+                    )
+                    .await?;
                 let customers: Vec<(String, i64)> = per_customer
                     .into_iter()
                     .filter_map(|(customer, have)| {
                         let backed = counted
                             .get(&(restaurant.clone(), item.clone(), customer.clone()))
                             .copied()
-                            .unwrap_or(0);
+                            .unwrap_or(0)
+                            + retired.get(&customer).copied().unwrap_or(0);
                         (have > backed).then_some((customer, have - backed))
                     })
                     .collect();
@@ -530,6 +574,36 @@ impl Reconciler {
                     detail,
                 );
             }
+            self.index_resting(p, resting).await?;
+        }
+        Ok(())
+    }
+
+    /// Orders at a final pair the resting index lacks (settled before
+    /// retention existed, or an index entry lost with a Redis crash) are
+    /// added, so they too leave live state once archived (the retire script
+    /// checks the rest). NX: a present entry keeps its score.
+    async fn index_resting(
+        &self,
+        p: u16,
+        resting: Vec<(f64, String)>,
+    ) -> Result<(), ReconcileError> {
+        if self.engine.config().live_retention.is_none() {
+            return Ok(());
+        }
+        for chunk in resting.chunks(1_000) {
+            let _: i64 = self
+                .engine
+                .redis()
+                .zadd(
+                    self.engine.keys().resting(p),
+                    Some(fred::types::SetOptions::NX),
+                    None,
+                    false,
+                    false,
+                    chunk.to_vec(),
+                )
+                .await?;
         }
         Ok(())
     }
@@ -585,6 +659,17 @@ impl Reconciler {
                     continue;
                 };
                 let order = self.engine.order(&id).await?;
+                if order.is_none() {
+                    // Not live: retired (settled and archived), or vanished.
+                    match self.retired(&id).await {
+                        None => continue,
+                        Some(Some(retired)) => {
+                            self.retired_payment(run, &retired, payment, cutoff);
+                            continue;
+                        }
+                        Some(None) => {}
+                    }
+                }
                 let Some((kind, action)) = classify(order.as_ref(), payment, cutoff) else {
                     continue;
                 };
@@ -625,6 +710,39 @@ impl Reconciler {
         }
         self.captures_unknown_to_provider(run, &mut seen_at_provider, cutoff)
             .await
+    }
+
+    /// A retired order's payment: its pair was final and every event
+    /// archived when it left; a provider that disagrees now is reported for
+    /// an operator, never acted on (the order can no longer change).
+    fn retired_payment(
+        &self,
+        run: &mut Run<'_>,
+        order: &Order,
+        payment: &crate::psp::ProviderPayment,
+        cutoff: i64,
+    ) {
+        let expected = match order.pay {
+            PaymentStatus::Captured => "captured",
+            PaymentStatus::Refunded => "refunded",
+            PaymentStatus::Voided => "voided",
+            PaymentStatus::Declined => "declined",
+            _ => "",
+        };
+        let agrees = payment.state == expected && payment.amount == order.total;
+        if agrees || order.updated_ms >= cutoff {
+            return;
+        }
+        run.record(
+            "retired_order_mismatch",
+            order.id.to_string(),
+            "none (retired: resolve at the provider)",
+            Outcome::Unfixable,
+            format!(
+                "provider {} {}, archived order {} / {} total {}",
+                payment.state, payment.amount, order.status, order.pay, order.total
+            ),
+        );
     }
 
     async fn fix_provider(
@@ -832,6 +950,78 @@ impl Reconciler {
         Ok(())
     }
 
+    /// Kind `idle_consumer`: consumers with nothing pending and idle longer
+    /// than [`CONSUMER_IDLE_MAX`] are deleted from their group (every process
+    /// start adds a consumer name; without this the groups only grow).
+    pub async fn idle_consumers(&self, run: &mut Run<'_>) -> Result<(), ReconcileError> {
+        let keys = self.engine.keys();
+        let idle_max = CONSUMER_IDLE_MAX.as_millis() as u64;
+        for p in 0..keys.partitions() {
+            for topic in crate::keys::Topic::ALL {
+                let stream = keys.stream(p, topic);
+                let groups: Vec<HashMap<String, fred::types::Value>> =
+                    info_entries(&self.engine, vec!["GROUPS".into(), stream.clone()]).await;
+                for group in groups {
+                    let Some(group) = group.get("name").and_then(|v| v.as_string()) else {
+                        continue;
+                    };
+                    let consumers = info_entries(
+                        &self.engine,
+                        vec!["CONSUMERS".into(), stream.clone(), group.clone()],
+                    )
+                    .await;
+                    for consumer in consumers {
+                        let number = |k: &str| consumer.get(k).and_then(|v| v.as_u64());
+                        let (Some(name), Some(0), Some(idle)) = (
+                            consumer.get("name").and_then(|v| v.as_string()),
+                            number("pending"),
+                            number("idle"),
+                        ) else {
+                            continue;
+                        };
+                        if idle < idle_max {
+                            continue;
+                        }
+                        let subject = format!("{stream} {group} {name}");
+                        if run.options.dry_run {
+                            run.record(
+                                "idle_consumer",
+                                subject,
+                                "delete",
+                                Outcome::WouldFix,
+                                String::new(),
+                            );
+                            continue;
+                        }
+                        // DELCONSUMER would drop entries pending meanwhile:
+                        // only if the consumer still has none.
+                        let _: fred::types::Value = self
+                            .engine
+                            .redis()
+                            .custom(
+                                fred::cmd!("XGROUP"),
+                                vec![
+                                    "DELCONSUMER".to_string(),
+                                    stream.clone(),
+                                    group.clone(),
+                                    name,
+                                ],
+                            )
+                            .await?;
+                        run.record(
+                            "idle_consumer",
+                            subject,
+                            "delete",
+                            Outcome::Fixed,
+                            format!("idle {} s, nothing pending", idle / 1_000),
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Kind `parked_compensation`: the operator queue, retried.
     pub async fn parked(&self, run: &mut Run<'_>, group: &str) -> Result<(), ReconcileError> {
         for p in 0..self.engine.keys().partitions() {
@@ -931,6 +1121,30 @@ impl Reconciler {
         }
         Ok(())
     }
+}
+
+/// XINFO GROUPS / CONSUMERS as one map per entry (empty when the stream or
+/// group does not exist).
+async fn info_entries(
+    engine: &Engine,
+    args: Vec<String>,
+) -> Vec<HashMap<String, fred::types::Value>> {
+    let reply: fred::types::Value = engine
+        .redis()
+        .custom(fred::cmd!("XINFO"), args)
+        .await
+        .unwrap_or(fred::types::Value::Null);
+    reply
+        .into_array()
+        .into_iter()
+        .map(|entry| {
+            entry
+                .into_array()
+                .chunks(2)
+                .filter_map(|kv| Some((kv[0].as_string()?, kv.get(1)?.clone())))
+                .collect()
+        })
+        .collect()
 }
 
 /// The orphan kind of a provider payment and its order, if any. Orders that

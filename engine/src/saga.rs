@@ -963,5 +963,12 @@ pub fn spawn_workers(
         claimer,
         shutdown.clone(),
     )));
+    if let Some(retention) = engine.config().live_retention {
+        handles.push(tokio::spawn(crate::retire::run_retirer(
+            engine.clone(),
+            retention,
+            shutdown.clone(),
+        )));
+    }
     handles
 }

@@ -118,6 +118,7 @@ pub struct Scripts {
     pub schedule_timer: Script,
     pub record_notification: Script,
     pub reclaim_stock: Script,
+    pub retire: Script,
 }
 
 impl Scripts {
@@ -153,10 +154,11 @@ impl Scripts {
                 "reclaim_stock",
                 include_str!("../../lua/reclaim_stock.lua"),
             ),
+            retire: Script::new("retire", include_str!("../../lua/retire.lua")),
         }
     }
 
-    pub fn all(&self) -> [&Script; 12] {
+    pub fn all(&self) -> [&Script; 13] {
         [
             &self.place_order,
             &self.record_payment,
@@ -170,6 +172,7 @@ impl Scripts {
             &self.schedule_timer,
             &self.record_notification,
             &self.reclaim_stock,
+            &self.retire,
         ]
     }
 

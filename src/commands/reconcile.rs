@@ -2,7 +2,7 @@
 //!
 //! Phases, in order: stuck sagas, held stock, the provider's ledger,
 //! entries pending with dead consumers, parked compensations, dead letters
-//! (reported), unarchived entries, archive gaps and projections. Every fix
+//! (reported), idle consumers, unarchived entries, archive gaps and projections. Every fix
 //! goes through the same scripts as the online path, in the batch lane, at
 //! most `--max-rate` per second. A progress display on a terminal (plain
 //! lines otherwise), a summary table on stdout, a JSON report with
@@ -102,7 +102,9 @@ async fn run_connected(
     let psp = engine::psp::PspClient::with_options(&config.psp_url, config.psp.clone());
     let pool = api::postgres_pool(&config.postgres_url)?;
     archiver::schema::migrate(&config.postgres_url).await?;
-    let reconciler = Reconciler::new(engine.clone(), psp);
+    let reconciler = Reconciler::new(engine.clone(), psp).with_archive(std::sync::Arc::new(
+        api::archive::PgArchive::new(pool.clone()),
+    ));
 
     let terminal = std::io::stderr().is_terminal();
     let bar = if terminal {
@@ -161,6 +163,7 @@ async fn run_connected(
         reconciler.parked(&mut run, archiver::RECONCILE_GROUP)
     );
     phase!("dead letters", reconciler.dead_letters(&mut run));
+    phase!("idle consumers", reconciler.idle_consumers(&mut run));
     phase!(
         "unarchived entries",
         archiver::repair::unarchived(&engine, &pool, &mut run)

@@ -33,6 +33,15 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(limits: Limits) -> TestApp {
+    spawn_app_configured(limits, |_| {}).await
+}
+
+/// With settings changed by `tweak`; an archiver runs too when the live
+/// retention is set below an hour (retirement needs the archive).
+pub async fn spawn_app_configured(
+    limits: Limits,
+    tweak: impl FnOnce(&mut engine::Config),
+) -> TestApp {
     let stack = LocalStack::temporary().await.expect("start the stack");
     let dir = stack.home().join("psp");
     let sim = PspSim::open(&dir.join("ledger.jsonl"), Faults::default()).unwrap();
@@ -47,6 +56,8 @@ pub async fn spawn_app_with(limits: Limits) -> TestApp {
         partitions: 4,
         ..engine::Config::default()
     };
+    let mut config = config;
+    tweak(&mut config);
     config.validate().unwrap();
     let redis = engine::store::connect(&config).await.unwrap();
     let engine = engine::Engine::new(redis, config.clone()).await.unwrap();
@@ -66,6 +77,19 @@ pub async fn spawn_app_with(limits: Limits) -> TestApp {
         &options,
         &stopped,
     );
+    if config
+        .live_retention
+        .is_some_and(|r| r < Duration::from_secs(3600))
+    {
+        let pool = api::postgres_pool(&config.postgres_url).unwrap();
+        let mut archiver_options = archiver::ArchiverOptions::new("api-test-archiver");
+        archiver_options.idle_poll_max = Duration::from_millis(20);
+        // Entries stay in the streams (a test may redeliver them).
+        archiver_options.trim_every = Duration::from_secs(3600);
+        let archiver = archiver::Archiver::new(engine.clone(), pool, archiver_options);
+        archiver.prepare().await.unwrap();
+        tokio::spawn(archiver.run(stopped.clone()));
+    }
     let state = api::AppState::new(
         engine.clone(),
         api::postgres_pool(&config.postgres_url).unwrap(),

@@ -1,0 +1,124 @@
+--[[
+  retire: takes a settled, archived order out of live state once it has
+  rested for the live retention. Safe beside live traffic and repeatable:
+  it re-checks everything in the same atomic step and never removes an
+  order that moved, has a step ahead, or has an event not yet committed to
+  the archive.
+
+  @keys 8 + 2 per line
+  Input:
+    KEYS[1] order hash               {pN}:o:<order_id>
+    KEYS[2] resting index (zset)     {pN}:resting
+    KEYS[3] in-flight index (zset)   {pN}:inflight
+    KEYS[4] timer wheel (zset)       {pN}:wheel
+    KEYS[5] orders stream            {pN}:orders
+    KEYS[6] payments stream          {pN}:payments
+    KEYS[7] restaurant stream        {pN}:restaurant
+    KEYS[8] batch stream             {pN}:batch
+    KEYS[7+2i], KEYS[8+2i]  line i: item hash {pN}:r:<rid>:i:<item>,
+                            retired per-customer hash {pN}:r:<rid>:i:<item>:pcr
+    ARGV[1] order id
+    ARGV[2] live retention (ms)
+    ARGV[3] the archiver's consumer group
+    ARGV[4] back-off (ms) before an order kept for a passing reason is
+            looked at again
+  Output:
+    {'retired', status, pay}
+    {'kept', why}: gone (no such order; its index entry is dropped), moved
+      (not a final pair: dropped from the index, the archiver adds it again
+      when it rests), young (rested less than the retention), timers (a
+      delayed task is set), in_flight, unarchived (an event not yet
+      committed to the archive), lines (the keys do not match its lines).
+  Final pairs: CONFIRMED with CAPTURED; REJECTED with NONE, DECLINED,
+  VOIDED or REFUNDED.
+  Archived: for every event the order wrote, the archiver group of its
+  stream has delivered past it and does not hold it pending (it
+  acknowledges only after the batch committed in PostgreSQL).
+  Effects: the order hash is deleted. For an order that kept its stock
+  (not rejected) each line's units leave `supplied` and join `retired`
+  (`sv` bumped), so supplied = on hand + units held by live orders still
+  holds; counted lines move to the retired per-customer hash, so the
+  per-customer counters (which keep limiting the customer) stay explained.
+  The idempotency record stays until its TTL.
+  Bounded: O(events + lines).
+]]
+local order_key, resting, inflight, wheel = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local order_id, retention, group = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local backoff = tonumber(ARGV[4])
+
+local o = load_order(order_key)
+if not o then
+  rcall('ZREM', resting, order_id)
+  return {'kept', 'gone'}
+end
+local final = (o.status == 'CONFIRMED' and o.pay == 'CAPTURED')
+  or (o.status == 'REJECTED' and settled(o.status, o.pay))
+if not final then
+  rcall('ZREM', resting, order_id)
+  return {'kept', 'moved'}
+end
+local now = now_ms()
+local function later(why)
+  rcall('ZADD', resting, now - retention + backoff, order_id)
+  return {'kept', why}
+end
+if now - tonumber(o.updated or '0') < retention then
+  rcall('ZADD', resting, tonumber(o.updated or '0'), order_id)
+  return {'kept', 'young'}
+end
+for _, kind in ipairs(TIMER_KINDS) do
+  if rcall('ZSCORE', wheel, kind .. '|' .. order_id) then return later('timers') end
+end
+if rcall('ZSCORE', inflight, order_id) then return later('in_flight') end
+
+-- "ms-seq" as two numbers (ms < 2^53: exact in a Lua number).
+local function id_parts(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+local function id_le(a, b)
+  local ams, aseq = id_parts(a)
+  local bms, bseq = id_parts(b)
+  return ams < bms or (ams == bms and aseq <= bseq)
+end
+local streams = {}
+for i = 5, 8 do streams[KEYS[i]] = false end
+-- The archiver's last-delivered id per stream (read once per stream).
+local function delivered(stream)
+  if streams[stream] == false then
+    streams[stream] = ''
+    local ok, groups = pcall(rcall, 'XINFO', 'GROUPS', stream)
+    if ok then
+      for _, g in ipairs(groups) do
+        local info = {}
+        for j = 1, #g, 2 do info[g[j]] = g[j + 1] end
+        if info['name'] == group then streams[stream] = info['last-delivered-id'] end
+      end
+    end
+  end
+  return streams[stream]
+end
+for ev in string.gmatch(o.evs or '', '%S+') do
+  local stream, id = string.match(ev, '^(.*)|(%d+%-%d+)$')
+  if not stream or streams[stream] == nil then return later('unarchived') end
+  local last = delivered(stream)
+  if last == '' or not id_le(id, last) then return later('unarchived') end
+  if #rcall('XPENDING', stream, group, id, id, 1) > 0 then return later('unarchived') end
+end
+
+local lines = cjson.decode(o.lines)
+if #KEYS ~= 8 + 2 * #lines then return {'kept', 'lines'} end
+if o.status ~= 'REJECTED' then
+  for i, line in ipairs(lines) do
+    local item_key, pcr_key = KEYS[7 + 2 * i], KEYS[8 + 2 * i]
+    if rcall('EXISTS', item_key) == 1 then
+      rcall('HINCRBY', item_key, 'supplied', -line[2])
+      rcall('HINCRBY', item_key, 'retired', line[2])
+      rcall('HINCRBY', item_key, 'sv', 1)
+      if tonumber(line[4]) == 1 then rcall('HINCRBY', pcr_key, o.cust, line[2]) end
+    end
+  end
+end
+rcall('DEL', order_key)
+rcall('ZREM', resting, order_id)
+return {'retired', o.status, o.pay}
