@@ -83,27 +83,38 @@ local function id_le(a, b)
 end
 local streams = {}
 for i = 5, 8 do streams[KEYS[i]] = false end
--- The archiver's last-delivered id per stream (read once per stream).
-local function delivered(stream)
+-- Per stream, read once: the archiver's last-delivered id and the lowest id
+-- it holds pending ('' when none).
+local function group_state(stream)
   if streams[stream] == false then
-    streams[stream] = ''
+    local state = {delivered = '', lowest_pending = ''}
     local ok, groups = pcall(rcall, 'XINFO', 'GROUPS', stream)
     if ok then
       for _, g in ipairs(groups) do
         local info = {}
         for j = 1, #g, 2 do info[g[j]] = g[j + 1] end
-        if info['name'] == group then streams[stream] = info['last-delivered-id'] end
+        if info['name'] == group then
+          state.delivered = info['last-delivered-id']
+          if tonumber(info['pending']) > 0 then
+            state.lowest_pending = rcall('XPENDING', stream, group)[2]
+          end
+        end
       end
     end
+    streams[stream] = state
   end
   return streams[stream]
 end
 for ev in string.gmatch(o.evs or '', '%S+') do
   local stream, id = string.match(ev, '^(.*)|(%d+%-%d+)$')
   if not stream or streams[stream] == nil then return later('unarchived') end
-  local last = delivered(stream)
-  if last == '' or not id_le(id, last) then return later('unarchived') end
-  if #rcall('XPENDING', stream, group, id, id, 1) > 0 then return later('unarchived') end
+  local state = group_state(stream)
+  if state.delivered == '' or not id_le(id, state.delivered) then return later('unarchived') end
+  -- Pending entries all lie at or above the lowest: only then ask for this one.
+  if state.lowest_pending ~= '' and id_le(state.lowest_pending, id)
+      and #rcall('XPENDING', stream, group, id, id, 1) > 0 then
+    return later('unarchived')
+  end
 end
 
 local lines = cjson.decode(o.lines)

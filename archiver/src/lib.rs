@@ -7,13 +7,16 @@
 //! - [`audit`]: the archive audit (every event once, projections = Redis).
 //!
 //! # How a batch is archived
-//! One task per partition reads the partition's eight streams with
-//! XREADGROUP (group `archiver`): first its own pending entries (`0`: what a
+//! One task reads the eight streams of every partition with one XREADGROUP
+//! (group `archiver`) on standalone Redis; on a Cluster, one task per
+//! partition reads its own. First its own pending entries (`0`: what a
 //! crash or a failed transaction left), and only when none remain, new ones
 //! (`>`). A batch is written in **one transaction**: binary COPY into a
 //! staging table, `INSERT … SELECT … ON CONFLICT DO NOTHING` into
 //! `saga_events` (re-archiving an entry changes nothing), the projections of
-//! every order the batch touches refolded from the archive, and the
+//! every order the batch touches brought up to date (the batch's events
+//! applied on top of the row when they continue it; refolded from the
+//! archive when they arrived out of order), and the
 //! per-stream watermark advanced. Only after COMMIT are the entries XACKed.
 //! PostgreSQL being down fails the transaction: nothing is acknowledged, the
 //! entries stay pending in Redis, and the task retries with backoff.
@@ -31,7 +34,7 @@ pub mod project;
 pub mod repair;
 pub mod schema;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -44,7 +47,7 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{Json, Type};
 use uuid::Uuid;
 
-use crate::project::{Archived, fold};
+use crate::project::{Archived, OrderRow, fold};
 
 /// The archiver's consumer group on every stream.
 pub const GROUP: &str = engine::retire::ARCHIVER_GROUP;
@@ -237,13 +240,29 @@ impl Archiver {
         Ok(last)
     }
 
-    /// Runs one task per partition until `shutdown` turns true.
+    /// The partitions one reader covers together. On standalone Redis one
+    /// reader takes every partition in one XREADGROUP, so a batch (one
+    /// transaction) carries what all of them wrote; on a Cluster each
+    /// partition's streams live in their own slot and get their own reader.
+    fn shards(&self) -> Vec<Vec<u16>> {
+        let partitions = 0..self.engine.keys().partitions();
+        if self.engine.redis().is_clustered() {
+            partitions.map(|p| vec![p]).collect()
+        } else {
+            vec![partitions.collect()]
+        }
+    }
+
+    /// Runs one task per shard (see [`Archiver::shards`]) until `shutdown`
+    /// turns true.
     pub async fn run(self, shutdown: tokio::sync::watch::Receiver<bool>) {
-        let tasks: Vec<_> = (0..self.engine.keys().partitions())
-            .map(|p| {
+        let tasks: Vec<_> = self
+            .shards()
+            .into_iter()
+            .map(|partitions| {
                 let this = self.clone();
                 let shutdown = shutdown.clone();
-                tokio::spawn(async move { this.run_partition(p, shutdown).await })
+                tokio::spawn(async move { this.run_shard(&partitions, shutdown).await })
             })
             .collect();
         for task in tasks {
@@ -251,13 +270,17 @@ impl Archiver {
         }
     }
 
-    async fn run_partition(&self, p: u16, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    async fn run_shard(
+        &self,
+        partitions: &[u16],
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
         let mut idle = Duration::from_millis(1);
         let mut backoff = Duration::from_millis(50);
         let mut last_trim = Instant::now();
         let mut last_reclaim = Instant::now();
         while !*shutdown.borrow() {
-            let pause = match self.step(p).await {
+            let pause = match self.step_partitions(partitions).await {
                 Ok(0) => {
                     idle = (idle * 2).min(self.options.idle_poll_max);
                     backoff = Duration::from_millis(50);
@@ -270,7 +293,7 @@ impl Archiver {
                 }
                 Err(error) => {
                     metrics::counter!("lunchrush_archive_failures_total").increment(1);
-                    tracing::warn!(partition = p, %error, backoff_ms = backoff.as_millis() as u64,
+                    tracing::warn!(?partitions, %error, backoff_ms = backoff.as_millis() as u64,
                         "Archive batch failed; its entries stay pending in Redis.");
                     if error.to_string().contains("NOGROUP") {
                         let _ = self.ensure_groups().await;
@@ -282,14 +305,18 @@ impl Archiver {
             };
             if last_trim.elapsed() >= self.options.trim_every {
                 last_trim = Instant::now();
-                if let Err(error) = self.trim_partition(p).await {
-                    tracing::warn!(partition = p, %error, "Trim failed; will retry.");
+                for &p in partitions {
+                    if let Err(error) = self.trim_partition(p).await {
+                        tracing::warn!(partition = p, %error, "Trim failed; will retry.");
+                    }
                 }
             }
             if last_reclaim.elapsed() >= self.options.reclaim_idle {
                 last_reclaim = Instant::now();
-                if let Err(error) = self.reclaim(p).await {
-                    tracing::warn!(partition = p, %error, "Reclaim failed; will retry.");
+                for &p in partitions {
+                    if let Err(error) = self.reclaim(p).await {
+                        tracing::warn!(partition = p, %error, "Reclaim failed; will retry.");
+                    }
                 }
             }
             if !pause.is_zero() {
@@ -308,8 +335,8 @@ impl Archiver {
         let mut total = 0;
         for _ in 0..DRAIN_ROUNDS_MAX {
             let mut round = 0;
-            for p in 0..self.engine.keys().partitions() {
-                round += self.step(p).await?;
+            for partitions in self.shards() {
+                round += self.step_partitions(&partitions).await?;
             }
             total += round as u64;
             if round == 0 {
@@ -330,9 +357,15 @@ impl Archiver {
 
     /// One batch of one partition: pending entries first, else new ones.
     pub async fn step(&self, p: u16) -> Result<usize, ArchiveError> {
-        let mut entries = self.read(p, "0").await?;
+        self.step_partitions(&[p]).await
+    }
+
+    /// One batch over `partitions` (one XREADGROUP, one transaction):
+    /// pending entries first, else new ones.
+    pub async fn step_partitions(&self, partitions: &[u16]) -> Result<usize, ArchiveError> {
+        let mut entries = self.read(partitions, "0").await?;
         if entries.is_empty() {
-            entries = self.read(p, ">").await?;
+            entries = self.read(partitions, ">").await?;
         }
         if entries.is_empty() {
             return Ok(0);
@@ -343,7 +376,7 @@ impl Archiver {
             .await
             .expect("the semaphore is never closed");
         let started = Instant::now();
-        let resting = self.write_batch(&entries).await?;
+        let resting = self.write_batch(&entries, Projection::Incremental).await?;
         let mut by_stream: HashMap<&str, Vec<&str>> = HashMap::new();
         for entry in &entries {
             by_stream.entry(&entry.stream).or_default().push(&entry.id);
@@ -359,8 +392,11 @@ impl Archiver {
         Ok(entries.len())
     }
 
-    async fn read(&self, p: u16, id: &str) -> Result<Vec<Entry>, ArchiveError> {
-        let streams = partition_streams(&self.engine, p);
+    async fn read(&self, partitions: &[u16], id: &str) -> Result<Vec<Entry>, ArchiveError> {
+        let streams: Vec<String> = partitions
+            .iter()
+            .flat_map(|&p| partition_streams(&self.engine, p))
+            .collect();
         let ids: Vec<&str> = streams.iter().map(|_| id).collect();
         let page = engine::saga::read_group(
             self.engine.redis(),
@@ -406,7 +442,7 @@ impl Archiver {
             }));
         }
         if !entries.is_empty() {
-            self.write_batch(&entries).await?;
+            self.write_batch(&entries, Projection::Refold).await?;
         }
         Ok(entries.len())
     }
@@ -458,7 +494,11 @@ impl Archiver {
 
     /// Writes one batch in one transaction (see the crate docs); returns the
     /// orders it left at a final pair, with the time they came to rest.
-    async fn write_batch(&self, entries: &[Entry]) -> Result<Vec<(Uuid, i64)>, ArchiveError> {
+    async fn write_batch(
+        &self,
+        entries: &[Entry],
+        projection: Projection,
+    ) -> Result<Vec<(Uuid, i64)>, ArchiveError> {
         let mut events = Vec::with_capacity(entries.len());
         let mut dead = Vec::new();
         for entry in entries {
@@ -489,14 +529,16 @@ impl Archiver {
                  (LIKE saga_events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
             )
             .await?;
-        let tx = client.transaction().await?;
+        let transaction = client.transaction().await?;
+        let tx = &transaction;
         // Each payload is parsed once, here, for the COPY and every projection.
         let payloads: Vec<Value> = events
             .iter()
             .map(|e| serde_json::from_str(&e.data).unwrap_or_else(|_| json!({"raw": e.data})))
             .collect();
-        copy_events(&tx, &events, &payloads).await?;
-        tx.execute(
+        copy_events(tx, &events, &payloads).await?;
+        execute(
+            tx,
             "INSERT INTO saga_events (stream, entry_id, entry_ms, entry_seq, order_id, saga_id, seq, \
              type, schema_version, payload, event_time, part_time) \
              SELECT stream, entry_id, entry_ms, entry_seq, order_id, saga_id, seq, type, \
@@ -505,13 +547,13 @@ impl Archiver {
             &[],
         )
         .await?;
-        insert_dead_letters(&tx, &dead).await?;
-        insert_menu_history(&tx, &events, &payloads).await?;
-        insert_delayed_task_history(&tx, &events, &payloads).await?;
-        insert_order_items(&tx, &events, &payloads).await?;
-        let resting = refold_orders(&tx, &events).await?;
-        advance_watermarks(&tx, entries).await?;
-        tx.commit().await?;
+        insert_dead_letters(tx, &dead).await?;
+        insert_menu_history(tx, &events, &payloads).await?;
+        insert_delayed_task_history(tx, &events, &payloads).await?;
+        insert_order_items(tx, &events, &payloads).await?;
+        let resting = refold_orders(tx, &events, &payloads, projection).await?;
+        advance_watermarks(tx, entries).await?;
+        transaction.commit().await?;
         Ok(resting)
     }
 
@@ -753,7 +795,7 @@ pub fn civil_month(days: i64) -> (i32, u32) {
 }
 
 async fn copy_events(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &Tx<'_>,
     events: &[Event],
     payloads: &[Value],
 ) -> Result<(), ArchiveError> {
@@ -808,14 +850,11 @@ async fn copy_events(
     Ok(())
 }
 
-async fn insert_dead_letters(
-    tx: &tokio_postgres::Transaction<'_>,
-    dead: &[&Entry],
-) -> Result<(), ArchiveError> {
+async fn insert_dead_letters(tx: &Tx<'_>, dead: &[&Entry]) -> Result<(), ArchiveError> {
     for entry in dead {
         let field = |k: &str| entry.fields.get(k).cloned();
         let fields = json!(entry.fields);
-        tx.execute(
+        execute(tx,
             "INSERT INTO dead_letters (stream, entry_id, source, source_id, group_name, reason, action, fields) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
             &[
@@ -835,7 +874,7 @@ async fn insert_dead_letters(
 }
 
 async fn insert_menu_history(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &Tx<'_>,
     events: &[Event],
     payloads: &[Value],
 ) -> Result<(), ArchiveError> {
@@ -847,7 +886,7 @@ async fn insert_menu_history(
         let seq = event.seq as i64;
         match event.kind.as_str() {
             "RestaurantUpserted" => {
-                tx.execute(
+                execute(tx,
                     "INSERT INTO restaurant_history (restaurant_id, seq, name, open, auto_approve, at) \
                      VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
                     &[&text("r"), &seq, &text("name"), &flag("open"), &flag("auto"), &at],
@@ -855,7 +894,7 @@ async fn insert_menu_history(
                 .await?;
             }
             "MenuItemUpserted" => {
-                tx.execute(
+                execute(tx,
                     "INSERT INTO menu_item_history (restaurant_id, seq, item, name, price, stock, delta, \
                      available, max_per_customer, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
                      ON CONFLICT DO NOTHING",
@@ -882,7 +921,7 @@ async fn insert_menu_history(
 
 /// `timer_history` from TimerFired, `notifications` from NotificationSent.
 async fn insert_delayed_task_history(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &Tx<'_>,
     events: &[Event],
     payloads: &[Value],
 ) -> Result<(), ArchiveError> {
@@ -899,7 +938,7 @@ async fn insert_delayed_task_history(
                 ) else {
                     continue;
                 };
-                tx.execute(
+                execute(tx,
                     "INSERT INTO timer_history (order_id, kind, due_at, fired_at, lateness_ms, outcome) \
                      VALUES ($1, $2, $3, $4, $5, 'fired') ON CONFLICT DO NOTHING",
                     &[&order, &kind, &ms_time(due), &ms_time(fired), &(fired - due).max(0)],
@@ -910,7 +949,7 @@ async fn insert_delayed_task_history(
                 let Some(order) = event.order_id() else {
                     continue;
                 };
-                tx.execute(
+                execute(tx,
                     "INSERT INTO notifications (order_id, kind, idempotency_key, channel, attempts, sent_at) \
                      VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
                     &[
@@ -931,7 +970,7 @@ async fn insert_delayed_task_history(
 }
 
 async fn insert_order_items(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &Tx<'_>,
     events: &[Event],
     payloads: &[Value],
 ) -> Result<(), ArchiveError> {
@@ -967,7 +1006,7 @@ async fn insert_order_items(
     if orders.is_empty() {
         return Ok(());
     }
-    tx.execute(
+    execute(tx,
         "INSERT INTO order_items (order_id, item, qty, price) \
          SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::int4[], $4::int8[]) ON CONFLICT DO NOTHING",
         &[&orders, &items, &qtys, &prices],
@@ -976,49 +1015,80 @@ async fn insert_order_items(
     Ok(())
 }
 
-/// Refolds the projection of every order the batch touched, from the
-/// archive; returns those now at a final pair, with their last change (ms).
+/// Brings the projection of every order the batch touched up to date;
+/// returns those now at a final pair, with their last change (ms).
+///
+/// Incremental: when an order's events in the batch continue its complete
+/// projection row (or start it at seq 1) without a gap, they are applied on
+/// top of the row; only an order whose events arrived out of order (or
+/// whose row has a gap) is refolded from its whole archived history.
 async fn refold_orders(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &Tx<'_>,
     events: &[Event],
+    payloads: &[Value],
+    projection: Projection,
 ) -> Result<Vec<(Uuid, i64)>, ArchiveError> {
-    let touched: BTreeSet<Uuid> = events.iter().filter_map(Event::order_id).collect();
-    if touched.is_empty() {
+    let mut batch: BTreeMap<Uuid, Vec<Archived>> = BTreeMap::new();
+    for (event, payload) in events.iter().zip(payloads) {
+        let Some(order_id) = event.order_id() else {
+            continue;
+        };
+        batch.entry(order_id).or_default().push(Archived {
+            order_id,
+            saga_id: event.saga.parse().ok(),
+            seq: event.seq as i64,
+            kind: event.kind.clone(),
+            payload: payload.clone(),
+            at: ms_time(event.ts_ms),
+        });
+    }
+    if batch.is_empty() {
         return Ok(Vec::new());
     }
-    let ids: Vec<Uuid> = touched.into_iter().collect();
-    let months: Vec<SystemTime> = ids.iter().map(uuid_time).collect();
-    let rows = tx
-        .query(
-            "SELECT order_id, saga_id, seq, type, payload, event_time FROM saga_events \
-             WHERE order_id = ANY($1) AND part_time = ANY($2) ORDER BY order_id, seq",
-            &[&ids, &months],
-        )
-        .await?;
+    let ids: Vec<Uuid> = batch.keys().copied().collect();
+    let mut current = match projection {
+        Projection::Incremental => current_rows(tx, &ids).await?,
+        Projection::Refold => HashMap::new(),
+    };
     let mut folded = Vec::with_capacity(ids.len());
-    let mut current: Vec<Archived> = Vec::new();
-    for row in rows {
-        let event = Archived {
-            order_id: row.get(0),
-            saga_id: row.get(1),
-            seq: row.get(2),
-            kind: row.get(3),
-            payload: row.get::<_, Json<Value>>(4).0,
-            at: row.get(5),
-        };
-        if current.last().is_some_and(|e| e.order_id != event.order_id) {
-            folded.extend(fold(&current));
-            current.clear();
+    let mut refold = Vec::new();
+    for (id, mut events) in batch {
+        events.sort_by_key(|e| e.seq);
+        events.dedup_by_key(|e| e.seq);
+        let mut row = current
+            .remove(&id)
+            .unwrap_or_else(|| OrderRow::empty(id, events[0].saga_id));
+        events.retain(|e| e.seq > row.last_seq);
+        if events.is_empty() && projection == Projection::Incremental {
+            continue; // redelivered: the row has them all
         }
-        current.push(event);
+        let continues = projection == Projection::Incremental
+            && row.is_complete()
+            && events
+                .iter()
+                .enumerate()
+                .all(|(i, e)| e.seq == row.last_seq + 1 + i as i64);
+        if continues {
+            for event in &events {
+                row.apply(event);
+            }
+            folded.push(row);
+        } else {
+            refold.push(id);
+        }
     }
-    folded.extend(fold(&current));
+    if !refold.is_empty() {
+        folded.extend(refold_from_archive(tx, &refold).await?);
+    }
+    if folded.is_empty() {
+        return Ok(Vec::new());
+    }
     macro_rules! column {
         ($field:ident) => {
             folded.iter().map(|r| r.$field.clone()).collect::<Vec<_>>()
         };
     }
-    tx.execute(
+    execute(tx,
         "INSERT INTO orders (order_id, saga_id, customer, restaurant_id, status, reason, payment_status, \
          decision, total, created_at, updated_at, last_seq, events) \
          SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], \
@@ -1055,7 +1125,7 @@ async fn refold_orders(
         let refs: Vec<Option<String>> = paid.iter().map(|r| r.provider_ref.clone()).collect();
         let amounts: Vec<Option<i64>> = paid.iter().map(|r| r.total).collect();
         let times: Vec<Option<SystemTime>> = paid.iter().map(|r| r.updated_at).collect();
-        tx.execute(
+        execute(tx,
             "INSERT INTO payments (order_id, status, provider_ref, amount, updated_at) \
              SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int8[], $5::timestamptz[]) \
              ON CONFLICT (order_id) DO UPDATE SET status = EXCLUDED.status, \
@@ -1078,10 +1148,81 @@ async fn refold_orders(
         .collect())
 }
 
-async fn advance_watermarks(
-    tx: &tokio_postgres::Transaction<'_>,
-    entries: &[Entry],
-) -> Result<(), ArchiveError> {
+/// How a batch brings the projections up to date.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Projection {
+    /// Apply the batch's events on top of each row where they continue it.
+    Incremental,
+    /// Refold every touched order from its whole archived history (repair).
+    Refold,
+}
+
+/// The projection rows of `ids` as they are (with the provider reference).
+async fn current_rows(tx: &Tx<'_>, ids: &[Uuid]) -> Result<HashMap<Uuid, OrderRow>, ArchiveError> {
+    let rows = query(tx,
+            "SELECT o.order_id, o.saga_id, o.customer, o.restaurant_id, o.status, o.reason, \
+             o.payment_status, o.decision, o.total, o.created_at, o.updated_at, o.last_seq, o.events, \
+             p.provider_ref FROM orders o LEFT JOIN payments p USING (order_id) \
+             WHERE o.order_id = ANY($1)",
+            &[&ids],
+        )
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let order = OrderRow {
+                order_id: row.get(0),
+                saga_id: row.get(1),
+                customer: row.get(2),
+                restaurant_id: row.get(3),
+                status: row.get(4),
+                reason: row.get(5),
+                payment_status: row.get(6),
+                decision: row.get(7),
+                total: row.get(8),
+                created_at: row.get(9),
+                updated_at: row.get(10),
+                last_seq: row.get(11),
+                events: row.get(12),
+                provider_ref: row.get(13),
+            };
+            (order.order_id, order)
+        })
+        .collect())
+}
+
+/// Folds the orders `ids` from their whole archived history.
+async fn refold_from_archive(tx: &Tx<'_>, ids: &[Uuid]) -> Result<Vec<OrderRow>, ArchiveError> {
+    let months: Vec<SystemTime> = ids.iter().map(uuid_time).collect();
+    let rows = query(
+        tx,
+        "SELECT order_id, saga_id, seq, type, payload, event_time FROM saga_events \
+             WHERE order_id = ANY($1) AND part_time = ANY($2) ORDER BY order_id, seq",
+        &[&ids, &months],
+    )
+    .await?;
+    let mut folded = Vec::with_capacity(ids.len());
+    let mut current: Vec<Archived> = Vec::new();
+    for row in rows {
+        let event = Archived {
+            order_id: row.get(0),
+            saga_id: row.get(1),
+            seq: row.get(2),
+            kind: row.get(3),
+            payload: row.get::<_, Json<Value>>(4).0,
+            at: row.get(5),
+        };
+        if current.last().is_some_and(|e| e.order_id != event.order_id) {
+            folded.extend(fold(&current));
+            current.clear();
+        }
+        current.push(event);
+    }
+    folded.extend(fold(&current));
+    Ok(folded)
+}
+
+async fn advance_watermarks(tx: &Tx<'_>, entries: &[Entry]) -> Result<(), ArchiveError> {
     let mut highest: HashMap<&str, (i64, i64)> = HashMap::new();
     for entry in entries {
         if let Some(id) = parse_entry_id(&entry.id) {
@@ -1090,7 +1231,8 @@ async fn advance_watermarks(
         }
     }
     for (stream, (ms, seq)) in highest {
-        tx.execute(
+        execute(
+            tx,
             "INSERT INTO archive_watermarks (stream, entry_ms, entry_seq) VALUES ($1, $2, $3) \
              ON CONFLICT (stream) DO UPDATE SET entry_ms = EXCLUDED.entry_ms, \
              entry_seq = EXCLUDED.entry_seq, updated_at = now() \
@@ -1101,6 +1243,28 @@ async fn advance_watermarks(
         .await?;
     }
     Ok(())
+}
+
+/// The transaction every batch writes in (its statements are prepared once
+/// per connection and cached).
+type Tx<'a> = deadpool_postgres::Transaction<'a>;
+
+async fn execute(
+    tx: &Tx<'_>,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<u64, tokio_postgres::Error> {
+    let statement = tx.prepare_cached(sql).await?;
+    tx.execute(&statement, params).await
+}
+
+async fn query(
+    tx: &Tx<'_>,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+    let statement = tx.prepare_cached(sql).await?;
+    tx.query(&statement, params).await
 }
 
 #[cfg(test)]

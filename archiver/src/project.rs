@@ -57,24 +57,43 @@ impl OrderRow {
 /// Folds `events` (one order's, sorted by `seq`) into its row.
 pub fn fold(events: &[Archived]) -> Option<OrderRow> {
     let first = events.first()?;
-    let mut row = OrderRow {
-        order_id: first.order_id,
-        saga_id: first.saga_id,
-        customer: None,
-        restaurant_id: None,
-        status: "PENDING".into(),
-        reason: None,
-        payment_status: "NONE".into(),
-        decision: None,
-        total: None,
-        created_at: None,
-        updated_at: None,
-        last_seq: 0,
-        events: 0,
-        provider_ref: None,
-    };
+    let mut row = OrderRow::empty(first.order_id, first.saga_id);
     for event in events {
-        debug_assert_eq!(event.order_id, row.order_id);
+        row.apply(event);
+    }
+    Some(row)
+}
+
+impl OrderRow {
+    /// The row before an order's first event.
+    pub fn empty(order_id: Uuid, saga_id: Option<Uuid>) -> Self {
+        OrderRow {
+            order_id,
+            saga_id,
+            customer: None,
+            restaurant_id: None,
+            status: "PENDING".into(),
+            reason: None,
+            payment_status: "NONE".into(),
+            decision: None,
+            total: None,
+            created_at: None,
+            updated_at: None,
+            last_seq: 0,
+            events: 0,
+            provider_ref: None,
+        }
+    }
+
+    /// Whether the row holds every event up to its last (no gap): then the
+    /// next event can be applied on top of it.
+    pub fn is_complete(&self) -> bool {
+        i64::from(self.events) == self.last_seq
+    }
+
+    /// Applies the order's next event.
+    pub fn apply(&mut self, event: &Archived) {
+        debug_assert_eq!(event.order_id, self.order_id);
         let text = |k: &str| {
             event
                 .payload
@@ -84,43 +103,103 @@ pub fn fold(events: &[Archived]) -> Option<OrderRow> {
         };
         match event.kind.as_str() {
             "OrderPlaced" => {
-                row.customer = text("c");
-                row.restaurant_id = text("r");
-                row.total = event.payload.get("t").and_then(Value::as_i64);
-                row.created_at = Some(event.at);
+                self.customer = text("c");
+                self.restaurant_id = text("r");
+                self.total = event.payload.get("t").and_then(Value::as_i64);
+                self.created_at = Some(event.at);
             }
             "PaymentAuthorized" => {
-                row.payment_status = "AUTHORIZED".into();
-                if row.status == "PENDING" {
-                    row.status = "PAID".into();
+                self.payment_status = "AUTHORIZED".into();
+                if self.status == "PENDING" {
+                    self.status = "PAID".into();
                 }
             }
-            "PaymentDeclined" => row.payment_status = "DECLINED".into(),
-            "PaymentCaptured" => row.payment_status = "CAPTURED".into(),
-            "PaymentVoided" => row.payment_status = "VOIDED".into(),
-            "PaymentRefunded" => row.payment_status = "REFUNDED".into(),
-            "OrderApproved" => row.status = "APPROVED".into(),
+            "PaymentDeclined" => self.payment_status = "DECLINED".into(),
+            "PaymentCaptured" => self.payment_status = "CAPTURED".into(),
+            "PaymentVoided" => self.payment_status = "VOIDED".into(),
+            "PaymentRefunded" => self.payment_status = "REFUNDED".into(),
+            "OrderApproved" => self.status = "APPROVED".into(),
             "OrderRejected" => {
-                row.status = "REJECTED".into();
-                row.reason = text("reason");
+                self.status = "REJECTED".into();
+                self.reason = text("reason");
             }
-            "OrderDispatched" => row.status = "DISPATCHED".into(),
-            "OrderConfirmed" => row.status = "CONFIRMED".into(),
-            "RestaurantApproved" => row.decision = Some("approved".into()),
-            "RestaurantRejected" => row.decision = Some("rejected".into()),
+            "OrderDispatched" => self.status = "DISPATCHED".into(),
+            "OrderConfirmed" => self.status = "CONFIRMED".into(),
+            "RestaurantApproved" => self.decision = Some("approved".into()),
+            "RestaurantRejected" => self.decision = Some("rejected".into()),
             _ => {}
         }
         if event.kind.starts_with("Payment")
             && let Some(reference) = text("ref").filter(|r| !r.is_empty())
         {
-            row.provider_ref = Some(reference);
+            self.provider_ref = Some(reference);
         }
-        row.last_seq = row.last_seq.max(event.seq);
-        row.events += 1;
+        if self.saga_id.is_none() {
+            self.saga_id = event.saga_id;
+        }
+        self.last_seq = self.last_seq.max(event.seq);
+        self.events += 1;
         // A notification changes no state: Redis's `updated` stays too.
         if event.kind != "NotificationSent" {
-            row.updated_at = Some(event.at);
+            self.updated_at = Some(event.at);
         }
     }
-    Some(row)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(order: Uuid, seq: i64, kind: &str, payload: Value) -> Archived {
+        Archived {
+            order_id: order,
+            saga_id: None,
+            seq,
+            kind: kind.into(),
+            payload,
+            at: std::time::UNIX_EPOCH + std::time::Duration::from_millis(seq as u64),
+        }
+    }
+
+    /// Applying a continuation on top of a folded prefix gives the row a
+    /// fold of the whole history gives.
+    #[test]
+    fn folding_in_parts_equals_folding_at_once() {
+        let id = Uuid::now_v7();
+        let events = vec![
+            event(
+                id,
+                1,
+                "OrderPlaced",
+                serde_json::json!({"c": "c", "r": "r", "t": 10}),
+            ),
+            event(
+                id,
+                2,
+                "PaymentAuthorized",
+                serde_json::json!({"ref": "x", "amount": 10}),
+            ),
+            event(id, 3, "RestaurantApproved", serde_json::json!({})),
+            event(
+                id,
+                4,
+                "PaymentCaptured",
+                serde_json::json!({"ref": "x", "amount": 10}),
+            ),
+            event(id, 5, "OrderApproved", serde_json::json!({})),
+        ];
+        let whole = fold(&events).unwrap();
+        for cut in 1..events.len() {
+            let mut row = fold(&events[..cut]).unwrap();
+            assert!(row.is_complete());
+            for e in &events[cut..] {
+                row.apply(e);
+            }
+            assert_eq!(row, whole);
+        }
+        assert_eq!(
+            (whole.status.as_str(), whole.payment_status.as_str()),
+            ("APPROVED", "CAPTURED")
+        );
+    }
 }

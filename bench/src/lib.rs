@@ -58,3 +58,22 @@ pub async fn redis_info_number(
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0))
 }
+
+/// How a load tool reaches a running lunchrush: the variables
+/// `lunchrush up` writes to `stack.env`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StackArgs {
+    /// Partitions the engine runs with.
+    #[arg(long, env = "LUNCHRUSH_PARTITIONS", default_value_t = 16)]
+    pub partitions: u16,
+    #[arg(long, env = "LUNCHRUSH_KEY_PREFIX", default_value = "lr:")]
+    pub key_prefix: String,
+    #[arg(long, env = "LUNCHRUSH_API_URL")]
+    pub api: String,
+    #[arg(long, env = "LUNCHRUSH_REDIS_URL")]
+    pub redis: String,
+    #[arg(long, env = "LUNCHRUSH_POSTGRES_URL")]
+    pub postgres: String,
+    #[arg(long, env = "LUNCHRUSH_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: String,
+}

@@ -566,16 +566,21 @@ impl Worker {
         (!wait.is_zero()).then(|| wait.min(CIRCUIT_NAP_MAX))
     }
 
-    /// Reads new entries from every partition once and handles them.
+    /// Reads new entries from every partition once and handles them. On
+    /// standalone Redis one XREADGROUP covers every partition; on a Cluster
+    /// each partition (its own slot) is read on its own, concurrently.
     pub async fn read_round(&self) -> Result<Round, EngineError> {
         let keys = self.engine.keys();
         let this = self;
-        let reads = (0..keys.partitions()).map(|p| {
-            let streams: Vec<String> = self
-                .role
-                .topics()
+        let shards: Vec<Vec<u16>> = if self.engine.redis().is_clustered() {
+            (0..keys.partitions()).map(|p| vec![p]).collect()
+        } else {
+            vec![(0..keys.partitions()).collect()]
+        };
+        let reads = shards.into_iter().map(|partitions| {
+            let streams: Vec<String> = partitions
                 .iter()
-                .map(|t| keys.stream(p, *t))
+                .flat_map(|&p| self.role.topics().iter().map(move |t| keys.stream(p, *t)))
                 .collect();
             let ids: Vec<&str> = streams.iter().map(|_| ">").collect();
             async move {

@@ -59,8 +59,10 @@ pub struct UpArgs {
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
+    // Before READY is printed: a SIGTERM right after it stops us cleanly.
+    let stop = shutdown_signal();
     let running = start(args).await?;
-    shutdown_signal().await;
+    stop.await;
     running.stop().await?;
     Ok(ExitCode::SUCCESS)
 }
@@ -217,14 +219,17 @@ async fn bind_api(
     anyhow::bail!("no loopback port is free for the API")
 }
 
-/// Completes on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("install the SIGTERM handler");
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term.recv() => {}
+/// Completes on Ctrl-C or SIGTERM. The handlers are installed when this is
+/// called, not when it is first awaited: a signal in between is not lost.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).expect("install the SIGINT handler");
+    let mut term = signal(SignalKind::terminate()).expect("install the SIGTERM handler");
+    async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = term.recv() => {}
+        }
     }
 }
 

@@ -41,19 +41,8 @@ struct Args {
     /// Time between samples.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     sample_every: Duration,
-    /// Partitions the engine runs with.
-    #[arg(long, env = "LUNCHRUSH_PARTITIONS", default_value_t = 16)]
-    partitions: u16,
-    #[arg(long, env = "LUNCHRUSH_KEY_PREFIX", default_value = "lr:")]
-    key_prefix: String,
-    #[arg(long, env = "LUNCHRUSH_API_URL")]
-    api: String,
-    #[arg(long, env = "LUNCHRUSH_REDIS_URL")]
-    redis: String,
-    #[arg(long, env = "LUNCHRUSH_POSTGRES_URL")]
-    postgres: String,
-    #[arg(long, env = "LUNCHRUSH_JWT_SECRET", hide_env_values = true)]
-    jwt_secret: String,
+    #[command(flatten)]
+    stack: bench::StackArgs,
     /// The report.
     #[arg(long, default_value = "bench/SOAK.md")]
     out: PathBuf,
@@ -80,7 +69,21 @@ struct Sample {
     in_flight: u64,
     resting: u64,
     timers: u64,
+    /// Idempotency records (kept 25 h) and their bytes as MEMORY USAGE
+    /// sees them (without the expiry table's share).
+    idempotency_records: u64,
+    idempotency_bytes: u64,
+    /// Their bytes all told: records × what each costs (see [`record_cost`]).
+    idempotency_all_in: u64,
     postgres_bytes: i64,
+}
+
+impl Sample {
+    /// Redis memory without the idempotency records: what the live state
+    /// (orders, streams, indexes, menus) takes.
+    fn live_memory(&self) -> u64 {
+        self.used_memory.saturating_sub(self.idempotency_all_in)
+    }
 }
 
 struct Load {
@@ -254,6 +257,9 @@ async fn sample(
             cursor = next;
         }
     }
+    let (records, bytes) = idempotency(redis, keys).await?;
+    s.idempotency_records = records;
+    s.idempotency_bytes = bytes;
     s.postgres_bytes = pool
         .get()
         .await?
@@ -261,6 +267,50 @@ async fn sample(
         .await?
         .get(0);
     Ok(s)
+}
+
+/// How many idempotency records there are, and their bytes (MEMORY USAGE
+/// of up to 64 of them, scaled).
+async fn idempotency(redis: &Client, keys: &engine::keys::KeySpace) -> anyhow::Result<(u64, u64)> {
+    let pattern = format!("{}*:idem*", keys.prefix());
+    let (mut count, mut measured, mut measured_bytes) = (0u64, 0u64, 0u64);
+    let mut cursor = "0".to_string();
+    loop {
+        let (next, found): (String, Vec<String>) = redis
+            .custom(
+                fred::cmd!("SCAN"),
+                vec![
+                    cursor,
+                    "MATCH".into(),
+                    pattern.clone(),
+                    "COUNT".into(),
+                    "1000".into(),
+                ],
+            )
+            .await?;
+        count += found.len() as u64;
+        for key in found
+            .into_iter()
+            .take(64usize.saturating_sub(measured as usize))
+        {
+            let usage: Option<u64> = redis
+                .custom(
+                    fred::cmd!("MEMORY"),
+                    vec!["USAGE".to_string(), key, "SAMPLES".into(), "0".into()],
+                )
+                .await?;
+            if let Some(usage) = usage {
+                measured += 1;
+                measured_bytes += usage;
+            }
+        }
+        if next == "0" {
+            break;
+        }
+        cursor = next;
+    }
+    let bytes = measured_bytes.checked_div(measured).unwrap_or(0) * count;
+    Ok((count, bytes))
 }
 
 fn mib(bytes: f64) -> f64 {
@@ -297,10 +347,10 @@ fn chart(
     let mut chart = ChartBuilder::on(&root)
         .caption(
             format!(
-                "Redis memory under a steady load (live retention {})",
+                "Redis memory, steady load, live retention {}",
                 humantime::format_duration(retention)
             ),
-            ("sans-serif", 24),
+            ("sans-serif", 20),
         )
         .margin(12)
         .x_label_area_size(40)
@@ -326,6 +376,16 @@ fn chart(
         ))?
         .label("Redis used_memory (MiB)")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE.stroke_width(2)));
+    let green = RGBColor(0, 140, 60);
+    chart
+        .draw_series(LineSeries::new(
+            samples
+                .iter()
+                .map(|s| (s.at_s, mib(s.live_memory() as f64))),
+            green.stroke_width(3),
+        ))?
+        .label("without the idempotency records (kept 25 h) (MiB)")
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], green.stroke_width(3)));
     chart
         .draw_secondary_series(LineSeries::new(
             samples.iter().map(|s| (s.at_s, s.live_orders as f64)),
@@ -334,16 +394,21 @@ fn chart(
         .label("orders live in Redis (right axis)")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED.stroke_width(2)));
     for (at, label) in [
-        (retention.as_secs_f64(), "retention passed"),
+        (
+            retention.as_secs_f64(),
+            "the first orders' retention passed",
+        ),
         (duration.as_secs_f64(), "load stops"),
     ] {
         chart
             .draw_series(LineSeries::new(
                 [(at, 0.0), (at, y_max)],
-                BLACK.mix(0.4).stroke_width(1),
+                BLACK.mix(0.7).stroke_width(2),
             ))?
             .label(label)
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.4)));
+            .legend(|(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.7).stroke_width(2))
+            });
     }
     chart
         .configure_series_labels()
@@ -359,17 +424,17 @@ fn chart(
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let keys = engine::keys::KeySpace::new(&args.key_prefix, args.partitions);
-    let redis = Client::new(Config::from_url(&args.redis)?, None, None, None);
+    let keys = engine::keys::KeySpace::new(&args.stack.key_prefix, args.stack.partitions);
+    let redis = Client::new(Config::from_url(&args.stack.redis)?, None, None, None);
     redis.init().await?;
-    let pool = api::postgres_pool(&args.postgres)?;
-    let jwt = Keys::new(args.jwt_secret.as_bytes());
+    let pool = api::postgres_pool(&args.stack.postgres)?;
+    let jwt = Keys::new(args.stack.jwt_secret.as_bytes());
     let admin = jwt.mint(Role::Admin, "soak", None, Duration::from_secs(24 * 3600))?;
     let load = Arc::new(Load {
         http: reqwest::Client::builder()
             .pool_max_idle_per_host(256)
             .build()?,
-        api: args.api.clone(),
+        api: args.stack.api.clone(),
         keys: jwt,
         admin,
         placed: AtomicU64::new(0),
@@ -377,6 +442,10 @@ async fn main() -> anyhow::Result<()> {
     });
     load.seed().await?;
     let baseline = sample(&redis, &pool, &keys, Instant::now(), 0).await?;
+    let baseline = Sample {
+        idempotency_all_in: 0,
+        ..baseline
+    };
     eprintln!(
         "[soak] {} orders/s for {}, retention {}; baseline {:.1} MiB",
         args.rate,
@@ -434,7 +503,21 @@ async fn main() -> anyhow::Result<()> {
         samples.push(s);
     }
     producer.await?;
-    chart(&args.chart, &samples, args.retention, args.duration)?;
+    // What one idempotency record costs all told (key, value, the expiry
+    // table's entry, the tables' growth): once every order has left, what
+    // Redis holds above the baseline is those records alone.
+    let end = samples.last().cloned().unwrap_or_default();
+    let per_record = if end.live_orders == 0 && end.idempotency_records > 0 {
+        end.used_memory.saturating_sub(baseline.used_memory) as f64 / end.idempotency_records as f64
+    } else {
+        end.idempotency_bytes as f64 / end.idempotency_records.max(1) as f64
+    };
+    for s in &mut samples {
+        s.idempotency_all_in = (s.idempotency_records as f64 * per_record) as u64;
+    }
+    if let Err(error) = chart(&args.chart, &samples, args.retention, args.duration) {
+        eprintln!("[soak] no chart: {error}");
+    }
     let report = report(
         &args,
         &baseline,
@@ -463,24 +546,29 @@ fn report(args: &Args, baseline: &Sample, samples: &[Sample], refused: u64) -> S
         (min, mean, max)
     };
     let memory = stat(&|s| mib(s.used_memory as f64));
+    let live_memory = stat(&|s| mib(s.live_memory() as f64));
     let live = stat(&|s| s.live_orders as f64);
     let keys = stat(&|s| s.keys as f64);
     let first = steady.first().copied().cloned().unwrap_or_default();
     let last = steady.last().copied().cloned().unwrap_or_default();
     let placed = samples.last().map_or(0, |s| s.placed);
     let after = samples.last().cloned().unwrap_or_default();
-    let growth_per_hour = if last.at_s > first.at_s {
-        (last.used_memory as f64 - first.used_memory as f64) / (last.at_s - first.at_s) * 3600.0
-    } else {
-        0.0
+    let per_hour = |f: &dyn Fn(&Sample) -> u64| {
+        if last.at_s > first.at_s {
+            (f(&last) as f64 - f(&first) as f64) / (last.at_s - first.at_s) * 3600.0
+        } else {
+            0.0
+        }
     };
-    // Bytes per live order: the memory above the idle baseline, over the
-    // orders live then (includes their share of streams, indexes and the
-    // idempotency records of the window).
-    let per_live = (memory.1 * 1024.0 * 1024.0 - baseline.used_memory as f64) / live.1.max(1.0);
-    // What stays per order that left: the idempotency records (25 h TTL).
-    let retired = placed.saturating_sub(after.live_orders).max(1);
-    let residue = (after.used_memory as f64 - baseline.used_memory as f64) / retired as f64;
+    let growth_per_hour = per_hour(&|s| s.used_memory);
+    let live_growth_per_hour = per_hour(&|s| s.live_memory());
+    // Bytes per live order: the live state's memory above the idle
+    // baseline, over the orders live then (their streams and indexes too).
+    let per_live =
+        (live_memory.1 * 1024.0 * 1024.0 - baseline.live_memory() as f64) / live.1.max(1.0);
+    // What stays per order that left: its idempotency records (25 h TTL),
+    // all told.
+    let residue = after.idempotency_all_in as f64 / placed.max(1) as f64;
 
     let mut md = String::new();
     let _ = writeln!(md, "# Soak: bounded live state\n");
@@ -522,6 +610,11 @@ fn report(args: &Args, baseline: &Sample, samples: &[Sample], refused: u64) -> S
     );
     let _ = writeln!(
         md,
+        "| of which the live state (all but the idempotency records) (MiB) | {:.1} | {:.1} | {:.1} |",
+        live_memory.0, live_memory.1, live_memory.2
+    );
+    let _ = writeln!(
+        md,
         "| orders live in Redis | {:.0} | {:.0} | {:.0} |",
         live.0, live.1, live.2
     );
@@ -538,22 +631,26 @@ fn report(args: &Args, baseline: &Sample, samples: &[Sample], refused: u64) -> S
     );
     let _ = writeln!(
         md,
-        "- Redis memory drift over the steady window: {:+.1} MiB per hour (first {:.1} MiB at {:.0} s, last {:.1} MiB at {:.0} s). \
-         What still grows is the idempotency records until their 25 h TTL (below).",
-        mib(growth_per_hour),
-        mib(first.used_memory as f64),
+        "- Drift over the steady window ({:.0} s to {:.0} s): the live state {:+.1} MiB per hour; all of Redis {:+.1} MiB per hour, \
+         which is the idempotency records piling up until their 25 h TTL ({} records, {:.1} MiB at the end of the load, \
+         {:.0} B each all told: MEMORY USAGE counts {:.0} B, the rest is the expiry table and the keyspace's growth).",
         first.at_s,
-        mib(last.used_memory as f64),
-        last.at_s
+        last.at_s,
+        mib(live_growth_per_hour),
+        mib(growth_per_hour),
+        last.idempotency_records,
+        mib(last.idempotency_all_in as f64),
+        last.idempotency_all_in as f64 / last.idempotency_records.max(1) as f64,
+        last.idempotency_bytes as f64 / last.idempotency_records.max(1) as f64
     );
     let _ = writeln!(
         md,
-        "- Bytes per live order (memory above the baseline / orders live, streams and indexes included): **{per_live:.0} B**."
+        "- Bytes per live order (the live state above the baseline / orders live, streams and indexes included): **{per_live:.0} B**."
     );
     let _ = writeln!(
         md,
         "- After the load and one retention: {} orders live, {} stream entries, {} resting, {} in flight, {} timers; \
-         **{residue:.0} B per order that left** (its idempotency records until their TTL, plus allocator slack).",
+         the idempotency records stay until their TTL: **{residue:.0} B per order that left**.",
         after.live_orders, after.stream_entries, after.resting, after.in_flight, after.timers
     );
     let _ = writeln!(
@@ -601,7 +698,7 @@ fn report(args: &Args, baseline: &Sample, samples: &[Sample], refused: u64) -> S
     let _ = writeln!(md, "\n## Samples\n");
     let _ = writeln!(
         md,
-        "| s | placed | used_memory MiB | keys | live orders | stream entries | in flight | resting | timers | PostgreSQL MiB |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        "| s | placed | used_memory MiB | live state MiB | keys | live orders | stream entries | in flight | resting | timers | idempotency records | PostgreSQL MiB |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     );
     let every = (samples.len() / 40).max(1);
     for (i, s) in samples.iter().enumerate() {
@@ -610,16 +707,18 @@ fn report(args: &Args, baseline: &Sample, samples: &[Sample], refused: u64) -> S
         }
         let _ = writeln!(
             md,
-            "| {:.0} | {} | {:.1} | {} | {} | {} | {} | {} | {} | {:.1} |",
+            "| {:.0} | {} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {:.1} |",
             s.at_s,
             s.placed,
             mib(s.used_memory as f64),
+            mib(s.live_memory() as f64),
             s.keys,
             s.live_orders,
             s.stream_entries,
             s.in_flight,
             s.resting,
             s.timers,
+            s.idempotency_records,
             mib(s.postgres_bytes as f64)
         );
     }

@@ -1,0 +1,521 @@
+//! `e2e-bench`: end-to-end capacity, the way a user runs lunchrush. Against
+//! a running `lunchrush up` (`bench/e2e` starts it, with the provider
+//! simulator as its own process), orders are POSTed over HTTP from an open
+//! model (a fixed offered rate, no polling) in steps of rising rate. After
+//! each step it waits until every order placed is settled in Redis and its
+//! projection in PostgreSQL says so (archived), and reports:
+//!
+//! - the rate settled *and* archived (orders / time from the step's start
+//!   until the last of them was archived);
+//! - placement p50/p99 (client side) and placed → captured p50/p99 from the
+//!   events' own Redis timestamps in the archive;
+//! - Redis commands per order and CPU per order of every process.
+//!
+//! A step is sustained when the load generator kept its schedule, nothing
+//! was refused, placement p99 stayed under 20 ms and the backlog drained
+//! within a second of the step's end (plus 10% of its length). The
+//! capacity is the highest sustained settled rate.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use api::auth::{Keys, Role};
+use clap::Parser;
+use fred::prelude::*;
+use serde_json::json;
+
+#[derive(Debug, Parser)]
+#[command(about = "End-to-end capacity over HTTP: settled and archived orders per second.")]
+struct Args {
+    /// Offered rates to step through (orders/s), lowest first.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "250,500,1000,1500,2000,3000,4000"
+    )]
+    rates: Vec<f64>,
+    /// How long each step offers its rate.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    step: Duration,
+    /// Restaurants (all auto-approving) the orders spread over (Zipf-free:
+    /// round robin).
+    #[arg(long, default_value_t = 200)]
+    restaurants: usize,
+    /// Processes whose CPU is reported: NAME=PID[,PID…] (repeatable).
+    #[arg(long = "process")]
+    processes: Vec<String>,
+    #[command(flatten)]
+    stack: bench::StackArgs,
+    /// HTTP connections at most (the load's pool).
+    #[arg(long, default_value_t = 256)]
+    connections: usize,
+    /// Write the Markdown table here (also printed).
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
+}
+
+const DISHES: usize = 5;
+
+/// Processes watched for CPU: name and pids.
+struct Watched {
+    name: String,
+    pids: Vec<u32>,
+}
+
+impl Watched {
+    fn cpu(&self) -> f64 {
+        self.pids.iter().map(|&p| bench::cpu_seconds(p)).sum()
+    }
+}
+
+/// Every pid whose command is `postgres` (the server and its backends).
+fn postgres_pids() -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim() == "postgres" {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+#[derive(Debug, Clone, Default)]
+struct Step {
+    offered: f64,
+    placed: u64,
+    refused: u64,
+    behind_schedule: bool,
+    placed_per_s: f64,
+    settled_per_s: f64,
+    drained_after_s: f64,
+    place_p50_ms: f64,
+    place_p99_ms: f64,
+    captured_p50_ms: f64,
+    captured_p99_ms: f64,
+    commands_per_order: f64,
+    /// The commands behind it, most frequent first: (command, calls per order).
+    commands: Vec<(String, f64)>,
+    /// (process, µs of CPU per settled order).
+    cpu_us: Vec<(String, f64)>,
+    sustained: bool,
+}
+
+struct Load {
+    http: reqwest::Client,
+    api: String,
+    keys: Keys,
+    restaurants: usize,
+    latencies_us: std::sync::Mutex<Vec<u32>>,
+    ids: std::sync::Mutex<Vec<uuid::Uuid>>,
+    refused: AtomicU64,
+}
+
+impl Load {
+    async fn seed(&self) -> anyhow::Result<()> {
+        let admin = self
+            .keys
+            .mint(Role::Admin, "e2e", None, Duration::from_secs(3600))?;
+        let puts = (0..self.restaurants).map(|r| {
+            let admin = admin.clone();
+            async move {
+                let rid = format!("e2e-{r:03}");
+                let body = json!({"name": rid, "open": true, "auto_approve": true});
+                self.http
+                    .put(format!("{}/v1/restaurants/{rid}", self.api))
+                    .bearer_auth(&admin)
+                    .json(&body)
+                    .send()
+                    .await?
+                    .error_for_status()?;
+                for d in 0..DISHES {
+                    let body = json!({"name": format!("dish {d}"), "price": 6_000 + 1_000 * d as i64,
+                        "stock": 1_000_000, "available": true});
+                    self.http
+                        .put(format!("{}/v1/restaurants/{rid}/menu/dish-{d}", self.api))
+                        .bearer_auth(&admin)
+                        .json(&body)
+                        .send()
+                        .await?
+                        .error_for_status()?;
+                }
+                anyhow::Ok(())
+            }
+        });
+        futures::future::try_join_all(puts).await?;
+        Ok(())
+    }
+
+    async fn place(self: Arc<Self>, n: u64, token: Arc<str>) {
+        let r = n as usize % self.restaurants;
+        let dish = (n / self.restaurants as u64) as usize % DISHES;
+        let body = json!({"restaurant_id": format!("e2e-{r:03}"),
+            "items": [{"item": format!("dish-{dish}"), "qty": 1}],
+            "expected_total": 6_000 + 1_000 * dish as i64});
+        let started = Instant::now();
+        let response = self
+            .http
+            .post(format!("{}/v1/orders", self.api))
+            .bearer_auth(&*token)
+            .header("idempotency-key", format!("e2e-{n}"))
+            .json(&body)
+            .send()
+            .await;
+        let elapsed = started.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+        let placed = match response {
+            Ok(response) if response.status().as_u16() == 202 => response
+                .json::<serde_json::Value>()
+                .await
+                .ok()
+                .and_then(|v| v["order_id"].as_str().and_then(|s| s.parse().ok())),
+            _ => None,
+        };
+        match placed {
+            Some(id) => {
+                self.latencies_us.lock().unwrap().push(elapsed);
+                self.ids.lock().unwrap().push(id);
+            }
+            None => {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Calls per command (`INFO commandstats`).
+async fn command_calls(redis: &Client) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
+    let info: String = redis
+        .info(Some(fred::types::InfoKind::CommandStats))
+        .await?;
+    Ok(info
+        .lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((name.to_string(), calls))
+        })
+        .collect())
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    f64::from(sorted[i]) / 1_000.0
+}
+
+/// Offers `rate` for `length`; then waits until every order placed is
+/// settled and archived.
+#[allow(clippy::too_many_arguments)]
+async fn run_step(
+    load: &Arc<Load>,
+    redis: &Client,
+    engine: &engine::Engine,
+    pool: &deadpool_postgres::Pool,
+    watched: &[Watched],
+    rate: f64,
+    length: Duration,
+    first: &mut u64,
+) -> anyhow::Result<Step> {
+    load.latencies_us.lock().unwrap().clear();
+    load.ids.lock().unwrap().clear();
+    load.refused.store(0, Ordering::Relaxed);
+    // A token per 100 customers, minted before the clock starts.
+    let tokens: Vec<Arc<str>> = (0..100)
+        .map(|c| {
+            load.keys
+                .mint(
+                    Role::Customer,
+                    &format!("e2e-c{c}"),
+                    None,
+                    Duration::from_secs(3600),
+                )
+                .map(Arc::from)
+        })
+        .collect::<Result<_, _>>()?;
+    let commands0 = bench::redis_info_number(
+        redis,
+        fred::types::InfoKind::Stats,
+        "total_commands_processed",
+    )
+    .await?;
+    let cpu0: Vec<f64> = watched.iter().map(Watched::cpu).collect();
+    let calls0 = command_calls(redis).await?;
+    let started = Instant::now();
+    let total = (rate * length.as_secs_f64()).round() as u64;
+    let mut tasks = Vec::with_capacity(total as usize);
+    let mut behind = Duration::ZERO;
+    for i in 0..total {
+        let due = started + Duration::from_secs_f64(i as f64 / rate);
+        let now = Instant::now();
+        if due > now {
+            tokio::time::sleep_until(due.into()).await;
+        } else {
+            behind = behind.max(now - due);
+        }
+        let n = *first + i;
+        tasks.push(tokio::spawn(
+            load.clone()
+                .place(n, tokens[n as usize % tokens.len()].clone()),
+        ));
+    }
+    *first += total;
+    for task in tasks {
+        let _ = task.await;
+    }
+    let offered_for = started.elapsed();
+    let ids: Vec<uuid::Uuid> = load.ids.lock().unwrap().clone();
+    // Settled in Redis, then archived as settled.
+    let deadline = Instant::now() + length * 6 + Duration::from_secs(30);
+    loop {
+        if engine.unsettled().await? == 0 {
+            let archived: i64 = pool
+                .get()
+                .await?
+                .query_one(
+                    "SELECT count(*) FROM orders WHERE order_id = ANY($1) \
+                     AND status = 'APPROVED' AND payment_status = 'CAPTURED'",
+                    &[&ids],
+                )
+                .await?
+                .get(0);
+            if archived as usize >= ids.len() {
+                break;
+            }
+        }
+        anyhow::ensure!(Instant::now() < deadline, "step at {rate}/s never settled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let settled_after = started.elapsed();
+    let cpu1: Vec<f64> = watched.iter().map(Watched::cpu).collect();
+    let commands1 = bench::redis_info_number(
+        redis,
+        fred::types::InfoKind::Stats,
+        "total_commands_processed",
+    )
+    .await?;
+    let calls1 = command_calls(redis).await?;
+    let mut latencies = load.latencies_us.lock().unwrap().clone();
+    latencies.sort_unstable();
+    let months: Vec<std::time::SystemTime> = ids.iter().map(engine::ids::created_at).collect();
+    let row = pool
+        .get()
+        .await?
+        .query_one(
+            "WITH p AS (SELECT order_id, event_time AS placed FROM saga_events \
+               WHERE order_id = ANY($1) AND part_time = ANY($2) AND type = 'OrderPlaced'), \
+             c AS (SELECT order_id, event_time AS captured FROM saga_events \
+               WHERE order_id = ANY($1) AND part_time = ANY($2) AND type = 'PaymentCaptured') \
+             SELECT coalesce(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), 0)::float8, \
+                    coalesce(percentile_cont(0.99) WITHIN GROUP (ORDER BY ms), 0)::float8 \
+             FROM (SELECT extract(epoch FROM c.captured - p.placed) * 1000 AS ms \
+                   FROM p JOIN c USING (order_id)) d",
+            &[&ids, &months],
+        )
+        .await?;
+    let placed = ids.len() as u64;
+    let orders = placed.max(1) as f64;
+    let drained_after = settled_after.saturating_sub(offered_for);
+    let mut step = Step {
+        offered: rate,
+        placed,
+        refused: load.refused.load(Ordering::Relaxed),
+        behind_schedule: behind > Duration::from_millis(250),
+        placed_per_s: placed as f64 / offered_for.as_secs_f64(),
+        settled_per_s: placed as f64 / settled_after.as_secs_f64(),
+        drained_after_s: drained_after.as_secs_f64(),
+        place_p50_ms: percentile(&latencies, 0.5),
+        place_p99_ms: percentile(&latencies, 0.99),
+        captured_p50_ms: row.get(0),
+        captured_p99_ms: row.get(1),
+        commands_per_order: (commands1 - commands0) as f64 / orders,
+        commands: {
+            let mut per: Vec<(String, f64)> = calls1
+                .iter()
+                .map(|(name, n)| {
+                    let before = calls0.get(name).copied().unwrap_or(0);
+                    (name.clone(), n.saturating_sub(before) as f64 / orders)
+                })
+                .filter(|(_, n)| *n >= 0.05)
+                .collect();
+            per.sort_by(|a, b| b.1.total_cmp(&a.1));
+            per
+        },
+        cpu_us: watched
+            .iter()
+            .zip(cpu0.iter().zip(&cpu1))
+            .map(|(w, (a, b))| (w.name.clone(), (b - a) / orders * 1e6))
+            .collect(),
+        sustained: false,
+    };
+    step.sustained = !step.behind_schedule
+        && step.refused == 0
+        && step.place_p99_ms < 20.0
+        && drained_after < Duration::from_secs(1) + length / 10;
+    Ok(step)
+}
+
+fn table(steps: &[Step], watched: &[Watched]) -> String {
+    let mut md = String::new();
+    let _ = write!(
+        md,
+        "| offered/s | orders | placed/s | settled+archived/s | drained after | placement p50 / p99 ms | placed → captured p50 / p99 ms | Redis cmds/order |"
+    );
+    for w in watched {
+        let _ = write!(md, " {} µs/order |", w.name);
+    }
+    let _ = writeln!(md, " sustained |");
+    let _ = write!(md, "| --- | --- | --- | --- | --- | --- | --- | --- |");
+    for _ in watched {
+        let _ = write!(md, " --- |");
+    }
+    let _ = writeln!(md, " --- |");
+    for s in steps {
+        let _ = write!(
+            md,
+            "| {:.0} | {} | {:.0} | {:.0} | {:.1} s | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} |",
+            s.offered,
+            s.placed,
+            s.placed_per_s,
+            s.settled_per_s,
+            s.drained_after_s,
+            s.place_p50_ms,
+            s.place_p99_ms,
+            s.captured_p50_ms,
+            s.captured_p99_ms,
+            s.commands_per_order
+        );
+        for (_, us) in &s.cpu_us {
+            let _ = write!(md, " {us:.0} |");
+        }
+        let why = if s.sustained {
+            "yes".to_string()
+        } else if s.refused > 0 {
+            format!("no: {} refused", s.refused)
+        } else if s.behind_schedule {
+            "no: the load fell behind".into()
+        } else if s.place_p99_ms >= 20.0 {
+            "no: p99 ≥ 20 ms".into()
+        } else {
+            "no: backlog".into()
+        };
+        let _ = writeln!(md, " {why} |");
+    }
+    md
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let redis = Client::new(Config::from_url(&args.stack.redis)?, None, None, None);
+    redis.init().await?;
+    let config = engine::Config {
+        redis_url: args.stack.redis.clone(),
+        postgres_url: args.stack.postgres.clone(),
+        partitions: args.stack.partitions,
+        key_prefix: args.stack.key_prefix.clone(),
+        jwt_secret: args.stack.jwt_secret.clone(),
+        ..engine::Config::default()
+    };
+    let engine = engine::Engine::new(engine::store::connect(&config).await?, config).await?;
+    let pool = api::postgres_pool(&args.stack.postgres)?;
+    let mut watched: Vec<Watched> = args
+        .processes
+        .iter()
+        .filter_map(|p| {
+            let (name, pids) = p.split_once('=')?;
+            Some(Watched {
+                name: name.to_string(),
+                pids: pids.split(',').filter_map(|s| s.parse().ok()).collect(),
+            })
+        })
+        .collect();
+    watched.push(Watched {
+        name: "load".into(),
+        pids: vec![std::process::id()],
+    });
+    let load = Arc::new(Load {
+        http: reqwest::Client::builder()
+            .pool_max_idle_per_host(args.connections)
+            .build()?,
+        api: args.stack.api.clone(),
+        keys: Keys::new(args.stack.jwt_secret.as_bytes()),
+        restaurants: args.restaurants,
+        latencies_us: std::sync::Mutex::new(Vec::new()),
+        ids: std::sync::Mutex::new(Vec::new()),
+        refused: AtomicU64::new(0),
+    });
+    load.seed().await?;
+    let mut steps = Vec::new();
+    let mut first = 0;
+    for &rate in &args.rates {
+        // PostgreSQL's backends come and go: look them up per step.
+        if let Some(pg) = watched.iter_mut().find(|w| w.name == "postgres") {
+            pg.pids = postgres_pids();
+        }
+        let step = run_step(
+            &load, &redis, &engine, &pool, &watched, rate, args.step, &mut first,
+        )
+        .await?;
+        eprintln!(
+            "[e2e] offered {:.0}/s: settled+archived {:.0}/s, placement p99 {:.1} ms, placed→captured p50 {:.1} ms, sustained {}",
+            step.offered,
+            step.settled_per_s,
+            step.place_p99_ms,
+            step.captured_p50_ms,
+            step.sustained
+        );
+        let stop = !step.sustained;
+        steps.push(step);
+        if stop {
+            break;
+        }
+    }
+    let best = steps
+        .iter()
+        .filter(|s| s.sustained)
+        .max_by(|a, b| a.settled_per_s.total_cmp(&b.settled_per_s));
+    let mut md = table(&steps, &watched);
+    match best {
+        Some(best) => {
+            let mix: Vec<String> = best
+                .commands
+                .iter()
+                .map(|(name, n)| format!("{name} {n:.1}"))
+                .collect();
+            let _ = writeln!(
+                md,
+                "\nRedis commands per order at that rate (INFO commandstats; scripts count their inner calls too): {}",
+                mix.join(", ")
+            );
+            let _ = writeln!(
+                md,
+                "\ncapacity={:.0} settled and archived orders/s (offered {:.0}/s); placement p99 {:.1} ms; placed → captured p50 {:.1} ms / p99 {:.1} ms",
+                best.settled_per_s,
+                best.offered,
+                best.place_p99_ms,
+                best.captured_p50_ms,
+                best.captured_p99_ms
+            );
+        }
+        None => {
+            let _ = writeln!(md, "\ncapacity=0 (no step was sustained)");
+        }
+    }
+    print!("{md}");
+    if let Some(out) = &args.out {
+        std::fs::write(out, &md)?;
+    }
+    Ok(())
+}
