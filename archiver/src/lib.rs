@@ -376,7 +376,9 @@ impl Archiver {
             .await
             .expect("the semaphore is never closed");
         let started = Instant::now();
-        let resting = self.write_batch(&entries, Projection::Incremental).await?;
+        // Incremental projection disagreed with Redis under a chaos run
+        // (being investigated): refold until it is proven.
+        let resting = self.write_batch(&entries, Projection::Refold).await?;
         let mut by_stream: HashMap<&str, Vec<&str>> = HashMap::new();
         for entry in &entries {
             by_stream.entry(&entry.stream).or_default().push(&entry.id);
