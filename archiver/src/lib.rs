@@ -14,9 +14,8 @@
 //! (`>`). A batch is written in **one transaction**: binary COPY into a
 //! staging table, `INSERT … SELECT … ON CONFLICT DO NOTHING` into
 //! `saga_events` (re-archiving an entry changes nothing), the projections of
-//! every order the batch touches brought up to date (the batch's events
-//! applied on top of the row when they continue it; refolded from the
-//! archive when they arrived out of order), and the
+//! every order the batch touches refolded from the archive (an incremental
+//! path exists but is switched off until it passes chaos), and the
 //! per-stream watermark advanced. Only after COMMIT are the entries XACKed.
 //! PostgreSQL being down fails the transaction: nothing is acknowledged, the
 //! entries stay pending in Redis, and the task retries with backoff.
