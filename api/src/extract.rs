@@ -227,6 +227,28 @@ where
     }
 }
 
+/// A query string: like axum's, but one that does not parse is a
+/// problem+json 400 that names the parameter.
+#[derive(Debug)]
+pub struct Query<T>(pub T);
+
+impl<T> FromRequestParts<AppState> for Query<T>
+where
+    T: DeserializeOwned + Send,
+{
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(Query(value)),
+            Err(rejection) => Err(Problem::bad_request(
+                "invalid_query",
+                format!("the query string does not parse: {}", rejection.body_text()),
+            )),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,6 +8,8 @@
 //! - [`menus`], [`orders`]: the v1 routes.
 //! - [`archive`]: retired orders read back from PostgreSQL.
 //! - [`health`], [`metrics`], [`openapi`]: operations endpoints.
+//! - [`admin`], [`console`]: the operations console (`/ops/`) and the
+//!   `/v1/admin/…` JSON behind it.
 //! - [`server`]: the accept loop: connection cap, head timeout, protocol
 //!   refusals as problem+json.
 //!
@@ -15,9 +17,11 @@
 //! status codes and `application/problem+json`; the engine below it speaks
 //! in domain results.
 
+pub mod admin;
 pub mod admission;
 pub mod archive;
 pub mod auth;
+pub mod console;
 pub mod extract;
 pub mod health;
 pub mod menus;
@@ -61,6 +65,21 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/orders/{id}/confirm"),
     ("POST", "/v1/orders/{id}/cancel"),
     ("GET", "/v1/orders/{id}/events"),
+    ("GET", "/v1/admin/overview"),
+    ("GET", "/v1/admin/orders"),
+    ("GET", "/v1/admin/orders/{id}"),
+    ("GET", "/v1/admin/stuck"),
+    ("POST", "/v1/admin/sagas"),
+    ("GET", "/v1/admin/dead-letters"),
+    (
+        "POST",
+        "/v1/admin/dead-letters/{kind}/{partition}/{id}/retry",
+    ),
+    (
+        "POST",
+        "/v1/admin/dead-letters/{kind}/{partition}/{id}/resolve",
+    ),
+    ("GET", "/v1/admin/actions"),
 ];
 
 /// What every handler can reach.
@@ -87,6 +106,8 @@ pub struct AppState {
     /// gathered in the background): what a process without payment hops
     /// (`--no-workers`) goes by.
     pub circuit_open_elsewhere: Arc<std::sync::atomic::AtomicBool>,
+    /// The operations console's provider, notifier and figures.
+    pub console: Arc<admin::Console>,
 }
 
 impl AppState {
@@ -98,7 +119,6 @@ impl AppState {
     ) -> Self {
         Self {
             redis: engine.redis().clone(),
-            engine,
             postgres,
             keys: auth::Keys::new(jwt_secret),
             in_flight: Arc::new(tokio::sync::Semaphore::new(limits.in_flight_max)),
@@ -113,7 +133,23 @@ impl AppState {
             breaker: None,
             payment_backlog: Arc::default(),
             circuit_open_elsewhere: Arc::default(),
+            console: Arc::new(admin::Console::new(
+                engine::psp::PspClient::new(&engine.config().psp_url),
+                Arc::new(engine::notify::LogNotifier),
+            )),
+            engine,
         }
+    }
+
+    /// The console re-drives through `psp` (the workers' client, so their
+    /// breaker) and sends re-driven notices through `notifier`.
+    pub fn with_provider(
+        mut self,
+        psp: engine::psp::PspClient,
+        notifier: Arc<dyn engine::notify::Notifier>,
+    ) -> Self {
+        self.console = Arc::new(admin::Console::new(psp, notifier));
+        self
     }
 
     /// Refuses placements while `breaker` (the payment hops') is open.
@@ -278,6 +314,21 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/orders/{id}/confirm", post(orders::confirm))
         .route("/v1/orders/{id}/cancel", post(orders::cancel))
         .route("/v1/orders/{id}/events", get(orders::events))
+        .route("/v1/admin/overview", get(admin::overview::get))
+        .route("/v1/admin/orders", get(admin::orders::search))
+        .route("/v1/admin/orders/{id}", get(admin::orders::detail))
+        .route("/v1/admin/stuck", get(admin::actions::stuck))
+        .route("/v1/admin/sagas", post(admin::actions::sagas))
+        .route("/v1/admin/dead-letters", get(admin::actions::letters))
+        .route(
+            "/v1/admin/dead-letters/{kind}/{partition}/{id}/retry",
+            post(admin::actions::retry),
+        )
+        .route(
+            "/v1/admin/dead-letters/{kind}/{partition}/{id}/resolve",
+            post(admin::actions::resolve),
+        )
+        .route("/v1/admin/actions", get(admin::actions::actions))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(from_fn_with_state(state.clone(), admit))
@@ -285,6 +336,11 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::render))
         .route("/openapi.json", get(openapi))
+        .route("/ops", get(console::root))
+        .route("/ops/", get(console::page))
+        .route("/ops/app.js", get(console::script))
+        .route("/ops/app.css", get(console::style))
+        .route("/ops/{*path}", get(console::page))
         .route_layer(from_fn(metrics::track))
         .layer(from_fn(server::close_unread))
         .with_state(state)

@@ -63,7 +63,7 @@ fn order_action(summary: &str, extra_body: Option<&str>) -> Value {
 }
 
 /// The OpenAPI document.
-pub fn document() -> Value {
+fn base() -> Value {
     let rid = json!({"$ref": "#/components/parameters/RestaurantId"});
     let item = json!({"$ref": "#/components/parameters/ItemId"});
     json!({
@@ -169,4 +169,77 @@ pub fn document() -> Value {
             }
         }
     })
+}
+
+/// The whole document: the v1 routes and the admin routes behind `/ops/`.
+pub fn document() -> Value {
+    let mut document = base();
+    let admin = |summary: &str, extra: Value| {
+        let mut op = json!({
+            "summary": summary,
+            "tags": ["admin"],
+            "security": [{"bearer": []}],
+            "responses": common_errors(json!({"200": ok("the answer", "AdminAnswer")}), false),
+        });
+        for (key, value) in extra.as_object().cloned().unwrap_or_default() {
+            if key == "responses" {
+                for (status, response) in value.as_object().cloned().unwrap_or_default() {
+                    op["responses"][status] = response;
+                }
+            } else {
+                op[key] = value;
+            }
+        }
+        op
+    };
+    let query = |name: &str, description: &str| json!({"name": name, "in": "query", "required": false, "description": description, "schema": {"type": "string"}});
+    let letter_params = json!([
+        {"name": "kind", "in": "path", "required": true, "schema": {"enum": ["dead", "parked"]}},
+        {"name": "partition", "in": "path", "required": true, "schema": {"type": "integer", "minimum": 0}},
+        {"name": "id", "in": "path", "required": true, "schema": {"type": "string", "description": "the stream entry id"}}
+    ]);
+    let with_note = |summary: &str| {
+        admin(
+            summary,
+            json!({
+        "parameters": letter_params,
+        "requestBody": body("Note"),
+        "responses": {"404": problem("no unresolved entry with that id"), "409": problem("the retry failed; the entry stays (retry_failed)"),
+                      "422": problem("reason missing or too long")}}),
+        )
+    };
+    let paths = document["paths"].as_object_mut().expect("paths");
+    paths.insert("/v1/admin/overview".into(), json!({"get": admin("Rates, latencies, saga funnel, lag, timers, queues, archive, reconciliation runs", json!({}))}));
+    paths.insert("/v1/admin/orders".into(), json!({"get": admin("Search orders (newest first)", json!({"parameters": [
+        query("id", "an order id (found live or in the archive)"), query("customer", "customer id"), query("restaurant", "restaurant id"),
+        query("status", "order status"), query("older_than", "placed at least this long ago (90s, 5m)"), query("limit", "rows, 1..200")]}))}));
+    paths.insert("/v1/admin/orders/{id}".into(), json!({"get": admin("One order: timeline, timers, notifications, provider's view, actions", json!({
+        "parameters": [{"$ref": "#/components/parameters/OrderId"}], "responses": {"404": problem("no such order")}}))}));
+    paths.insert("/v1/admin/stuck".into(), json!({"get": admin("Sagas unsettled longer than an SLA, with the step they wait on", json!({"parameters": [
+        query("older_than", "the SLA (default 60s)"), query("limit", "rows, 1..500")]}))}));
+    paths.insert("/v1/admin/sagas".into(), json!({"post": admin("Re-drive or compensate a batch of sagas (each refused with order_moved if it changed)", json!({
+        "requestBody": body("SagaAction"), "responses": {"400": problem("malformed body"), "422": problem("reason missing, or 0 or over 100 orders")}}))}));
+    paths.insert(
+        "/v1/admin/dead-letters".into(),
+        json!({"get": admin("Unresolved dead letters and parked compensations", json!({}))}),
+    );
+    paths.insert("/v1/admin/dead-letters/{kind}/{partition}/{id}/retry".into(), json!({"post": with_note("Run the handler that gave up on the entry again; resolved if it succeeds")}));
+    paths.insert(
+        "/v1/admin/dead-letters/{kind}/{partition}/{id}/resolve".into(),
+        json!({"post": with_note("Resolve an entry without retrying it (the reason is recorded)")}),
+    );
+    paths.insert("/v1/admin/actions".into(), json!({"get": admin("The audit trail of operator actions, newest first", json!({"parameters": [
+        query("order", "only this order's"), query("limit", "rows, 1..1000")]}))}));
+    let schemas = document["components"]["schemas"]
+        .as_object_mut()
+        .expect("schemas");
+    schemas.insert("AdminAnswer".into(), json!({"type": "object", "description": "see the console (/ops/) for how each answer is shown"}));
+    schemas.insert("Note".into(), json!({"type": "object", "additionalProperties": false, "required": ["reason"], "properties": {
+        "reason": {"type": "string", "minLength": 1, "maxLength": 1000}}}));
+    schemas.insert("SagaAction".into(), json!({"type": "object", "additionalProperties": false, "required": ["action", "orders", "reason"], "properties": {
+        "action": {"enum": ["redrive", "compensate"]},
+        "orders": {"type": "array", "minItems": 1, "maxItems": 100, "items": {"type": "object", "additionalProperties": false, "required": ["id", "version"],
+            "properties": {"id": {"type": "string", "format": "uuid"}, "version": {"type": "integer", "description": "the version the operator saw"}}}},
+        "reason": {"type": "string", "minLength": 1, "maxLength": 1000}}}));
+    document
 }

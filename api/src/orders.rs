@@ -166,7 +166,9 @@ pub async fn place(
     }
     let started = Instant::now();
     let result = state.engine.place_order(&request).await;
-    metrics::histogram!("lunchrush_placement_seconds").record(started.elapsed().as_secs_f64());
+    let took = started.elapsed();
+    metrics::histogram!("lunchrush_placement_seconds").record(took.as_secs_f64());
+    state.console.placements.record(took);
     // Only restaurants that exist enter the hot-spot table: an id a request
     // merely named must not become a metric series.
     let restaurant_exists = !matches!(
@@ -201,13 +203,16 @@ fn placed_response(placed: &engine::engine::Placed) -> Response {
 
 /// Where an order was found: live in Redis, or retired to the archive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Source {
+pub(crate) enum Source {
     Live,
     Archive,
 }
 
 /// The order, live or retired (see [`crate::archive`]).
-async fn find_order(state: &AppState, id: &uuid::Uuid) -> Result<Option<(Order, Source)>, Problem> {
+pub(crate) async fn find_order(
+    state: &AppState,
+    id: &uuid::Uuid,
+) -> Result<Option<(Order, Source)>, Problem> {
     if let Some(order) = state.engine.order(id).await? {
         return Ok(Some((order, Source::Live)));
     }
@@ -460,8 +465,15 @@ pub async fn events(
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
     let (order, _) = visible_order(&state, &auth, &id).await?;
+    let list = timeline(&state, &order).await?;
+    Ok(axum::Json(json!({"order_id": order.id, "events": list})).into_response())
+}
+
+/// Every event of `order` in sequence: the live streams, then the archive
+/// for what the streams no longer hold.
+pub(crate) async fn timeline(state: &AppState, order: &Order) -> Result<Vec<Value>, Problem> {
     let mut by_seq: std::collections::BTreeMap<u64, Value> = std::collections::BTreeMap::new();
-    for e in state.engine.order_events(&order).await? {
+    for e in state.engine.order_events(order).await? {
         by_seq.insert(
             e.seq,
             json!({
@@ -476,7 +488,7 @@ pub async fn events(
         );
     }
     if (by_seq.len() as u64) < order.seq {
-        match archived_events(&state, &order).await {
+        match archived_events(state, order).await {
             Ok(rows) => {
                 for row in rows {
                     by_seq
@@ -496,8 +508,7 @@ pub async fn events(
             "some of this order's events are only in the archive, which did not answer; retry",
         ));
     }
-    let list: Vec<Value> = by_seq.into_values().collect();
-    Ok(axum::Json(json!({"order_id": order.id, "events": list})).into_response())
+    Ok(by_seq.into_values().collect())
 }
 
 async fn archived_events(state: &AppState, order: &Order) -> anyhow::Result<Vec<Value>> {

@@ -8,17 +8,9 @@ use std::time::Duration;
 
 use api::admission::Limits;
 use api::auth::Role;
-use helpers::{TestApp, spawn_app, spawn_app_with};
+use helpers::{TestApp, order_body, spawn_app, spawn_app_with};
 use reqwest::Method;
 use serde_json::{Value, json};
-
-fn order_body(rid: &str, lines: &[(&str, i64)], total: i64) -> Value {
-    json!({
-        "restaurant_id": rid,
-        "items": lines.iter().map(|(i, q)| json!({"item": i, "qty": q})).collect::<Vec<_>>(),
-        "expected_total": total,
-    })
-}
 
 fn settled(order: &Value) -> bool {
     let status = order["status"].as_str().unwrap();

@@ -52,7 +52,7 @@ use crate::project::{Archived, OrderRow, fold};
 pub const GROUP: &str = engine::retire::ARCHIVER_GROUP;
 /// Reconciliation's group on the `parked` streams: parked compensations stay
 /// in Redis until reconciliation has dealt with them.
-pub const RECONCILE_GROUP: &str = "reconcile";
+pub const RECONCILE_GROUP: &str = engine::ops::PARKED_GROUP;
 /// `drain` reads at most this many rounds (of a batch per partition each).
 pub const DRAIN_ROUNDS_MAX: usize = 1_000;
 
@@ -113,11 +113,7 @@ struct Entry {
     fields: HashMap<String, String>,
 }
 
-/// `ms-seq` → (ms, seq).
-pub fn parse_entry_id(id: &str) -> Option<(i64, i64)> {
-    let (ms, seq) = id.split_once('-')?;
-    Some((ms.parse().ok()?, seq.parse().ok()?))
-}
+pub use engine::streams::parse_entry_id;
 
 /// The partition time of an order's events (see `engine::ids::created_at`).
 pub fn uuid_time(id: &Uuid) -> SystemTime {
@@ -171,7 +167,11 @@ impl Archiver {
     async fn ensure_groups(&self) -> Result<(), ArchiveError> {
         engine::saga::ensure_groups(
             &self.engine,
-            &[(GROUP, &Topic::ALL), (RECONCILE_GROUP, &[Topic::Parked])],
+            &[
+                (GROUP, &Topic::ALL),
+                engine::ops::GROUPS[0],
+                engine::ops::GROUPS[1],
+            ],
         )
         .await
         .map_err(|e| match e {
@@ -692,23 +692,7 @@ pub(crate) async fn group_infos(
     redis: &Client,
     stream: &str,
 ) -> Result<Vec<GroupInfo>, ArchiveError> {
-    let raw: fred::types::Value = redis.xinfo_groups(stream).await?;
-    let mut groups = Vec::new();
-    for group in raw.into_array() {
-        let map = pairs_of(&group);
-        let text = |k: &str| map.get(k).and_then(Value::as_str).map(str::to_string);
-        let number = |k: &str| map.get(k).and_then(Value::as_u64).unwrap_or(0);
-        groups.push(GroupInfo {
-            name: text("name").unwrap_or_default(),
-            pending: number("pending"),
-            lag: number("lag"),
-            last_delivered: text("last-delivered-id")
-                .as_deref()
-                .and_then(parse_entry_id)
-                .unwrap_or((0, 0)),
-        });
-    }
-    Ok(groups)
+    Ok(engine::streams::group_infos(redis, stream).await?)
 }
 
 /// The last entry id of `stream` delivered to the archiver group ((0, 0) if none).
@@ -724,12 +708,7 @@ pub(crate) async fn archiver_last_delivered(
         .unwrap_or((0, 0)))
 }
 
-pub(crate) struct GroupInfo {
-    name: String,
-    pending: u64,
-    lag: u64,
-    last_delivered: (i64, i64),
-}
+pub(crate) use engine::streams::GroupInfo;
 
 /// A fred value as JSON; arrays stay arrays.
 fn json_of(value: &fred::types::Value) -> Value {

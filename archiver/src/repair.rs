@@ -9,7 +9,7 @@ use engine::keys::Topic;
 use engine::reconcile::{Outcome, Run};
 use fred::prelude::*;
 
-use crate::{ArchiveError, Archiver, ArchiverOptions, GROUP, parse_entry_id};
+use crate::{ArchiveError, Archiver, ArchiverOptions, GROUP};
 
 /// Entries counted per stream when looking for old unarchived ones.
 const SCAN_COUNT_MAX: u64 = 10_000;
@@ -175,24 +175,11 @@ async fn archive_pending(
 ) -> Result<bool, ArchiveError> {
     for (stream, id) in &order.events {
         let last_delivered = crate::archiver_last_delivered(engine.redis(), stream).await?;
-        if parse_entry_id(id).is_some_and(|entry| entry > last_delivered) {
-            return Ok(true);
-        }
-        let pending: Vec<(String, String, u64, u64)> = engine
-            .redis()
-            .custom(
-                fred::cmd!("XPENDING"),
-                vec![
-                    stream.clone(),
-                    GROUP.into(),
-                    id.clone(),
-                    id.clone(),
-                    "1".into(),
-                ],
-            )
-            .await
-            .unwrap_or_default();
-        if !pending.is_empty() {
+        let unarchived =
+            engine::streams::unacknowledged(engine.redis(), stream, GROUP, last_delivered, id)
+                .await
+                .unwrap_or_default();
+        if unarchived {
             return Ok(true);
         }
     }

@@ -18,6 +18,9 @@
 //! - [`notify`]: the `Notifier` trait, log and webhook notifiers.
 //! - [`reconcile`]: finding and fixing orphans on the Redis and provider side.
 //! - [`retire`]: live-state retention (settled, archived orders leave Redis).
+//! - [`streams`]: entry ids, group state and pending lists, parsed once.
+//! - [`ops`]: what the operations console reads and steers (funnel, stuck
+//!   sagas, lag, timers, the operator queues).
 //!
 //! **Architecture Invariant:** `engine` knows nothing about HTTP routes or
 //! status codes; `api` is the only crate that does.
@@ -33,12 +36,14 @@ pub mod events;
 pub mod ids;
 pub mod keys;
 pub mod notify;
+pub mod ops;
 pub mod psp;
 pub mod reconcile;
 pub mod retire;
 pub mod saga;
 pub mod scripts;
 pub mod store;
+pub mod streams;
 pub mod timers;
 
 pub use config::{Config, ConfigError, Timers};

@@ -151,6 +151,9 @@ fn settled(order: &Order) -> bool {
     crate::domain::is_allowed_pair(order.status, order.pay)
 }
 
+/// An XAUTOCLAIM answer: the next cursor and the entries claimed.
+type Claimed = (String, Vec<(String, HashMap<String, String>)>);
+
 /// A consumer idle this long with nothing pending is deleted from its group.
 pub const CONSUMER_IDLE_MAX: Duration = Duration::from_secs(24 * 3600);
 
@@ -1027,16 +1030,37 @@ impl Reconciler {
         for p in 0..self.engine.keys().partitions() {
             let stream = self.engine.keys().stream(p, Topic::Parked);
             for id in ["0", ">"] {
-                let page = saga::read_group(
-                    self.engine.redis(),
-                    group,
-                    &run.options.consumer,
-                    PAGE as u64,
-                    vec![stream.clone()],
-                    vec![id],
-                )
-                .await
-                .unwrap_or_default();
+                let page = if id == "0" {
+                    // Every pending entry, whoever holds it (an earlier run,
+                    // the operations console): taken over by this run.
+                    let claimed: Result<Claimed, _> = self
+                        .engine
+                        .redis()
+                        .xautoclaim_values(
+                            stream.as_str(),
+                            group,
+                            run.options.consumer.as_str(),
+                            0,
+                            "0-0",
+                            Some(PAGE as u64),
+                            false,
+                        )
+                        .await;
+                    claimed
+                        .map(|(_, entries)| HashMap::from([(stream.clone(), entries)]))
+                        .unwrap_or_default()
+                } else {
+                    saga::read_group(
+                        self.engine.redis(),
+                        group,
+                        &run.options.consumer,
+                        PAGE as u64,
+                        vec![stream.clone()],
+                        vec![id],
+                    )
+                    .await
+                    .unwrap_or_default()
+                };
                 for (_, entries) in page {
                     for (entry_id, fields) in entries {
                         let order = fields

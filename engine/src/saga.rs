@@ -71,6 +71,11 @@ impl Role {
         }
     }
 
+    /// The role whose consumer group is `group`.
+    pub fn of_group(group: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.group() == group)
+    }
+
     /// The topics the group reads.
     pub fn topics(self) -> &'static [Topic] {
         match self {
@@ -449,6 +454,35 @@ fn timer_kind(kind: &str) -> &'static str {
     }
 }
 
+/// Runs `role`'s handler for `event` in `lane`: what a worker does with an
+/// entry it read, and what an operator's retry of a dead letter does (in
+/// the batch lane). Every handler is idempotent.
+pub async fn handle_event(
+    engine: &Engine,
+    psp: &PspClient,
+    notifier: &dyn crate::notify::Notifier,
+    role: Role,
+    event: &Event,
+    lane: Lane,
+) -> Result<(), WorkError> {
+    if role == Role::Order && event.kind == "TimerFired" {
+        return on_timer(engine, notifier, event, lane).await;
+    }
+    let Some(order_id) = event.order_id() else {
+        return Ok(());
+    };
+    match (role, event.kind.as_str()) {
+        (
+            Role::Payment | Role::Batch,
+            "OrderPlaced" | "OrderRejected" | "RestaurantApproved" | "RestaurantRejected",
+        ) => drive_payment(engine, psp, &order_id, lane).await,
+        (Role::Restaurant | Role::Batch, "PaymentAuthorized") => {
+            auto_approve(engine, &order_id, lane).await
+        }
+        _ => Ok(()),
+    }
+}
+
 /// One consumer of one group.
 pub struct Worker {
     engine: Engine,
@@ -798,7 +832,7 @@ impl Worker {
             Ok(event) => event,
             Err(error) => {
                 return self
-                    .give_up(stream, id, &fields, &error.to_string(), None)
+                    .give_up(stream, id, &fields, &error.to_string(), None, deliveries)
                     .await;
             }
         };
@@ -816,7 +850,7 @@ impl Worker {
                     }
                     _ => None,
                 };
-                self.give_up(stream, id, &fields, &error.to_string(), action)
+                self.give_up(stream, id, &fields, &error.to_string(), action, deliveries)
                     .await
             }
             Err(error) => {
@@ -828,29 +862,13 @@ impl Worker {
     }
 
     async fn dispatch(&self, event: &Event) -> Result<(), WorkError> {
-        if self.role == Role::Order && event.kind == "TimerFired" {
-            return on_timer(&self.engine, self.notifier.as_ref(), event, Lane::Online).await;
-        }
-        let Some(order_id) = event.order_id() else {
-            return Ok(());
+        let lane = if self.role == Role::Batch {
+            Lane::Batch
+        } else {
+            Lane::Online
         };
-        match (self.role, event.kind.as_str()) {
-            (
-                Role::Payment,
-                "OrderPlaced" | "OrderRejected" | "RestaurantApproved" | "RestaurantRejected",
-            ) => drive_payment(&self.engine, &self.psp, &order_id, Lane::Online).await,
-            (Role::Restaurant, "PaymentAuthorized") => {
-                auto_approve(&self.engine, &order_id, Lane::Online).await
-            }
-            (
-                Role::Batch,
-                "OrderPlaced" | "OrderRejected" | "RestaurantApproved" | "RestaurantRejected",
-            ) => drive_payment(&self.engine, &self.psp, &order_id, Lane::Batch).await,
-            (Role::Batch, "PaymentAuthorized") => {
-                auto_approve(&self.engine, &order_id, Lane::Batch).await
-            }
-            _ => Ok(()),
-        }
+        let notifier = self.notifier.as_ref();
+        handle_event(&self.engine, &self.psp, notifier, self.role, event, lane).await
     }
 
     /// Moves a poison entry to the dead-letter stream (or a failing
@@ -862,6 +880,7 @@ impl Worker {
         fields: &HashMap<String, String>,
         reason: &str,
         action: Option<PaymentAction>,
+        deliveries: u64,
     ) -> Disposition {
         let Some(p) = partition_of_stream(self.engine.keys().prefix(), stream) else {
             return Disposition::Retry;
@@ -876,6 +895,7 @@ impl Worker {
             ("source_id".into(), id.into()),
             ("group".into(), self.role.group().into()),
             ("reason".into(), reason.into()),
+            ("deliveries".into(), deliveries.to_string()),
         ];
         if let Some(action) = action {
             entry.push(("action".into(), action_name(action).into()));

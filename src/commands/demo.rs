@@ -111,6 +111,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             .collect(),
     );
     let tally = Arc::new(Mutex::new(Tally::default()));
+    // The fragment never reaches the server or its log.
+    println!("Watch it live in the operations console: {api}/ops/#token={admin}");
     let terminal = std::io::stderr().is_terminal();
     let bar = if terminal {
         ProgressBar::new(args.duration.as_secs().max(1))
@@ -244,6 +246,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         "  curl -s -X POST $API/v1/orders -H \"Authorization: Bearer $ALICE\" -H 'Idempotency-Key: try-1' \\\n       -H 'content-type: application/json' -d '{{\"restaurant_id\":\"demo-00\",\"items\":[{{\"item\":\"dish-0\",\"qty\":1}}],\"expected_total\":6000}}'"
     );
     println!("  curl -s $API/metrics | grep lunchrush_saga_outcomes");
+    println!("  open the operations console: $API/ops/#token=$ADMIN");
     shutdown_signal().await;
     running.stop().await?;
     Ok(if check.passed() {

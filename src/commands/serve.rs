@@ -90,7 +90,9 @@ pub async fn run_engine(
     let psp = engine::psp::PspClient::with_options(&config.psp_url, config.psp.clone());
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let handles = match &workers {
-        Some(options) => engine::saga::spawn_workers(&engine, &psp, notifier, options, &stopped),
+        Some(options) => {
+            engine::saga::spawn_workers(&engine, &psp, notifier.clone(), options, &stopped)
+        }
         None => Vec::new(),
     };
     let mut state = api::AppState::new(
@@ -98,7 +100,8 @@ pub async fn run_engine(
         api::postgres_pool(&config.postgres_url)?,
         config.jwt_secret.as_bytes(),
         limits,
-    );
+    )
+    .with_provider(psp.clone(), notifier);
     let mut publisher = None;
     if workers.is_some() {
         state = state.with_breaker(psp.breaker().clone());

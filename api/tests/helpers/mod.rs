@@ -28,6 +28,15 @@ pub struct TestApp {
     pub stack: LocalStack,
 }
 
+/// A placement body: `(item, qty)` lines and the total the client expects.
+pub fn order_body(rid: &str, lines: &[(&str, i64)], total: i64) -> Value {
+    json!({
+        "restaurant_id": rid,
+        "items": lines.iter().map(|(i, q)| json!({"item": i, "qty": q})).collect::<Vec<_>>(),
+        "expected_total": total,
+    })
+}
+
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(Limits::default()).await
 }
@@ -41,6 +50,19 @@ pub async fn spawn_app_with(limits: Limits) -> TestApp {
 pub async fn spawn_app_configured(
     limits: Limits,
     tweak: impl FnOnce(&mut engine::Config),
+) -> TestApp {
+    let notifier = std::sync::Arc::new(engine::notify::LogNotifier);
+    spawn_app_full(limits, tweak, notifier, |_| {}).await
+}
+
+/// With settings changed by `tweak`, notices sent through `notifier` (by
+/// the workers and the console's retries) and worker options changed by
+/// `tweak_workers`.
+pub async fn spawn_app_full(
+    limits: Limits,
+    tweak: impl FnOnce(&mut engine::Config),
+    notifier: std::sync::Arc<dyn engine::notify::Notifier>,
+    tweak_workers: impl FnOnce(&mut engine::saga::WorkerOptions),
 ) -> TestApp {
     let stack = LocalStack::temporary().await.expect("start the stack");
     let dir = stack.home().join("psp");
@@ -70,13 +92,8 @@ pub async fn spawn_app_configured(
     // Entries a provider failure left pending are taken again soon.
     options.reclaim_idle = Duration::from_secs(2);
     options.reclaim_every = Duration::from_millis(500);
-    engine::saga::spawn_workers(
-        &engine,
-        &psp,
-        std::sync::Arc::new(engine::notify::LogNotifier),
-        &options,
-        &stopped,
-    );
+    tweak_workers(&mut options);
+    engine::saga::spawn_workers(&engine, &psp, notifier.clone(), &options, &stopped);
     if config
         .live_retention
         .is_some_and(|r| r < Duration::from_secs(3600))
@@ -96,7 +113,8 @@ pub async fn spawn_app_configured(
         SECRET.as_bytes(),
         limits,
     )
-    .with_breaker(psp.breaker().clone());
+    .with_breaker(psp.breaker().clone())
+    .with_provider(psp.clone(), notifier);
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(api::serve(listener, state, std::future::pending()));
     TestApp {

@@ -1,0 +1,430 @@
+//! `/v1/admin/…` without the page: admins only, every refusal a
+//! problem+json that changes nothing, every action recorded, an action on
+//! an order that moved meanwhile refused.
+
+mod helpers;
+
+use std::time::{Duration, Instant};
+
+use api::admission::Limits;
+use fred::prelude::*;
+use helpers::{TestApp, order_body};
+use serde_json::{Value, json};
+
+async fn app() -> TestApp {
+    helpers::spawn_app_configured(Limits::default(), |config| {
+        // The archiver runs (the search reads its projections).
+        config.live_retention = Some(Duration::from_secs(1800));
+    })
+    .await
+}
+
+/// An order paid and waiting for a restaurant that does not auto-approve.
+async fn awaiting_decision(app: &TestApp, key: &str) -> String {
+    let customer = app.customer("dora");
+    let placed = app
+        .place(&customer, key, order_body("slow", &[("soup", 2)], 1_600))
+        .await;
+    let id = placed.ok(202)["order_id"].as_str().unwrap().to_string();
+    app.wait_for(&id, &customer, |o| o["status"] == "PAID")
+        .await;
+    id
+}
+
+async fn stock(app: &TestApp) -> i64 {
+    let menu = app.engine.menu("slow").await.unwrap().unwrap();
+    menu.items.iter().find(|i| i.item == "soup").unwrap().stock
+}
+
+#[tokio::test]
+async fn only_admins_reach_the_admin_endpoints() {
+    let app = app().await;
+    let customer = app.customer("eve");
+    let restaurant = app.restaurant("slow");
+    for path in [
+        "/v1/admin/overview",
+        "/v1/admin/orders",
+        "/v1/admin/stuck",
+        "/v1/admin/dead-letters",
+        "/v1/admin/actions",
+    ] {
+        app.get(path, &customer).await.problem(403, "forbidden");
+        app.get(path, &restaurant).await.problem(403, "forbidden");
+        let anonymous = app.raw(reqwest::Method::GET, path, None, &[], None).await;
+        anonymous.problem(401, "unauthorized");
+        app.get(path, &app.admin()).await.ok(200);
+    }
+    let body = json!({"action": "compensate", "orders": [{"id": uuid::Uuid::nil(), "version": 1}], "reason": "x"});
+    app.post("/v1/admin/sagas", &customer, Some(body))
+        .await
+        .problem(403, "forbidden");
+}
+
+#[tokio::test]
+async fn a_stuck_saga_is_listed_with_its_step_and_compensated_only_at_the_version_seen() {
+    let app = app().await;
+    app.seed("slow", false, &[("soup", 800, 10)]).await;
+    let id = awaiting_decision(&app, "stuck-1").await;
+    assert_eq!(stock(&app).await, 8);
+    let admin = app.admin();
+
+    let stuck = app
+        .get("/v1/admin/stuck?older_than=0s", &admin)
+        .await
+        .ok(200)
+        .clone();
+    let saga = stuck["sagas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == id.as_str())
+        .expect("listed")
+        .clone();
+    assert_eq!(saga["waiting_on"], "restaurant decision", "{saga}");
+    let version = saga["version"].as_u64().unwrap();
+    let none = app
+        .get("/v1/admin/stuck?older_than=1h", &admin)
+        .await
+        .ok(200)
+        .clone();
+    assert!(none["sagas"].as_array().unwrap().is_empty(), "{none}");
+
+    // Refusals change nothing and record nothing.
+    let act = |action: &str, version: u64, reason: Option<&str>| {
+        let mut body = json!({"action": action, "orders": [{"id": id, "version": version}]});
+        if let Some(reason) = reason {
+            body["reason"] = json!(reason);
+        }
+        body
+    };
+    app.post(
+        "/v1/admin/sagas",
+        &admin,
+        Some(act("compensate", version, None)),
+    )
+    .await
+    .problem(422, "reason_required");
+    app.post(
+        "/v1/admin/sagas",
+        &admin,
+        Some(act("compensate", version, Some("  "))),
+    )
+    .await
+    .problem(422, "reason_required");
+    app.post(
+        "/v1/admin/sagas",
+        &admin,
+        Some(json!({"action": "compensate", "orders": [], "reason": "x"})),
+    )
+    .await
+    .problem(422, "invalid_batch");
+    app.post(
+        "/v1/admin/sagas",
+        &admin,
+        Some(act("explode", version, Some("x"))),
+    )
+    .await
+    .problem(400, "invalid_body");
+    assert_eq!(stock(&app).await, 8);
+
+    // Seen at an older version: refused, not forced.
+    let moved = app
+        .post(
+            "/v1/admin/sagas",
+            &admin,
+            Some(act("compensate", version - 1, Some("customer called"))),
+        )
+        .await;
+    let result = moved.ok(200)["results"][0].clone();
+    assert_eq!(
+        (result["outcome"].as_str(), result["code"].as_str()),
+        (Some("refused"), Some("order_moved")),
+        "{result}"
+    );
+    assert_eq!(result["status"], "PAID");
+    assert_eq!(stock(&app).await, 8);
+
+    let done = app
+        .post(
+            "/v1/admin/sagas",
+            &admin,
+            Some(act("compensate", version, Some("customer called"))),
+        )
+        .await;
+    let result = done.ok(200)["results"][0].clone();
+    assert_eq!(result["outcome"], "done", "{result}");
+    let order = app
+        .wait_for(&id, &admin, |o| o["payment"]["status"] == "VOIDED")
+        .await;
+    assert_eq!(order["status"], "REJECTED");
+    assert_eq!(stock(&app).await, 10, "the stock came back");
+
+    // A settled order is not re-driven.
+    let now = app
+        .get(&format!("/v1/admin/orders/{id}"), &admin)
+        .await
+        .ok(200)["order"]["version"]
+        .as_u64()
+        .unwrap();
+    let again = app
+        .post(
+            "/v1/admin/sagas",
+            &admin,
+            Some(act("redrive", now, Some("again"))),
+        )
+        .await;
+    assert_eq!(again.ok(200)["results"][0]["code"], "order_settled");
+
+    // Every action, refused or not, is in the audit trail, newest first.
+    let audit = app
+        .get(&format!("/v1/admin/actions?order={id}"), &admin)
+        .await
+        .ok(200)
+        .clone();
+    let rows: Vec<(String, String)> = audit["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["action"].as_str().unwrap().to_string(),
+                a["outcome"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("redrive", "refused"),
+        ("compensate", "done"),
+        ("compensate", "refused"),
+    ];
+    assert_eq!(
+        rows,
+        expected.map(|(a, o)| (a.to_string(), o.to_string())),
+        "{audit}"
+    );
+    assert!(
+        audit["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["actor"] == "ops")
+    );
+}
+
+#[tokio::test]
+async fn orders_are_found_by_id_customer_restaurant_and_status() {
+    let app = app().await;
+    app.seed("slow", false, &[("soup", 800, 10)]).await;
+    let id = awaiting_decision(&app, "find-1").await;
+    let admin = app.admin();
+    let by_id = app
+        .get(&format!("/v1/admin/orders?id={id}"), &admin)
+        .await
+        .ok(200)
+        .clone();
+    assert_eq!(by_id["orders"][0]["order_id"], id.as_str());
+    assert_eq!(by_id["orders"][0]["source"], "live");
+    // The projections trail Redis by the archiver's lag.
+    let started = Instant::now();
+    loop {
+        let found = app
+            .get(
+                "/v1/admin/orders?customer=dora&restaurant=slow&status=paid",
+                &admin,
+            )
+            .await
+            .ok(200)
+            .clone();
+        if found["orders"].as_array().unwrap().len() == 1 {
+            assert_eq!(found["orders"][0]["order_id"], id.as_str());
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "never found: {found}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let nobody = app
+        .get("/v1/admin/orders?customer=nobody", &admin)
+        .await
+        .ok(200)
+        .clone();
+    assert_eq!(nobody["orders"], json!([]));
+    app.get("/v1/admin/orders?status=LOST", &admin)
+        .await
+        .problem(400, "invalid_query");
+    app.get("/v1/admin/orders?older_than=soon", &admin)
+        .await
+        .problem(400, "invalid_query");
+    app.get("/v1/admin/orders?colour=red", &admin)
+        .await
+        .problem(400, "invalid_query");
+    app.get("/v1/admin/orders?limit=-5x", &admin)
+        .await
+        .problem(400, "invalid_query");
+    let missing = uuid::Uuid::now_v7();
+    app.get(&format!("/v1/admin/orders/{missing}"), &admin)
+        .await
+        .problem(404, "order_not_found");
+    app.get("/v1/admin/orders/not-an-id", &admin)
+        .await
+        .problem(404, "order_not_found");
+
+    let detail = app
+        .get(&format!("/v1/admin/orders/{id}"), &admin)
+        .await
+        .ok(200)
+        .clone();
+    assert_eq!(detail["order"]["waiting_on"], "restaurant decision");
+    assert_eq!(detail["payment"]["provider"]["state"], "authorized");
+    assert_eq!(detail["payment"]["agrees"], true);
+    let kinds: Vec<&str> = detail["timers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["approval_timeout"], "{detail}");
+    let types: Vec<&str> = detail["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["OrderPlaced", "PaymentAuthorized"]);
+}
+
+/// A dead letter written the way a worker gives up on an entry: listed
+/// with its reason, resolved with a note, then gone from the list and
+/// trimmable; an unknown entry is a 404.
+#[tokio::test]
+async fn a_dead_letter_is_resolved_with_a_note() {
+    let app = app().await;
+    let admin = app.admin();
+    let keys = app.engine.keys().clone();
+    let dead = keys.stream(2, engine::keys::Topic::Dead);
+    let fields: Vec<(&str, &str)> = vec![
+        ("source", "lr:{p2}:orders"),
+        ("source_id", "1-1"),
+        ("group", "payment"),
+        ("reason", "malformed event: no type"),
+        ("deliveries", "5"),
+        ("f.v", "1"),
+    ];
+    let id: String = app
+        .engine
+        .redis()
+        .xadd(&dead, false, None, "*", fields)
+        .await
+        .unwrap();
+    let letters = app
+        .get("/v1/admin/dead-letters", &admin)
+        .await
+        .ok(200)
+        .clone();
+    let listed = &letters["letters"][0];
+    assert_eq!(
+        (listed["id"].as_str(), listed["reason"].as_str()),
+        (Some(id.as_str()), Some("malformed event: no type"))
+    );
+    assert_eq!(listed["deliveries"], 5);
+    assert_eq!(listed["partition"], 2);
+
+    let path = format!("/v1/admin/dead-letters/dead/2/{id}");
+    app.post(&format!("{path}/resolve"), &admin, Some(json!({})))
+        .await
+        .problem(422, "reason_required");
+    // A retry of an entry no handler can read fails and keeps it.
+    app.post(
+        &format!("{path}/retry"),
+        &admin,
+        Some(json!({"reason": "try"})),
+    )
+    .await
+    .problem(409, "retry_failed");
+    assert_eq!(
+        app.get("/v1/admin/dead-letters", &admin).await.ok(200)["letters"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let resolved = app
+        .post(
+            &format!("{path}/resolve"),
+            &admin,
+            Some(json!({"reason": "bad producer, fixed in 1.4"})),
+        )
+        .await;
+    assert_eq!(resolved.ok(200)["resolved"], true);
+    assert_eq!(
+        app.get("/v1/admin/dead-letters", &admin).await.ok(200)["letters"],
+        json!([])
+    );
+    app.post(
+        &format!("{path}/resolve"),
+        &admin,
+        Some(json!({"reason": "twice"})),
+    )
+    .await
+    .problem(404, "letter_not_found");
+    app.post(
+        "/v1/admin/dead-letters/dead/2/99-0/retry",
+        &admin,
+        Some(json!({"reason": "x"})),
+    )
+    .await
+    .problem(404, "letter_not_found");
+    app.post(
+        "/v1/admin/dead-letters/ghost/2/1-0/retry",
+        &admin,
+        Some(json!({"reason": "x"})),
+    )
+    .await
+    .problem(404, "letter_not_found");
+    app.post(
+        "/v1/admin/dead-letters/dead/999/1-0/retry",
+        &admin,
+        Some(json!({"reason": "x"})),
+    )
+    .await
+    .problem(404, "letter_not_found");
+    app.post(
+        "/v1/admin/dead-letters/dead/x/1-0/retry",
+        &admin,
+        Some(json!({"reason": "x"})),
+    )
+    .await
+    .problem(400, "invalid_path");
+
+    // Nothing holds the entry any more: the operator group acknowledged it.
+    let groups = engine::streams::group_infos(app.engine.redis(), &dead)
+        .await
+        .unwrap();
+    let operator = groups
+        .iter()
+        .find(|g| g.name == engine::ops::DEAD_GROUP)
+        .unwrap();
+    assert_eq!(operator.pending, 0);
+    assert!(operator.last_delivered >= engine::streams::parse_entry_id(&id).unwrap());
+
+    let audit = app.get("/v1/admin/actions", &admin).await.ok(200).clone();
+    let actions: Vec<Value> = audit["actions"].as_array().unwrap().clone();
+    let summary: Vec<(&str, &str)> = actions
+        .iter()
+        .map(|a| {
+            (
+                a["action"].as_str().unwrap(),
+                a["outcome"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [("resolve", "done"), ("retry", "failed")],
+        "{audit}"
+    );
+    assert_eq!(actions[0]["subject"], format!("dead/2/{id}"));
+    assert_eq!(actions[0]["reason"], "bad producer, fixed in 1.4");
+}

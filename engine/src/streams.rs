@@ -1,0 +1,149 @@
+//! Stream plumbing shared by the workers, the archiver and the operations
+//! console: entry ids, consumer-group state (XINFO GROUPS) and pending
+//! lists (XPENDING), parsed once.
+
+use std::collections::HashMap;
+
+use fred::prelude::*;
+use fred::types::Value;
+
+/// `ms-seq` → (ms, seq).
+pub fn parse_entry_id(id: &str) -> Option<(i64, i64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
+/// One consumer group of a stream, as XINFO GROUPS reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupInfo {
+    pub name: String,
+    /// Entries delivered and not yet acknowledged.
+    pub pending: u64,
+    /// Entries not yet delivered (0 when Redis cannot tell).
+    pub lag: u64,
+    pub last_delivered: (i64, i64),
+}
+
+/// The consumer groups of a stream (empty when the stream does not exist).
+pub async fn group_infos(
+    redis: &Client,
+    stream: &str,
+) -> Result<Vec<GroupInfo>, fred::error::Error> {
+    let raw: Value = match redis.xinfo_groups(stream).await {
+        Ok(raw) => raw,
+        Err(error) if error.details().contains("no such key") => return Ok(Vec::new()),
+        Err(error) => return Err(error),
+    };
+    Ok(raw
+        .into_array()
+        .into_iter()
+        .map(|group| {
+            let map: HashMap<String, Value> = group
+                .into_array()
+                .chunks(2)
+                .filter_map(|kv| Some((kv.first()?.as_string()?, kv.get(1)?.clone())))
+                .collect();
+            let text = |k: &str| map.get(k).and_then(Value::as_string);
+            let number = |k: &str| map.get(k).and_then(Value::as_u64).unwrap_or(0);
+            GroupInfo {
+                name: text("name").unwrap_or_default(),
+                pending: number("pending"),
+                lag: number("lag"),
+                last_delivered: text("last-delivered-id")
+                    .as_deref()
+                    .and_then(parse_entry_id)
+                    .unwrap_or((0, 0)),
+            }
+        })
+        .collect())
+}
+
+/// One entry of a group's pending list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    pub id: String,
+    pub consumer: String,
+    pub idle_ms: u64,
+    pub deliveries: u64,
+}
+
+/// The first `count` entries of a group's pending list (every consumer).
+pub async fn pending(
+    redis: &Client,
+    stream: &str,
+    group: &str,
+    count: u64,
+) -> Result<Vec<Pending>, fred::error::Error> {
+    let rows: Vec<(String, String, u64, u64)> = redis
+        .custom(
+            fred::cmd!("XPENDING"),
+            vec![
+                stream.to_string(),
+                group.to_string(),
+                "-".into(),
+                "+".into(),
+                count.to_string(),
+            ],
+        )
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, consumer, idle_ms, deliveries)| Pending {
+            id,
+            consumer,
+            idle_ms,
+            deliveries,
+        })
+        .collect())
+}
+
+/// Whether `group` has yet to acknowledge entry `id` of `stream`: not
+/// delivered yet (after `last_delivered`), or delivered and pending.
+pub async fn unacknowledged(
+    redis: &Client,
+    stream: &str,
+    group: &str,
+    last_delivered: (i64, i64),
+    id: &str,
+) -> Result<bool, fred::error::Error> {
+    if parse_entry_id(id).is_some_and(|entry| entry > last_delivered) {
+        return Ok(true);
+    }
+    let pending: Vec<(String, String, u64, u64)> = redis
+        .custom(
+            fred::cmd!("XPENDING"),
+            vec![
+                stream.to_string(),
+                group.to_string(),
+                id.to_string(),
+                id.to_string(),
+                "1".into(),
+            ],
+        )
+        .await?;
+    Ok(!pending.is_empty())
+}
+
+/// One entry by id (`None` once trimmed or deleted).
+pub async fn entry(
+    redis: &Client,
+    stream: &str,
+    id: &str,
+) -> Result<Option<HashMap<String, String>>, fred::error::Error> {
+    let entries: Vec<(String, HashMap<String, String>)> =
+        redis.xrange(stream, id, id, Some(1)).await?;
+    Ok(entries.into_iter().next().map(|(_, fields)| fields))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn entry_ids_parse_into_their_two_numbers() {
+        assert_eq!(
+            super::parse_entry_id("1700000000000-7"),
+            Some((1_700_000_000_000, 7))
+        );
+        assert_eq!(super::parse_entry_id("17"), None);
+        assert_eq!(super::parse_entry_id("a-1"), None);
+    }
+}
