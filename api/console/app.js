@@ -312,7 +312,12 @@ function orderPage(view, id) {
       el("div", { class: "side" },
         el("div", { class: "card" }, el("h2", {}, "Timers set"),
           table(["kind", "due"], d.timers.map((t) => el("tr", {}, el("td", {}, t.kind), el("td", {}, t.due_at))), "order-timers"),
-          el("h2", {}, "Notifications sent"), el("p", {}, d.notifications.length ? d.notifications.join(", ") : "none")),
+          el("h2", {}, "Timers fired"),
+          table(["kind", "due", "fired", "late"], d.timers_fired.map((t) => el("tr", {}, el("td", {}, t.kind), el("td", {}, t.due_at), el("td", {}, t.fired_at),
+            el("td", { class: "num" }, age(t.late_ms)))), "order-timers-fired"),
+          el("h2", {}, "Notifications sent"),
+          table(["kind", "channel", "attempts", "sent"], d.notifications.map((n) => el("tr", {}, el("td", {}, n.kind), el("td", {}, n.channel || "–"),
+            el("td", { class: "num" }, n.attempts === null ? "–" : n.attempts), el("td", {}, n.sent_at || "not archived yet"))), "order-notifications")),
         el("div", { class: "card" }, el("h2", {}, "Operator actions"),
           table(["at", "who", "action", "outcome", "why"], d.actions.map((a) =>
             el("tr", {}, el("td", {}, a.at), el("td", {}, a.actor), el("td", {}, a.action), el("td", {}, a.outcome), el("td", {}, a.reason))), "order-actions"))));

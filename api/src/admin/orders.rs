@@ -159,6 +159,7 @@ pub async fn detail(
         Ok(None) => json!({"state": null}),
         Err(error) => json!({"error": error.to_string()}),
     };
+    let (fired, notices) = delayed_history(&state, &order).await;
     let actions = super::recorded(&state.postgres, Some(order.id), 100)
         .await
         .unwrap_or_else(|error| vec![json!({"error": error.to_string()})]);
@@ -179,7 +180,8 @@ pub async fn detail(
         },
         "events": events,
         "timers": timers.iter().map(|(kind, due)| json!({"kind": kind, "due_at": super::at(*due)})).collect::<Vec<_>>(),
-        "notifications": order.notified,
+        "timers_fired": fired,
+        "notifications": notices,
         "actions": actions,
     }))
     .into_response())
@@ -215,4 +217,55 @@ async fn archived_entries(
         .await
         .ok()?;
     Some(rows.into_iter().map(|r| r.get(0)).collect())
+}
+
+/// The order's timers that fired and notices sent, from the archive, plus
+/// notices Redis records that the archive does not hold yet (kind only).
+async fn delayed_history(state: &AppState, order: &Order) -> (Value, Value) {
+    let read = async {
+        let client = state.postgres.get().await?;
+        let fired = client
+            .query(
+                "SELECT kind, due_at, fired_at, lateness_ms FROM timer_history \
+                 WHERE order_id = $1 ORDER BY fired_at",
+                &[&order.id],
+            )
+            .await?;
+        let sent = client
+            .query(
+                "SELECT kind, channel, attempts, sent_at FROM notifications \
+                 WHERE order_id = $1 ORDER BY sent_at",
+                &[&order.id],
+            )
+            .await?;
+        anyhow::Ok((fired, sent))
+    };
+    let time = |t: std::time::SystemTime| humantime::format_rfc3339_millis(t).to_string();
+    let (fired, sent) = match read.await {
+        Ok(rows) => rows,
+        Err(error) => {
+            tracing::warn!(%error, order = %order.id, "Archive unavailable for an order's delayed tasks.");
+            (Vec::new(), Vec::new())
+        }
+    };
+    let fired: Vec<Value> = fired
+        .iter()
+        .map(|r| {
+            json!({"kind": r.get::<_, String>(0), "due_at": time(r.get(1)), "fired_at": time(r.get(2)),
+                   "late_ms": r.get::<_, i64>(3)})
+        })
+        .collect();
+    let mut notices: Vec<Value> = sent
+        .iter()
+        .map(|r| {
+            json!({"kind": r.get::<_, String>(0), "channel": r.get::<_, String>(1),
+                   "attempts": r.get::<_, i32>(2), "sent_at": time(r.get(3))})
+        })
+        .collect();
+    for kind in &order.notified {
+        if !notices.iter().any(|n| n["kind"] == kind.as_str()) {
+            notices.push(json!({"kind": kind, "channel": null, "attempts": null, "sent_at": null}));
+        }
+    }
+    (json!(fired), json!(notices))
 }
