@@ -1,0 +1,242 @@
+//! Reading a batch (own pending entries first, then new ones), writing it
+//! in one transaction, acknowledging after COMMIT.
+
+use super::*;
+
+impl Archiver {
+    /// One batch of one partition: pending entries first, else new ones.
+    pub async fn step(&self, p: u16) -> Result<usize, ArchiveError> {
+        self.step_partitions(&[p]).await
+    }
+
+    /// One batch over `partitions` (one XREADGROUP, one transaction):
+    /// pending entries first, else new ones.
+    pub async fn step_partitions(&self, partitions: &[u16]) -> Result<usize, ArchiveError> {
+        let mut entries = self.read(partitions, "0").await?;
+        if entries.is_empty() {
+            entries = self.read(partitions, ">").await?;
+        }
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
+        let started = Instant::now();
+        let resting = self.write_batch(&entries).await?;
+        let mut by_stream: HashMap<&str, Vec<&str>> = HashMap::new();
+        for entry in &entries {
+            by_stream.entry(&entry.stream).or_default().push(&entry.id);
+        }
+        for (stream, ids) in by_stream {
+            let ids: Vec<String> = ids.into_iter().map(str::to_string).collect();
+            let _: i64 = self.engine.redis().xack(stream, GROUP, ids).await?;
+        }
+        self.mark_resting(&resting).await?;
+        metrics::counter!("lunchrush_archived_events_total").increment(entries.len() as u64);
+        metrics::histogram!("lunchrush_archive_batch_seconds")
+            .record(started.elapsed().as_secs_f64());
+        Ok(entries.len())
+    }
+
+    pub(crate) async fn read(
+        &self,
+        partitions: &[u16],
+        id: &str,
+    ) -> Result<Vec<Entry>, ArchiveError> {
+        let streams: Vec<String> = partitions
+            .iter()
+            .flat_map(|&p| partition_streams(&self.engine, p))
+            .collect();
+        let ids: Vec<&str> = streams.iter().map(|_| id).collect();
+        let page = engine::saga::read_group(
+            self.engine.redis(),
+            GROUP,
+            &self.options.consumer,
+            self.options.batch_size,
+            streams,
+            ids,
+        )
+        .await?;
+        let mut entries = Vec::new();
+        for (stream, values) in page {
+            for (id, fields) in values {
+                // A pending entry trimmed meanwhile comes back without fields.
+                entries.push(Entry {
+                    stream: stream.clone(),
+                    id,
+                    fields,
+                });
+            }
+        }
+        Ok(entries)
+    }
+
+    /// Re-archives one order's events from the live streams (its entry ids
+    /// are on the order) and refolds its projection. Idempotent. Returns
+    /// how many of its entries were still in Redis.
+    pub async fn rearchive_order(
+        &self,
+        order: &engine::domain::Order,
+    ) -> Result<usize, ArchiveError> {
+        let mut entries = Vec::new();
+        for (stream, id) in &order.events {
+            let found: Vec<(String, HashMap<String, String>)> = self
+                .engine
+                .redis()
+                .xrange(stream.as_str(), id.as_str(), id.as_str(), Some(1))
+                .await?;
+            entries.extend(found.into_iter().map(|(id, fields)| Entry {
+                stream: stream.clone(),
+                id,
+                fields,
+            }));
+        }
+        if !entries.is_empty() {
+            self.write_batch(&entries).await?;
+        }
+        Ok(entries.len())
+    }
+
+    /// Takes over entries other archivers left pending too long.
+    pub async fn reclaim(&self, p: u16) -> Result<(), ArchiveError> {
+        for stream in partition_streams(&self.engine, p) {
+            let _: fred::types::Value = self
+                .engine
+                .redis()
+                .xautoclaim(
+                    stream.as_str(),
+                    GROUP,
+                    self.options.consumer.as_str(),
+                    self.options.reclaim_idle.as_millis() as u64,
+                    "0-0",
+                    Some(self.options.batch_size),
+                    true,
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Adds the orders a committed and acknowledged batch left at a final
+    /// pair to their partition's resting index: the retirer's candidates
+    /// (`engine::retire`). Re-adding one is harmless: the retire script
+    /// re-checks everything.
+    pub(crate) async fn mark_resting(&self, resting: &[(Uuid, i64)]) -> Result<(), ArchiveError> {
+        let keys = self.engine.keys();
+        let mut by_partition: HashMap<u16, Vec<(f64, String)>> = HashMap::new();
+        for (id, at) in resting {
+            if let Some(p) = keys.partition_of_order(id) {
+                by_partition
+                    .entry(p)
+                    .or_default()
+                    .push((*at as f64, id.to_string()));
+            }
+        }
+        for (p, members) in by_partition {
+            let _: i64 = self
+                .engine
+                .redis()
+                .zadd(keys.resting(p), None, None, false, false, members)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Writes one batch in one transaction (see the crate docs); returns the
+    /// orders it left at a final pair, with the time they came to rest.
+    pub(crate) async fn write_batch(
+        &self,
+        entries: &[Entry],
+    ) -> Result<Vec<(Uuid, i64)>, ArchiveError> {
+        let mut events = Vec::with_capacity(entries.len());
+        let mut dead = Vec::new();
+        for entry in entries {
+            if entry.fields.is_empty() {
+                continue;
+            }
+            if is_dead_letter_stream(&entry.stream) {
+                dead.push(entry);
+                continue;
+            }
+            match Event::parse(&entry.stream, &entry.id, entry.fields.clone()) {
+                Ok(event) => events.push(event),
+                Err(error) => {
+                    tracing::error!(stream = %entry.stream, id = %entry.id, %error,
+                        "Malformed stream entry archived as a dead letter.");
+                    dead.push(entry);
+                }
+            }
+        }
+        self.ensure_months(&events).await?;
+        let mut client = self.pool.get().await?;
+        client
+            .batch_execute(
+                // The table exists after the connection's first batch: no
+                // NOTICE saying so on every batch (they reach the log).
+                "SET client_min_messages TO warning; \
+                 CREATE TEMP TABLE IF NOT EXISTS archive_staging \
+                 (LIKE saga_events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
+            )
+            .await?;
+        let transaction = client.transaction().await?;
+        let tx = &transaction;
+        // Each payload is parsed once, here, for the COPY and every projection.
+        let payloads: Vec<Value> = events
+            .iter()
+            .map(|e| serde_json::from_str(&e.data).unwrap_or_else(|_| json!({"raw": e.data})))
+            .collect();
+        copy_events(tx, &events, &payloads).await?;
+        execute(
+            tx,
+            "INSERT INTO saga_events (stream, entry_id, entry_ms, entry_seq, order_id, saga_id, seq, \
+             type, schema_version, payload, event_time, part_time) \
+             SELECT stream, entry_id, entry_ms, entry_seq, order_id, saga_id, seq, type, \
+             schema_version, payload, event_time, part_time FROM archive_staging \
+             ON CONFLICT DO NOTHING",
+            &[],
+        )
+        .await?;
+        insert_dead_letters(tx, &dead).await?;
+        insert_menu_history(tx, &events, &payloads).await?;
+        insert_delayed_task_history(tx, &events, &payloads).await?;
+        insert_order_items(tx, &events, &payloads).await?;
+        let resting = refold_orders(tx, &events).await?;
+        advance_watermarks(tx, entries).await?;
+        transaction.commit().await?;
+        Ok(resting)
+    }
+
+    /// Creates the monthly partitions the batch needs (cached per process).
+    pub(crate) async fn ensure_months(&self, events: &[Event]) -> Result<(), ArchiveError> {
+        let mut needed = BTreeSet::new();
+        for event in events {
+            let time = part_time(event);
+            let days = time
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs()
+                / 86_400;
+            let (year, month) = civil_month(days as i64);
+            needed.insert((year, month));
+        }
+        let missing: Vec<(i32, u32)> = {
+            let known = self.months.lock().unwrap_or_else(|e| e.into_inner());
+            needed.into_iter().filter(|m| !known.contains(m)).collect()
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let client = self.pool.get().await?;
+        for (year, month) in missing {
+            schema::ensure_month(&client, year, month).await?;
+            self.months
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert((year, month));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,412 @@
+//! The SQL of a batch: binary COPY into staging, the inserts, the
+//! projections refolded, the watermarks; prepared once per connection.
+
+use super::*;
+
+/// The partition time of an event (see `migrations/V2__archive.sql`).
+pub(crate) fn part_time(event: &Event) -> SystemTime {
+    match event.order_id() {
+        Some(order) => uuid_time(&order),
+        None => ms_time(
+            parse_entry_id(&event.id)
+                .map(|(ms, _)| ms)
+                .unwrap_or(event.ts_ms),
+        ),
+    }
+}
+
+/// (year, month) of a day count since 1970-01-01 (proleptic Gregorian).
+pub fn civil_month(days: i64) -> (i32, u32) {
+    // Howard Hinnant's days_from_civil inverse.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = (yoe + era * 400 + i64::from(month <= 2)) as i32;
+    (year, month)
+}
+
+pub(crate) async fn copy_events(
+    tx: &Tx<'_>,
+    events: &[Event],
+    payloads: &[Value],
+) -> Result<(), ArchiveError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let sink = tx
+        .copy_in(
+            "COPY archive_staging (stream, entry_id, entry_ms, entry_seq, order_id, saga_id, seq, \
+             type, schema_version, payload, event_time, part_time) FROM STDIN BINARY",
+        )
+        .await?;
+    let types = [
+        Type::TEXT,
+        Type::TEXT,
+        Type::INT8,
+        Type::INT8,
+        Type::UUID,
+        Type::UUID,
+        Type::INT8,
+        Type::TEXT,
+        Type::INT4,
+        Type::JSONB,
+        Type::TIMESTAMPTZ,
+        Type::TIMESTAMPTZ,
+    ];
+    let writer = BinaryCopyInWriter::new(sink, &types);
+    futures::pin_mut!(writer);
+    for (event, payload) in events.iter().zip(payloads) {
+        let (ms, seq) = parse_entry_id(&event.id).unwrap_or((0, 0));
+        let order: Option<Uuid> = event.order_id();
+        let saga: Option<Uuid> = event.saga.parse().ok();
+        writer
+            .as_mut()
+            .write(&[
+                &event.stream,
+                &event.id,
+                &ms,
+                &seq,
+                &order,
+                &saga,
+                &(event.seq as i64),
+                &event.kind,
+                &(event.version as i32),
+                &Json(payload),
+                &ms_time(event.ts_ms),
+                &part_time(event),
+            ])
+            .await?;
+    }
+    writer.finish().await?;
+    Ok(())
+}
+
+pub(crate) async fn insert_dead_letters(tx: &Tx<'_>, dead: &[&Entry]) -> Result<(), ArchiveError> {
+    for entry in dead {
+        let field = |k: &str| entry.fields.get(k).cloned();
+        let fields = json!(entry.fields);
+        execute(tx,
+            "INSERT INTO dead_letters (stream, entry_id, source, source_id, group_name, reason, action, fields) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+            &[
+                &entry.stream,
+                &entry.id,
+                &field("source"),
+                &field("source_id"),
+                &field("group"),
+                &field("reason"),
+                &field("action"),
+                &Json(&fields),
+            ],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+pub(crate) async fn insert_menu_history(
+    tx: &Tx<'_>,
+    events: &[Event],
+    payloads: &[Value],
+) -> Result<(), ArchiveError> {
+    for (event, data) in events.iter().zip(payloads) {
+        let text = |k: &str| data.get(k).and_then(Value::as_str).map(str::to_string);
+        let number = |k: &str| data.get(k).and_then(Value::as_i64);
+        let flag = |k: &str| data.get(k).and_then(Value::as_bool);
+        let at = ms_time(event.ts_ms);
+        let seq = event.seq as i64;
+        match event.kind.as_str() {
+            "RestaurantUpserted" => {
+                execute(tx,
+                    "INSERT INTO restaurant_history (restaurant_id, seq, name, open, auto_approve, at) \
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+                    &[&text("r"), &seq, &text("name"), &flag("open"), &flag("auto"), &at],
+                )
+                .await?;
+            }
+            "MenuItemUpserted" => {
+                execute(tx,
+                    "INSERT INTO menu_item_history (restaurant_id, seq, item, name, price, stock, delta, \
+                     available, max_per_customer, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                     ON CONFLICT DO NOTHING",
+                    &[
+                        &text("r"),
+                        &seq,
+                        &text("i"),
+                        &text("name"),
+                        &number("price"),
+                        &number("stock"),
+                        &number("delta"),
+                        &flag("available"),
+                        &number("max_pc"),
+                        &at,
+                    ],
+                )
+                .await?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// `timer_history` from TimerFired, `notifications` from NotificationSent.
+pub(crate) async fn insert_delayed_task_history(
+    tx: &Tx<'_>,
+    events: &[Event],
+    payloads: &[Value],
+) -> Result<(), ArchiveError> {
+    for (event, data) in events.iter().zip(payloads) {
+        let text = |k: &str| data.get(k).and_then(Value::as_str).map(str::to_string);
+        let number = |k: &str| data.get(k).and_then(Value::as_i64);
+        match event.kind.as_str() {
+            "TimerFired" => {
+                let (Some(order), Some(kind), Some(due), Some(fired)) = (
+                    text("o").and_then(|o| o.parse::<Uuid>().ok()),
+                    text("k"),
+                    number("due"),
+                    number("fired"),
+                ) else {
+                    continue;
+                };
+                execute(tx,
+                    "INSERT INTO timer_history (order_id, kind, due_at, fired_at, lateness_ms, outcome) \
+                     VALUES ($1, $2, $3, $4, $5, 'fired') ON CONFLICT DO NOTHING",
+                    &[&order, &kind, &ms_time(due), &ms_time(fired), &(fired - due).max(0)],
+                )
+                .await?;
+            }
+            "NotificationSent" => {
+                let Some(order) = event.order_id() else {
+                    continue;
+                };
+                execute(tx,
+                    "INSERT INTO notifications (order_id, kind, idempotency_key, channel, attempts, sent_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+                    &[
+                        &order,
+                        &text("kind").unwrap_or_default(),
+                        &text("key").unwrap_or_default(),
+                        &text("channel").unwrap_or_default(),
+                        &(number("attempts").unwrap_or(1) as i32),
+                        &ms_time(event.ts_ms),
+                    ],
+                )
+                .await?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+pub(crate) async fn insert_order_items(
+    tx: &Tx<'_>,
+    events: &[Event],
+    payloads: &[Value],
+) -> Result<(), ArchiveError> {
+    let (mut orders, mut items, mut qtys, mut prices) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (event, data) in events
+        .iter()
+        .zip(payloads)
+        .filter(|(e, _)| e.kind == "OrderPlaced")
+    {
+        let Some(order) = event.order_id() else {
+            continue;
+        };
+        for line in data
+            .get("l")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let (Some(item), Some(qty), Some(price)) = (
+                line.get(0).and_then(Value::as_str),
+                line.get(1).and_then(Value::as_i64),
+                line.get(2).and_then(Value::as_i64),
+            ) else {
+                continue;
+            };
+            orders.push(order);
+            items.push(item.to_string());
+            qtys.push(qty as i32);
+            prices.push(price);
+        }
+    }
+    if orders.is_empty() {
+        return Ok(());
+    }
+    execute(tx,
+        "INSERT INTO order_items (order_id, item, qty, price) \
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::int4[], $4::int8[]) ON CONFLICT DO NOTHING",
+        &[&orders, &items, &qtys, &prices],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Brings the projection of every order the batch touched up to date,
+/// refolded from its whole archived history (which the same transaction
+/// just extended); returns those now at a final pair, with their last
+/// change (ms).
+pub(crate) async fn refold_orders(
+    tx: &Tx<'_>,
+    events: &[Event],
+) -> Result<Vec<(Uuid, i64)>, ArchiveError> {
+    let ids: BTreeSet<Uuid> = events.iter().filter_map(Event::order_id).collect();
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<Uuid> = ids.into_iter().collect();
+    let folded = refold_from_archive(tx, &ids).await?;
+    if folded.is_empty() {
+        return Ok(Vec::new());
+    }
+    macro_rules! column {
+        ($field:ident) => {
+            folded.iter().map(|r| r.$field.clone()).collect::<Vec<_>>()
+        };
+    }
+    execute(tx,
+        "INSERT INTO orders (order_id, saga_id, customer, restaurant_id, status, reason, payment_status, \
+         decision, total, created_at, updated_at, last_seq, events) \
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], \
+         $7::text[], $8::text[], $9::int8[], $10::timestamptz[], $11::timestamptz[], $12::int8[], $13::int4[]) \
+         ON CONFLICT (order_id) DO UPDATE SET saga_id = EXCLUDED.saga_id, customer = EXCLUDED.customer, \
+         restaurant_id = EXCLUDED.restaurant_id, status = EXCLUDED.status, reason = EXCLUDED.reason, \
+         payment_status = EXCLUDED.payment_status, decision = EXCLUDED.decision, total = EXCLUDED.total, \
+         created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at, last_seq = EXCLUDED.last_seq, \
+         events = EXCLUDED.events",
+        &[
+            &column!(order_id),
+            &column!(saga_id),
+            &column!(customer),
+            &column!(restaurant_id),
+            &column!(status),
+            &column!(reason),
+            &column!(payment_status),
+            &column!(decision),
+            &column!(total),
+            &column!(created_at),
+            &column!(updated_at),
+            &column!(last_seq),
+            &column!(events),
+        ],
+    )
+    .await?;
+    let paid: Vec<_> = folded
+        .iter()
+        .filter(|r| r.payment_status != "NONE")
+        .collect();
+    if !paid.is_empty() {
+        let ids: Vec<Uuid> = paid.iter().map(|r| r.order_id).collect();
+        let statuses: Vec<String> = paid.iter().map(|r| r.payment_status.clone()).collect();
+        let refs: Vec<Option<String>> = paid.iter().map(|r| r.provider_ref.clone()).collect();
+        let amounts: Vec<Option<i64>> = paid.iter().map(|r| r.total).collect();
+        let times: Vec<Option<SystemTime>> = paid.iter().map(|r| r.updated_at).collect();
+        execute(tx,
+            "INSERT INTO payments (order_id, status, provider_ref, amount, updated_at) \
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int8[], $5::timestamptz[]) \
+             ON CONFLICT (order_id) DO UPDATE SET status = EXCLUDED.status, \
+             provider_ref = EXCLUDED.provider_ref, amount = EXCLUDED.amount, updated_at = EXCLUDED.updated_at",
+            &[&ids, &statuses, &refs, &amounts, &times],
+        )
+        .await?;
+    }
+    Ok(folded
+        .iter()
+        .filter(|r| r.is_final())
+        .map(|r| {
+            let at = r
+                .updated_at
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0);
+            (r.order_id, at)
+        })
+        .collect())
+}
+
+/// Folds the orders `ids` from their whole archived history.
+pub(crate) async fn refold_from_archive(
+    tx: &Tx<'_>,
+    ids: &[Uuid],
+) -> Result<Vec<OrderRow>, ArchiveError> {
+    let months: Vec<SystemTime> = ids.iter().map(uuid_time).collect();
+    let rows = query(
+        tx,
+        "SELECT order_id, saga_id, seq, type, payload, event_time FROM saga_events \
+             WHERE order_id = ANY($1) AND part_time = ANY($2) ORDER BY order_id, seq",
+        &[&ids, &months],
+    )
+    .await?;
+    let mut folded = Vec::with_capacity(ids.len());
+    let mut current: Vec<Archived> = Vec::new();
+    for row in rows {
+        let event = Archived {
+            order_id: row.get(0),
+            saga_id: row.get(1),
+            seq: row.get(2),
+            kind: row.get(3),
+            payload: row.get::<_, Json<Value>>(4).0,
+            at: row.get(5),
+        };
+        if current.last().is_some_and(|e| e.order_id != event.order_id) {
+            folded.extend(fold(&current));
+            current.clear();
+        }
+        current.push(event);
+    }
+    folded.extend(fold(&current));
+    Ok(folded)
+}
+
+pub(crate) async fn advance_watermarks(tx: &Tx<'_>, entries: &[Entry]) -> Result<(), ArchiveError> {
+    let mut highest: HashMap<&str, (i64, i64)> = HashMap::new();
+    for entry in entries {
+        if let Some(id) = parse_entry_id(&entry.id) {
+            let slot = highest.entry(&entry.stream).or_insert(id);
+            *slot = (*slot).max(id);
+        }
+    }
+    for (stream, (ms, seq)) in highest {
+        execute(
+            tx,
+            "INSERT INTO archive_watermarks (stream, entry_ms, entry_seq) VALUES ($1, $2, $3) \
+             ON CONFLICT (stream) DO UPDATE SET entry_ms = EXCLUDED.entry_ms, \
+             entry_seq = EXCLUDED.entry_seq, updated_at = now() \
+             WHERE (archive_watermarks.entry_ms, archive_watermarks.entry_seq) \
+                 < (EXCLUDED.entry_ms, EXCLUDED.entry_seq)",
+            &[&stream, &ms, &seq],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// The transaction every batch writes in (its statements are prepared once
+/// per connection and cached).
+type Tx<'a> = deadpool_postgres::Transaction<'a>;
+
+pub(crate) async fn execute(
+    tx: &Tx<'_>,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<u64, tokio_postgres::Error> {
+    let statement = tx.prepare_cached(sql).await?;
+    tx.execute(&statement, params).await
+}
+
+pub(crate) async fn query(
+    tx: &Tx<'_>,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+    let statement = tx.prepare_cached(sql).await?;
+    tx.query(&statement, params).await
+}

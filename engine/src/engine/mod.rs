@@ -1,0 +1,302 @@
+//! [`Engine`]: every state change of lunchrush, each one Lua script.
+//!
+//! The engine is cheap to clone (an `Arc`) and shared by the API handlers,
+//! the saga workers and the batch tools of one process.
+//!
+//! - `menus`: restaurants and menu items.
+//! - `orders`: placing (idempotent) and reading orders.
+//! - `transitions`: every later step of an order, and the delayed tasks.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use fred::prelude::*;
+use uuid::Uuid;
+
+use crate::config::Config;
+use crate::domain::{
+    Invalid, MENU_ITEMS_MAX, Menu, MenuItem, Order, OrderStatus, PaymentStatus, PlaceOrder,
+};
+use crate::keys::{KeySpace, Lane, Topic};
+use crate::scripts::Scripts;
+
+mod menus;
+mod orders;
+mod transitions;
+
+/// Idempotency records are kept 25 hours: "at least 24 h" with an hour of
+/// margin for clients retrying across the day boundary.
+pub const IDEMPOTENCY_TTL_MS: u64 = 25 * 3600 * 1000;
+
+/// Redis failures (the only operating error of a transition).
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("redis: {0}")]
+    Redis(#[from] fred::error::Error),
+    #[error("redis returned an unexpected reply from {script}: {reply:?}")]
+    Reply {
+        script: &'static str,
+        reply: Vec<String>,
+    },
+}
+
+/// Why a placement was refused (nothing changed).
+#[derive(Debug, thiserror::Error)]
+pub enum PlaceError {
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    #[error("this Idempotency-Key was used for another request (order {order})")]
+    IdempotencyConflict { order: String },
+    #[error("restaurant {0} does not exist")]
+    RestaurantNotFound(String),
+    #[error("restaurant {0} is closed")]
+    RestaurantClosed(String),
+    #[error("unknown items: {}", .0.join(", "))]
+    ItemNotFound(Vec<String>),
+    #[error("items not available: {}", .0.join(", "))]
+    ItemUnavailable(Vec<String>),
+    #[error("out of stock: {}", .0.join(", "))]
+    OutOfStock(Vec<String>),
+    #[error("over the per-customer limit: {}", .0.join(", "))]
+    LimitExceeded(Vec<String>),
+    #[error("prices changed: the current total is {current_total}")]
+    PriceChanged { current_total: i64 },
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+impl From<fred::error::Error> for PlaceError {
+    fn from(error: fred::error::Error) -> Self {
+        PlaceError::Engine(EngineError::Redis(error))
+    }
+}
+
+/// A placed order (or the first answer again, for a repeated request).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placed {
+    pub order_id: Uuid,
+    pub total: i64,
+    /// The same Idempotency-Key and request were seen before.
+    pub duplicate: bool,
+}
+
+/// What a transition script answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The transition happened.
+    Applied,
+    /// It had already happened (a redelivery): nothing changed.
+    Unchanged,
+    /// It is not legal now (`detail` says why): nothing changed.
+    Refused(String),
+    NotFound,
+}
+
+/// A transition's outcome plus the order's state after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    pub outcome: Outcome,
+    pub status: Option<OrderStatus>,
+    pub pay: Option<PaymentStatus>,
+    pub version: u64,
+    pub decision: String,
+    pub reason: String,
+}
+
+impl Transition {
+    fn parse(script: &'static str, reply: Vec<String>) -> Result<Self, EngineError> {
+        if reply.len() < 7 {
+            return Err(EngineError::Reply { script, reply });
+        }
+        let outcome = match (reply[0].as_str(), reply[6].as_str()) {
+            ("ok", _) => Outcome::Applied,
+            ("noop", _) => Outcome::Unchanged,
+            ("err", "not_found") => Outcome::NotFound,
+            ("err", detail) => Outcome::Refused(detail.to_string()),
+            _ => return Err(EngineError::Reply { script, reply }),
+        };
+        Ok(Self {
+            outcome,
+            status: OrderStatus::parse(&reply[1]),
+            pay: PaymentStatus::parse(&reply[2]),
+            version: reply[3].parse().unwrap_or(0),
+            decision: reply[4].clone(),
+            reason: reply[5].clone(),
+        })
+    }
+
+    /// Applied or already so.
+    pub fn is_done(&self) -> bool {
+        matches!(self.outcome, Outcome::Applied | Outcome::Unchanged)
+    }
+}
+
+/// What the payment provider said happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PaymentOutcome {
+    Authorized,
+    Declined,
+    Captured,
+    Voided,
+    Refunded,
+    /// The provider refused a capture (authorization expired or voided).
+    CaptureFailed,
+    /// Reconciliation: the provider holds no capture for an order recorded
+    /// CAPTURED; the payment becomes VOIDED and the order REJECTED.
+    Corrected,
+}
+
+impl PaymentOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PaymentOutcome::Authorized => "authorized",
+            PaymentOutcome::Declined => "declined",
+            PaymentOutcome::Captured => "captured",
+            PaymentOutcome::Voided => "voided",
+            PaymentOutcome::Refunded => "refunded",
+            PaymentOutcome::CaptureFailed => "capture_failed",
+            PaymentOutcome::Corrected => "corrected",
+        }
+    }
+}
+
+/// Who cancels or confirms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Actor {
+    Customer,
+    Restaurant,
+    Admin,
+    Timer,
+}
+
+impl Actor {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Actor::Customer => "customer",
+            Actor::Restaurant => "restaurant",
+            Actor::Admin => "admin",
+            Actor::Timer => "timer",
+        }
+    }
+}
+
+/// A partial menu-item update (`None` = unchanged).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ItemPatch {
+    pub name: Option<String>,
+    pub price: Option<i64>,
+    pub available: Option<bool>,
+    pub stock_delta: Option<i64>,
+    pub max_per_customer: Option<Option<i64>>,
+}
+
+/// A full menu item (`PUT`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemPut {
+    pub name: String,
+    pub price: i64,
+    pub stock: i64,
+    pub available: bool,
+    pub max_per_customer: Option<i64>,
+}
+
+/// Why a menu edit was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum MenuError {
+    #[error("restaurant {0} does not exist")]
+    RestaurantNotFound(String),
+    #[error("item {0} does not exist")]
+    ItemNotFound(String),
+    #[error("the stock change would take units on hand below zero")]
+    StockNegative,
+    #[error(
+        "the stock change would take units on hand above {}",
+        crate::domain::STOCK_MAX
+    )]
+    StockTooHigh,
+    #[error("the menu already has {MENU_ITEMS_MAX} items")]
+    MenuFull,
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+impl From<fred::error::Error> for MenuError {
+    fn from(error: fred::error::Error) -> Self {
+        MenuError::Engine(EngineError::Redis(error))
+    }
+}
+
+struct Inner {
+    redis: Client,
+    keys: KeySpace,
+    scripts: Scripts,
+    config: Config,
+    /// Woken whenever this process emits an event, so its own workers pick
+    /// it up at once instead of at their next poll.
+    wake: tokio::sync::Notify,
+}
+
+/// The engine of one process.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("keys", &self.inner.keys)
+            .finish()
+    }
+}
+
+fn millis(duration: std::time::Duration) -> String {
+    duration.as_millis().to_string()
+}
+
+fn flag(value: bool) -> String {
+    if value { "1".into() } else { "0".into() }
+}
+
+impl Engine {
+    /// An engine over an initialized client; loads every script.
+    pub async fn new(redis: Client, config: Config) -> Result<Self, EngineError> {
+        let scripts = Scripts::new();
+        scripts.load_all(&redis).await?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                keys: KeySpace::new(&config.key_prefix, config.partitions),
+                redis,
+                scripts,
+                config,
+                wake: tokio::sync::Notify::new(),
+            }),
+        })
+    }
+
+    pub fn redis(&self) -> &Client {
+        &self.inner.redis
+    }
+
+    pub fn keys(&self) -> &KeySpace {
+        &self.inner.keys
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub fn scripts(&self) -> &Scripts {
+        &self.inner.scripts
+    }
+
+    /// Resolves when this process emits an event after the future was
+    /// enabled (`Notified::enable`) or first polled.
+    pub fn local_event(&self) -> tokio::sync::futures::Notified<'_> {
+        self.inner.wake.notified()
+    }
+
+    fn woke(&self) {
+        self.inner.wake.notify_waiters();
+    }
+}

@@ -1,0 +1,306 @@
+//! The streams' leftovers: entries of dead consumers, idle consumers,
+//! parked compensations and dead letters.
+
+use super::*;
+
+impl Reconciler {
+    /// Kind `dead_consumer_pending`: entries pending longer than
+    /// `older_than` in any group are claimed and handled by that group's own
+    /// handler (which is idempotent).
+    pub async fn dead_consumer_pending(
+        &self,
+        run: &mut Run<'_>,
+        notifier: std::sync::Arc<dyn crate::notify::Notifier>,
+    ) -> Result<(), ReconcileError> {
+        let idle_ms = run.options.older_than.as_millis() as u64;
+        for role in Role::ALL {
+            let mut idle = 0u64;
+            for p in 0..self.engine.keys().partitions() {
+                for topic in role.topics() {
+                    let pending: Vec<(String, String, u64, u64)> = self
+                        .engine
+                        .redis()
+                        .custom(
+                            fred::cmd!("XPENDING"),
+                            vec![
+                                self.engine.keys().stream(p, *topic),
+                                role.group().to_string(),
+                                "IDLE".into(),
+                                idle_ms.to_string(),
+                                "-".into(),
+                                "+".into(),
+                                "1000".into(),
+                            ],
+                        )
+                        .await
+                        .unwrap_or_default();
+                    idle += pending.len() as u64;
+                }
+            }
+            if idle == 0 {
+                continue;
+            }
+            let subject = format!("group {}", role.group());
+            if run.options.dry_run {
+                run.record(
+                    "dead_consumer_pending",
+                    subject,
+                    &format!("claim {idle} entries"),
+                    Outcome::WouldFix,
+                    String::new(),
+                );
+                continue;
+            }
+            let mut options = saga::WorkerOptions::new(run.options.consumer.clone());
+            options.reclaim_idle = run.options.older_than;
+            options.concurrency = 8;
+            let mut worker = saga::Worker::new(
+                self.engine.clone(),
+                self.psp.clone(),
+                notifier.clone(),
+                role,
+                options,
+            );
+            let (mut handled, mut failed) = (0, 0);
+            for _ in 0..100 {
+                run.pace().await;
+                let round = worker.reclaim_round().await?;
+                handled += round.handled + round.dead;
+                failed += round.failed;
+                if round.handled + round.dead + round.failed == 0 {
+                    break;
+                }
+            }
+            let outcome = if failed == 0 {
+                Outcome::Fixed
+            } else {
+                Outcome::Unfixable
+            };
+            run.record(
+                "dead_consumer_pending",
+                subject,
+                &format!("claimed {idle} entries"),
+                outcome,
+                format!("{handled} handled, {failed} still failing"),
+            );
+        }
+        Ok(())
+    }
+
+    /// Kind `idle_consumer`: consumers with nothing pending and idle longer
+    /// than [`CONSUMER_IDLE_MAX`] are deleted from their group (every process
+    /// start adds a consumer name; without this the groups only grow).
+    pub async fn idle_consumers(&self, run: &mut Run<'_>) -> Result<(), ReconcileError> {
+        let keys = self.engine.keys();
+        let idle_max = CONSUMER_IDLE_MAX.as_millis() as u64;
+        for p in 0..keys.partitions() {
+            for topic in crate::keys::Topic::ALL {
+                let stream = keys.stream(p, topic);
+                let groups: Vec<HashMap<String, fred::types::Value>> =
+                    info_entries(&self.engine, vec!["GROUPS".into(), stream.clone()]).await;
+                for group in groups {
+                    let Some(group) = group.get("name").and_then(|v| v.as_string()) else {
+                        continue;
+                    };
+                    let consumers = info_entries(
+                        &self.engine,
+                        vec!["CONSUMERS".into(), stream.clone(), group.clone()],
+                    )
+                    .await;
+                    for consumer in consumers {
+                        let number = |k: &str| consumer.get(k).and_then(|v| v.as_u64());
+                        let (Some(name), Some(0), Some(idle)) = (
+                            consumer.get("name").and_then(|v| v.as_string()),
+                            number("pending"),
+                            number("idle"),
+                        ) else {
+                            continue;
+                        };
+                        if idle < idle_max {
+                            continue;
+                        }
+                        let subject = format!("{stream} {group} {name}");
+                        if run.options.dry_run {
+                            run.record(
+                                "idle_consumer",
+                                subject,
+                                "delete",
+                                Outcome::WouldFix,
+                                String::new(),
+                            );
+                            continue;
+                        }
+                        // DELCONSUMER would drop entries pending meanwhile:
+                        // only if the consumer still has none.
+                        let _: fred::types::Value = self
+                            .engine
+                            .redis()
+                            .custom(
+                                fred::cmd!("XGROUP"),
+                                vec![
+                                    "DELCONSUMER".to_string(),
+                                    stream.clone(),
+                                    group.clone(),
+                                    name,
+                                ],
+                            )
+                            .await?;
+                        run.record(
+                            "idle_consumer",
+                            subject,
+                            "delete",
+                            Outcome::Fixed,
+                            format!("idle {} s, nothing pending", idle / 1_000),
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Kind `parked_compensation`: the operator queue, retried.
+    pub async fn parked(&self, run: &mut Run<'_>, group: &str) -> Result<(), ReconcileError> {
+        for p in 0..self.engine.keys().partitions() {
+            let stream = self.engine.keys().stream(p, Topic::Parked);
+            for id in ["0", ">"] {
+                let page = if id == "0" {
+                    // Every pending entry, whoever holds it (an earlier run,
+                    // the operations console): taken over by this run.
+                    let claimed: Result<Claimed, _> = self
+                        .engine
+                        .redis()
+                        .xautoclaim_values(
+                            stream.as_str(),
+                            group,
+                            run.options.consumer.as_str(),
+                            0,
+                            "0-0",
+                            Some(PAGE as u64),
+                            false,
+                        )
+                        .await;
+                    claimed
+                        .map(|(_, entries)| HashMap::from([(stream.clone(), entries)]))
+                        .unwrap_or_default()
+                } else {
+                    saga::read_group(
+                        self.engine.redis(),
+                        group,
+                        &run.options.consumer,
+                        PAGE as u64,
+                        vec![stream.clone()],
+                        vec![id],
+                    )
+                    .await
+                    .unwrap_or_default()
+                };
+                for (_, entries) in page {
+                    for (entry_id, fields) in entries {
+                        let order = fields
+                            .get("f.order")
+                            .and_then(|o| o.parse::<uuid::Uuid>().ok());
+                        let subject = order
+                            .map(|o| o.to_string())
+                            .unwrap_or_else(|| entry_id.clone());
+                        let detail = fields.get("reason").cloned().unwrap_or_default();
+                        let action = fields
+                            .get("action")
+                            .cloned()
+                            .unwrap_or_else(|| "retry".into());
+                        if run.options.dry_run {
+                            run.record(
+                                "parked_compensation",
+                                subject,
+                                &action,
+                                Outcome::WouldFix,
+                                detail,
+                            );
+                            continue;
+                        }
+                        run.pace().await;
+                        let fixed = match order {
+                            Some(order) => self
+                                .settle(&order)
+                                .await
+                                .ok()
+                                .and_then(|(o, _)| o)
+                                .is_none_or(|o| settled(&o)),
+                            None => true,
+                        };
+                        if fixed {
+                            let _: i64 = self
+                                .engine
+                                .redis()
+                                .xack(stream.as_str(), group, entry_id.clone())
+                                .await?;
+                        }
+                        let outcome = if fixed {
+                            Outcome::Fixed
+                        } else {
+                            Outcome::Unfixable
+                        };
+                        run.record("parked_compensation", subject, &action, outcome, detail);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Kind `dead_letter`: reported with their reasons (they are archived
+    /// into `dead_letters`; fixing a poison event is an operator's call).
+    pub async fn dead_letters(&self, run: &mut Run<'_>) -> Result<(), ReconcileError> {
+        for p in 0..self.engine.keys().partitions() {
+            let stream = self.engine.keys().stream(p, Topic::Dead);
+            let entries: Vec<(String, HashMap<String, String>)> = self
+                .engine
+                .redis()
+                .xrevrange(
+                    stream.as_str(),
+                    "+",
+                    "-",
+                    Some(DEAD_LETTERS_LISTED_MAX as u64),
+                )
+                .await?;
+            for (id, fields) in entries {
+                let subject = format!(
+                    "{}:{}",
+                    fields.get("source").cloned().unwrap_or_default(),
+                    fields.get("source_id").cloned().unwrap_or(id)
+                );
+                let detail = format!(
+                    "group {}: {}",
+                    fields.get("group").cloned().unwrap_or_default(),
+                    fields.get("reason").cloned().unwrap_or_default()
+                );
+                run.record("dead_letter", subject, "report", Outcome::Reported, detail);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// XINFO GROUPS / CONSUMERS as one map per entry (empty when the stream or
+/// group does not exist).
+async fn info_entries(
+    engine: &Engine,
+    args: Vec<String>,
+) -> Vec<HashMap<String, fred::types::Value>> {
+    let reply: fred::types::Value = engine
+        .redis()
+        .custom(fred::cmd!("XINFO"), args)
+        .await
+        .unwrap_or(fred::types::Value::Null);
+    reply
+        .into_array()
+        .into_iter()
+        .map(|entry| {
+            entry
+                .into_array()
+                .chunks(2)
+                .filter_map(|kv| Some((kv[0].as_string()?, kv.get(1)?.clone())))
+                .collect()
+        })
+        .collect()
+}

@@ -1,0 +1,252 @@
+//! The handlers: what each group does with an event (payment hops,
+//! auto-approval, due timers), idempotent by re-reading the order.
+
+use super::*;
+
+/// Drives one order's payment until no step is owed (see [`payment_action`]).
+pub async fn drive_payment(
+    engine: &Engine,
+    psp: &PspClient,
+    order_id: &uuid::Uuid,
+    lane: Lane,
+) -> Result<(), WorkError> {
+    let mut asked = false;
+    for _ in 0..DRIVE_STEPS_MAX {
+        let Some(order) = engine.order(order_id).await? else {
+            return Ok(());
+        };
+        let key = order.id.to_string();
+        let Some(action) = payment_action(&order) else {
+            // A rejected order that never recorded a payment may still hold
+            // one: an authorization whose answer was lost (a timeout after
+            // the charge) before the payment window closed. Ask once; what
+            // the provider holds is recorded and then voided or refunded.
+            if asked || (order.status, order.pay) != (OrderStatus::Rejected, PaymentStatus::None) {
+                return Ok(());
+            }
+            asked = true;
+            let Some(provider) = psp.lookup(&key).await? else {
+                return Ok(());
+            };
+            for step in catch_up(order.pay, &provider.state, false) {
+                engine
+                    .record_payment(&order, step, &provider.reference, lane)
+                    .await?;
+            }
+            continue;
+        };
+        let answer = match action {
+            PaymentAction::Authorize => psp.authorize(&key, order.total).await,
+            PaymentAction::Capture => psp.capture(&key).await,
+            PaymentAction::Void => psp.void(&key).await,
+            PaymentAction::Refund => psp.refund(&key).await,
+        };
+        let provider = match answer {
+            Ok(payment) => payment,
+            // The provider's state says what really happened; record that.
+            Err(PspError::Conflict(payment)) => payment,
+            Err(error) => {
+                metrics::counter!("lunchrush_psp_failures_total", "action" => action.as_str())
+                    .increment(1);
+                return Err(error.into());
+            }
+        };
+        let steps = catch_up(order.pay, &provider.state, action == PaymentAction::Capture);
+        if steps.is_empty() {
+            // The provider is where we already are (e.g. void of a declined
+            // payment): nothing to record, and nothing more to do.
+            return Ok(());
+        }
+        let mut after = None;
+        for step in steps {
+            let t = engine
+                .record_payment(&order, step, &provider.reference, lane)
+                .await?;
+            if let Outcome::Refused(detail) = &t.outcome {
+                tracing::warn!(order = %order.id, step = step.as_str(), %detail,
+                    "Provider outcome refused by the payment state machine.");
+            }
+            after = Some(t);
+        }
+        // The last transition returned the order's state after it: when no
+        // step is owed there, stop without re-reading the order. (A later
+        // change that owes one — approval, rejection — arrives as its own
+        // event.)
+        if let Some(t) = after.filter(|t| t.is_done())
+            && let (Some(status), Some(pay)) = (t.status, t.pay)
+        {
+            let now = Order {
+                status,
+                pay,
+                decision: t.decision,
+                ..order
+            };
+            if payment_action(&now).is_none() {
+                return Ok(());
+            }
+        }
+    }
+    Err(WorkError::NoProgress)
+}
+
+/// Auto-approval: a paid order of an `auto_approve` restaurant that is open.
+pub async fn auto_approve(
+    engine: &Engine,
+    order_id: &uuid::Uuid,
+    lane: Lane,
+) -> Result<(), WorkError> {
+    let Some(order) = engine.order(order_id).await? else {
+        return Ok(());
+    };
+    if order.status != OrderStatus::Paid || !order.decision.is_empty() {
+        return Ok(());
+    }
+    let keys = engine.keys();
+    let auto: Option<String> = engine
+        .redis()
+        .hget(keys.restaurant(order.partition, &order.restaurant), "auto")
+        .await
+        .map_err(EngineError::from)?;
+    if auto.as_deref() != Some("1") {
+        return Ok(());
+    }
+    engine
+        .decide(&order, true, "", Some(order.version), true, lane)
+        .await?;
+    Ok(())
+}
+
+/// A fired timer's payload.
+#[derive(Debug, serde::Deserialize)]
+struct TimerData {
+    o: String,
+    k: String,
+    due: i64,
+    fired: i64,
+}
+
+/// Attempts to act on a timer when the order moves underneath (version CAS).
+const TIMER_RETRIES_MAX: usize = 3;
+
+/// Acts on one fired timer (see [`crate::timers`]). Idempotent: each action
+/// checks the order's current state; a stale version is re-read and retried.
+pub async fn on_timer(
+    engine: &Engine,
+    notifier: &dyn crate::notify::Notifier,
+    event: &Event,
+    lane: Lane,
+) -> Result<(), WorkError> {
+    let data: TimerData =
+        serde_json::from_str(&event.data).map_err(|e| WorkError::Timer(e.to_string()))?;
+    let id: uuid::Uuid = data
+        .o
+        .parse()
+        .map_err(|_| WorkError::Timer(format!("order {:?}", data.o)))?;
+    let lateness = (data.fired - data.due).max(0) as f64 / 1_000.0;
+    metrics::histogram!("lunchrush_timer_lateness_seconds", "kind" => timer_kind(&data.k))
+        .record(lateness);
+    let timers = &engine.config().timers;
+    for _ in 0..TIMER_RETRIES_MAX {
+        let Some(order) = engine.order(&id).await? else {
+            return Ok(());
+        };
+        let t = match (data.k.as_str(), order.status) {
+            ("payment_window", OrderStatus::Pending) => {
+                engine
+                    .release(&order, "payment_window", Some(order.version), lane)
+                    .await?
+            }
+            ("approval_timeout", OrderStatus::Paid) if order.decision.is_empty() => {
+                engine
+                    .release(&order, "approval_timeout", Some(order.version), lane)
+                    .await?
+            }
+            ("confirm_notice", OrderStatus::Dispatched) => {
+                if !order.notified.iter().any(|k| k == "confirm_notice") {
+                    let notice = crate::notify::Notification::confirm_notice(
+                        order.id,
+                        &order.customer,
+                        timers.auto_confirm_after,
+                    );
+                    let attempts = notifier.send(&notice).await?;
+                    engine
+                        .record_notification(
+                            &order,
+                            &notice.kind,
+                            &notice.idempotency_key,
+                            notifier.channel(),
+                            attempts,
+                            lane,
+                        )
+                        .await?;
+                }
+                engine
+                    .schedule_timer(
+                        &order,
+                        "auto_confirm",
+                        timers.auto_confirm_after,
+                        OrderStatus::Dispatched,
+                    )
+                    .await?;
+                return Ok(());
+            }
+            ("auto_confirm", OrderStatus::Dispatched) => {
+                engine
+                    .advance(
+                        &order,
+                        OrderStatus::Confirmed,
+                        crate::engine::Actor::Timer,
+                        Some(order.version),
+                        lane,
+                    )
+                    .await?
+            }
+            // The order moved on: the timer is moot.
+            _ => return Ok(()),
+        };
+        if t.outcome != Outcome::Refused("stale".into()) {
+            return Ok(());
+        }
+    }
+    Err(WorkError::NoProgress)
+}
+
+/// Bounded label values for timer metrics.
+fn timer_kind(kind: &str) -> &'static str {
+    match kind {
+        "payment_window" => "payment_window",
+        "approval_timeout" => "approval_timeout",
+        "confirm_notice" => "confirm_notice",
+        "auto_confirm" => "auto_confirm",
+        _ => "other",
+    }
+}
+
+/// Runs `role`'s handler for `event` in `lane`: what a worker does with an
+/// entry it read, and what an operator's retry of a dead letter does (in
+/// the batch lane). Every handler is idempotent.
+pub async fn handle_event(
+    engine: &Engine,
+    psp: &PspClient,
+    notifier: &dyn crate::notify::Notifier,
+    role: Role,
+    event: &Event,
+    lane: Lane,
+) -> Result<(), WorkError> {
+    if role == Role::Order && event.kind == "TimerFired" {
+        return on_timer(engine, notifier, event, lane).await;
+    }
+    let Some(order_id) = event.order_id() else {
+        return Ok(());
+    };
+    match (role, event.kind.as_str()) {
+        (
+            Role::Payment | Role::Batch,
+            "OrderPlaced" | "OrderRejected" | "RestaurantApproved" | "RestaurantRejected",
+        ) => drive_payment(engine, psp, &order_id, lane).await,
+        (Role::Restaurant | Role::Batch, "PaymentAuthorized") => {
+            auto_approve(engine, &order_id, lane).await
+        }
+        _ => Ok(()),
+    }
+}
