@@ -10,6 +10,7 @@
 mod args;
 mod commands;
 mod logging;
+mod shutdown;
 
 use std::process::ExitCode;
 

@@ -120,53 +120,58 @@ fn base() -> Value {
                 "parameters": [{"$ref": "#/components/parameters/OrderId"}],
                 "responses": common_errors(json!({"200": ok("the events", "Events"), "404": problem("no such order visible to this token")}), false)}}
         },
-        "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT (HS256): sub, role customer|restaurant|admin, rid (restaurants), exp"}},
-            "parameters": {
-                "RestaurantId": {"name": "rid", "in": "path", "required": true, "schema": {"$ref": "#/components/schemas/Id"}},
-                "ItemId": {"name": "item", "in": "path", "required": true, "schema": {"$ref": "#/components/schemas/Id"}},
-                "OrderId": {"name": "id", "in": "path", "required": true, "schema": {"type": "string", "format": "uuid"}}
-            },
-            "schemas": {
-                "Id": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"},
-                "Problem": {"type": "object", "required": ["type", "title", "status", "detail", "code"], "properties": {
-                    "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
-                    "detail": {"type": "string"}, "code": {"type": "string"},
-                    "items": {"type": "array", "items": {"type": "string"}}, "current_total": {"type": "integer"}, "path": {"type": "string"}, "field": {"type": "string"},
-                    "order_status": {"type": "string"}}},
-                "RestaurantPut": {"type": "object", "additionalProperties": false, "required": ["name", "open", "auto_approve"], "properties": {
-                    "name": {"type": "string", "maxLength": 200}, "open": {"type": "boolean"}, "auto_approve": {"type": "boolean"}}},
-                "RestaurantPatch": {"type": "object", "additionalProperties": false, "properties": {"open": {"type": "boolean"}, "auto_approve": {"type": "boolean"}}},
-                "ItemPut": {"type": "object", "additionalProperties": false, "required": ["name", "price", "stock", "available"], "properties": {
-                    "name": {"type": "string"}, "price": {"type": "integer", "minimum": 0, "maximum": 10000000},
-                    "stock": {"type": "integer", "minimum": 0, "maximum": 10000000}, "available": {"type": "boolean"},
-                    "max_per_customer": {"type": ["integer", "null"], "minimum": 0}}},
-                "ItemPatch": {"type": "object", "additionalProperties": false, "properties": {
-                    "name": {"type": "string"}, "price": {"type": "integer", "minimum": 0}, "available": {"type": "boolean"},
-                    "stock_delta": {"type": "integer"}, "max_per_customer": {"type": "integer", "minimum": 0}}},
-                "MenuItem": {"type": "object", "properties": {"item": {"type": "string"}, "name": {"type": "string"}, "price": {"type": "integer"},
-                    "stock": {"type": "integer"}, "available": {"type": "boolean"}, "max_per_customer": {"type": ["integer", "null"]}}},
-                "Menu": {"type": "object", "properties": {"restaurant_id": {"type": "string"}, "name": {"type": "string"}, "open": {"type": "boolean"},
-                    "auto_approve": {"type": "boolean"}, "items": {"type": "array", "items": {"$ref": "#/components/schemas/MenuItem"}}}},
-                "PlaceOrder": {"type": "object", "additionalProperties": false, "required": ["restaurant_id", "items", "expected_total"], "properties": {
-                    "restaurant_id": {"$ref": "#/components/schemas/Id"},
-                    "items": {"type": "array", "minItems": 1, "maxItems": 50, "items": {"type": "object", "additionalProperties": false,
-                        "required": ["item", "qty"], "properties": {"item": {"$ref": "#/components/schemas/Id"}, "qty": {"type": "integer", "minimum": 1, "maximum": 99}}}},
-                    "expected_total": {"type": "integer", "minimum": 0}}},
-                "Placed": {"type": "object", "properties": {"order_id": {"type": "string", "format": "uuid"}, "status": {"const": "PENDING"}, "total": {"type": "integer"}}},
-                "Order": {"type": "object", "properties": {
-                    "order_id": {"type": "string", "format": "uuid"}, "customer": {"type": "string"}, "restaurant_id": {"type": "string"},
-                    "items": {"type": "array", "items": {"type": "object", "properties": {"item": {"type": "string"}, "qty": {"type": "integer"}, "price": {"type": "integer"}}}},
-                    "total": {"type": "integer"},
-                    "status": {"enum": ["PENDING", "PAID", "APPROVED", "DISPATCHED", "CONFIRMED", "REJECTED"]},
-                    "reason": {"type": ["string", "null"], "description": "payment_declined, restaurant_rejected, approval_timeout, cancelled, reconciled, capture_failed, payment_window"},
-                    "payment": {"type": "object", "properties": {"status": {"enum": ["NONE", "AUTHORIZED", "CAPTURED", "REFUNDED", "DECLINED", "VOIDED"]}}},
-                    "created_at": {"type": "string", "format": "date-time"}, "updated_at": {"type": "string", "format": "date-time"}}},
-                "Reject": {"type": "object", "additionalProperties": false, "required": ["reason"], "properties": {"reason": {"type": "string", "minLength": 1, "maxLength": 500}}},
-                "Events": {"type": "object", "properties": {"order_id": {"type": "string"}, "events": {"type": "array", "items": {"type": "object", "properties": {
-                    "seq": {"type": "integer"}, "type": {"type": "string"}, "at": {"type": "string", "format": "date-time"},
-                    "stream": {"type": "string"}, "entry_id": {"type": "string"}, "saga_id": {"type": "string"}, "data": {"type": "object"}}}}}}
-            }
+        "components": components(),
+    })
+}
+
+/// Security schemes, shared parameters and the schemas.
+fn components() -> Value {
+    json!({
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT (HS256): sub, role customer|restaurant|admin, rid (restaurants), exp"}},
+        "parameters": {
+            "RestaurantId": {"name": "rid", "in": "path", "required": true, "schema": {"$ref": "#/components/schemas/Id"}},
+            "ItemId": {"name": "item", "in": "path", "required": true, "schema": {"$ref": "#/components/schemas/Id"}},
+            "OrderId": {"name": "id", "in": "path", "required": true, "schema": {"type": "string", "format": "uuid"}}
+        },
+        "schemas": {
+            "Id": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"},
+            "Problem": {"type": "object", "required": ["type", "title", "status", "detail", "code"], "properties": {
+                "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
+                "detail": {"type": "string"}, "code": {"type": "string"},
+                "items": {"type": "array", "items": {"type": "string"}}, "current_total": {"type": "integer"}, "path": {"type": "string"}, "field": {"type": "string"},
+                "order_status": {"type": "string"}}},
+            "RestaurantPut": {"type": "object", "additionalProperties": false, "required": ["name", "open", "auto_approve"], "properties": {
+                "name": {"type": "string", "maxLength": 200}, "open": {"type": "boolean"}, "auto_approve": {"type": "boolean"}}},
+            "RestaurantPatch": {"type": "object", "additionalProperties": false, "properties": {"open": {"type": "boolean"}, "auto_approve": {"type": "boolean"}}},
+            "ItemPut": {"type": "object", "additionalProperties": false, "required": ["name", "price", "stock", "available"], "properties": {
+                "name": {"type": "string"}, "price": {"type": "integer", "minimum": 0, "maximum": 10000000},
+                "stock": {"type": "integer", "minimum": 0, "maximum": 10000000}, "available": {"type": "boolean"},
+                "max_per_customer": {"type": ["integer", "null"], "minimum": 0}}},
+            "ItemPatch": {"type": "object", "additionalProperties": false, "properties": {
+                "name": {"type": "string"}, "price": {"type": "integer", "minimum": 0}, "available": {"type": "boolean"},
+                "stock_delta": {"type": "integer"}, "max_per_customer": {"type": "integer", "minimum": 0}}},
+            "MenuItem": {"type": "object", "properties": {"item": {"type": "string"}, "name": {"type": "string"}, "price": {"type": "integer"},
+                "stock": {"type": "integer"}, "available": {"type": "boolean"}, "max_per_customer": {"type": ["integer", "null"]}}},
+            "Menu": {"type": "object", "properties": {"restaurant_id": {"type": "string"}, "name": {"type": "string"}, "open": {"type": "boolean"},
+                "auto_approve": {"type": "boolean"}, "items": {"type": "array", "items": {"$ref": "#/components/schemas/MenuItem"}}}},
+            "PlaceOrder": {"type": "object", "additionalProperties": false, "required": ["restaurant_id", "items", "expected_total"], "properties": {
+                "restaurant_id": {"$ref": "#/components/schemas/Id"},
+                "items": {"type": "array", "minItems": 1, "maxItems": 50, "items": {"type": "object", "additionalProperties": false,
+                    "required": ["item", "qty"], "properties": {"item": {"$ref": "#/components/schemas/Id"}, "qty": {"type": "integer", "minimum": 1, "maximum": 99}}}},
+                "expected_total": {"type": "integer", "minimum": 0}}},
+            "Placed": {"type": "object", "properties": {"order_id": {"type": "string", "format": "uuid"}, "status": {"const": "PENDING"}, "total": {"type": "integer"}}},
+            "Order": {"type": "object", "properties": {
+                "order_id": {"type": "string", "format": "uuid"}, "customer": {"type": "string"}, "restaurant_id": {"type": "string"},
+                "items": {"type": "array", "items": {"type": "object", "properties": {"item": {"type": "string"}, "qty": {"type": "integer"}, "price": {"type": "integer"}}}},
+                "total": {"type": "integer"},
+                "status": {"enum": ["PENDING", "PAID", "APPROVED", "DISPATCHED", "CONFIRMED", "REJECTED"]},
+                "reason": {"type": ["string", "null"], "description": "payment_declined, restaurant_rejected, approval_timeout, cancelled, reconciled, capture_failed, payment_window"},
+                "payment": {"type": "object", "properties": {"status": {"enum": ["NONE", "AUTHORIZED", "CAPTURED", "REFUNDED", "DECLINED", "VOIDED"]}}},
+                "created_at": {"type": "string", "format": "date-time"}, "updated_at": {"type": "string", "format": "date-time"}}},
+            "Reject": {"type": "object", "additionalProperties": false, "required": ["reason"], "properties": {"reason": {"type": "string", "minLength": 1, "maxLength": 500}}},
+            "Events": {"type": "object", "properties": {"order_id": {"type": "string"}, "events": {"type": "array", "items": {"type": "object", "properties": {
+                "seq": {"type": "integer"}, "type": {"type": "string"}, "at": {"type": "string", "format": "date-time"},
+                "stream": {"type": "string"}, "entry_id": {"type": "string"}, "saga_id": {"type": "string"}, "data": {"type": "object"}}}}}}
         }
     })
 }

@@ -22,48 +22,11 @@ pub async fn unarchived(
     run: &mut Run<'_>,
 ) -> Result<(), ArchiveError> {
     let older_than = run.options.older_than;
-    let cutoff_ms = SystemTime::now()
-        .checked_sub(older_than)
-        .unwrap_or(UNIX_EPOCH)
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_millis() as i64;
     let mut found = 0u64;
     for p in 0..engine.keys().partitions() {
         for topic in Topic::ALL {
             let stream = engine.keys().stream(p, topic);
-            let length: u64 = engine.redis().xlen(stream.as_str()).await?;
-            if length == 0 {
-                continue;
-            }
-            let pending: Vec<(String, String, u64, u64)> = engine
-                .redis()
-                .custom(
-                    fred::cmd!("XPENDING"),
-                    vec![
-                        stream.clone(),
-                        GROUP.into(),
-                        "IDLE".into(),
-                        older_than.as_millis().to_string(),
-                        "-".into(),
-                        "+".into(),
-                        SCAN_COUNT_MAX.to_string(),
-                    ],
-                )
-                .await
-                .unwrap_or_default();
-            found += pending.len() as u64;
-            let (ms, seq) = crate::archiver_last_delivered(engine.redis(), &stream).await?;
-            let undelivered: Vec<(String, std::collections::HashMap<String, String>)> = engine
-                .redis()
-                .xrange(
-                    stream.as_str(),
-                    format!("{ms}-{}", seq + 1),
-                    format!("{cutoff_ms}-0"),
-                    Some(SCAN_COUNT_MAX),
-                )
-                .await?;
-            found += undelivered.len() as u64;
+            found += old_unarchived(engine, &stream, older_than).await?;
         }
     }
     if found == 0 {
@@ -97,6 +60,53 @@ pub async fn unarchived(
         format!("{archived} entries archived"),
     );
     Ok(())
+}
+
+/// Entries of `stream` older than `older_than` the archiver group has not
+/// acknowledged: pending that long, or not delivered at all (at most
+/// [`SCAN_COUNT_MAX`] of each).
+async fn old_unarchived(
+    engine: &engine::Engine,
+    stream: &str,
+    older_than: Duration,
+) -> Result<u64, ArchiveError> {
+    let length: u64 = engine.redis().xlen(stream).await?;
+    if length == 0 {
+        return Ok(0);
+    }
+    let cutoff_ms = SystemTime::now()
+        .checked_sub(older_than)
+        .unwrap_or(UNIX_EPOCH)
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_millis() as i64;
+    let pending: Vec<(String, String, u64, u64)> = engine
+        .redis()
+        .custom(
+            fred::cmd!("XPENDING"),
+            vec![
+                stream.to_string(),
+                GROUP.into(),
+                "IDLE".into(),
+                older_than.as_millis().to_string(),
+                "-".into(),
+                "+".into(),
+                SCAN_COUNT_MAX.to_string(),
+            ],
+        )
+        .await
+        .unwrap_or_default();
+    let (ms, seq) = crate::archiver_last_delivered(engine.redis(), stream).await?;
+    let undelivered: Vec<(String, std::collections::HashMap<String, String>)> = engine
+        .redis()
+        .xrange(
+            stream,
+            format!("{ms}-{}", seq + 1),
+            format!("{cutoff_ms}-0"),
+            Some(SCAN_COUNT_MAX),
+        )
+        .await?;
+    Ok((pending.len() + undelivered.len()) as u64)
 }
 
 /// Kind `archive_gap`: orders whose archived events or projection disagree

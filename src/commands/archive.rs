@@ -50,7 +50,7 @@ pub async fn run(args: ArchiveArgs) -> anyhow::Result<ExitCode> {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut task = tokio::spawn(start(config, options, stopped));
     tokio::select! {
-        _ = super::up::shutdown_signal() => {
+        _ = crate::shutdown::signal() => {
             let _ = stop.send(true);
             (&mut task).await.context("the archiver task")??;
         }

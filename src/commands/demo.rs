@@ -17,7 +17,7 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 
-use super::up::{UpArgs, shutdown_signal};
+use super::up::UpArgs;
 
 /// Restaurants seeded by the demo.
 const RESTAURANTS: usize = 24;
@@ -72,21 +72,69 @@ fn zipf_pick(weights: &[f64]) -> usize {
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let (duration, users) = (args.duration, args.users);
     let running = super::up::start(args.up).await?;
     let api = running.api_url.clone();
     let keys = api::auth::Keys::new(running.config.jwt_secret.as_bytes());
-    let mint = |role, sub: &str, rid: Option<&str>| {
-        keys.mint(role, sub, rid, Duration::from_secs(24 * 3600))
-            .expect("valid claims")
-    };
-    let admin = mint(api::auth::Role::Admin, "demo-admin", None);
+    let admin = mint(&keys, api::auth::Role::Admin, "demo-admin", None);
     let http = reqwest::Client::new();
+    seed_menus(&http, &api, &keys).await?;
+    // The fragment never reaches the server or its log.
+    println!("Watch it live in the operations console: {api}/ops/#token={admin}");
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let elapsed = lunch_peak(duration, users, &http, &api, &keys, &tally).await;
 
-    // Seed the menus through the API, as operators would (one token each:
-    // the per-token rate limit applies to admins too).
+    // Quiescence: every saga at rest, then the archive caught up.
+    let engine = engine::Engine::new(
+        engine::store::connect(&running.config).await?,
+        running.config.clone(),
+    )
+    .await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while engine.unsettled().await? > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pool = api::postgres_pool(&running.config.postgres_url)?;
+    let mut audit = archiver::audit::audit(&engine, &pool).await?;
+    while !(audit.passed() && audit.stream_entries == 0) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        audit = archiver::audit::audit(&engine, &pool).await?;
+    }
+    let check = engine::check::check(&engine, true).await?;
+
+    let mut t = std::mem::take(&mut *tally.lock().unwrap_or_else(|e| e.into_inner()));
+    print_summary(users, elapsed, &mut t, &audit, &check);
+    print_try_it(&api, &admin, &keys);
+    crate::shutdown::signal().await;
+    running.stop().await?;
+    Ok(if check.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// A token valid for a day.
+fn mint(keys: &api::auth::Keys, role: api::auth::Role, sub: &str, rid: Option<&str>) -> String {
+    keys.mint(role, sub, rid, Duration::from_secs(24 * 3600))
+        .expect("valid claims")
+}
+
+/// The menus, seeded through the API as operators would (one token each:
+/// the per-token rate limit applies to admins too).
+async fn seed_menus(
+    http: &reqwest::Client,
+    api: &str,
+    keys: &api::auth::Keys,
+) -> anyhow::Result<()> {
     for r in 0..RESTAURANTS {
         let rid = format!("demo-{r:02}");
-        let admin = mint(api::auth::Role::Admin, &format!("demo-seeder-{r}"), None);
+        let admin = mint(
+            keys,
+            api::auth::Role::Admin,
+            &format!("demo-seeder-{r}"),
+            None,
+        );
         http.put(format!("{api}/v1/restaurants/{rid}"))
             .bearer_auth(&admin)
             .json(&json!({"name": format!("Demo kitchen {r}"), "open": true, "auto_approve": true}))
@@ -104,18 +152,27 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 .context("seed a dish")?;
         }
     }
+    Ok(())
+}
 
+/// `users_max` customers ordering for `duration`, with a progress display;
+/// returns how long it took.
+async fn lunch_peak(
+    duration: Duration,
+    users_max: usize,
+    http: &reqwest::Client,
+    api: &str,
+    keys: &api::auth::Keys,
+    tally: &Arc<Mutex<Tally>>,
+) -> Duration {
     let weights: Arc<Vec<f64>> = Arc::new(
         (1..=RESTAURANTS)
             .map(|k| 1.0 / (k as f64).powf(ZIPF_S))
             .collect(),
     );
-    let tally = Arc::new(Mutex::new(Tally::default()));
-    // The fragment never reaches the server or its log.
-    println!("Watch it live in the operations console: {api}/ops/#token={admin}");
     let terminal = std::io::stderr().is_terminal();
     let bar = if terminal {
-        ProgressBar::new(args.duration.as_secs().max(1))
+        ProgressBar::new(duration.as_secs().max(1))
     } else {
         ProgressBar::hidden()
     };
@@ -125,15 +182,19 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     );
     let started = Instant::now();
     let mut users = Vec::new();
-    for u in 0..args.users {
-        let (http, api, weights, tally) =
-            (http.clone(), api.clone(), weights.clone(), tally.clone());
+    for u in 0..users_max {
+        let (http, api, weights, tally) = (
+            http.clone(),
+            api.to_string(),
+            weights.clone(),
+            tally.clone(),
+        );
         let token = mint(
+            keys,
             api::auth::Role::Customer,
             &format!("demo-customer-{u}"),
             None,
         );
-        let duration = args.duration;
         users.push(tokio::spawn(async move {
             let mut n = 0u64;
             while started.elapsed() < duration {
@@ -143,20 +204,18 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             }
         }));
     }
-    while started.elapsed() < args.duration {
+    while started.elapsed() < duration {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        let t = tally.lock().unwrap_or_else(|e| e.into_inner());
+        let placed = tally.lock().unwrap_or_else(|e| e.into_inner()).placed;
         bar.set_position(started.elapsed().as_secs());
         bar.set_message(format!(
-            "{} placed, {:.0}/s",
-            t.placed,
-            t.placed as f64 / started.elapsed().as_secs_f64()
+            "{placed} placed, {:.0}/s",
+            placed as f64 / started.elapsed().as_secs_f64()
         ));
         if !terminal && started.elapsed().as_millis() % 5_000 < 250 {
             eprintln!(
-                "lunch peak: {:.0}s, {} orders placed",
-                started.elapsed().as_secs_f64(),
-                t.placed
+                "lunch peak: {:.0}s, {placed} orders placed",
+                started.elapsed().as_secs_f64()
             );
         }
     }
@@ -164,32 +223,18 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         let _ = user.await;
     }
     bar.finish_and_clear();
-    let elapsed = started.elapsed();
+    started.elapsed()
+}
 
-    // Quiescence: every saga at rest, then the archive caught up.
-    let engine = engine::Engine::new(
-        engine::store::connect(&running.config).await?,
-        running.config.clone(),
-    )
-    .await?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if engine.unsettled().await? == 0 || Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let pool = api::postgres_pool(&running.config.postgres_url)?;
-    let mut audit = archiver::audit::audit(&engine, &pool).await?;
-    while !(audit.passed() && audit.stream_entries == 0) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        audit = archiver::audit::audit(&engine, &pool).await?;
-    }
-    let check = engine::check::check(&engine, true).await?;
-
-    let mut t = std::mem::take(&mut *tally.lock().unwrap_or_else(|e| e.into_inner()));
+fn print_summary(
+    users: usize,
+    elapsed: Duration,
+    t: &mut Tally,
+    audit: &archiver::audit::AuditReport,
+    check: &engine::check::CheckReport,
+) {
     println!();
-    println!("lunch peak: {} customers for {:.0?}", args.users, elapsed);
+    println!("lunch peak: {users} customers for {elapsed:.0?}");
     println!(
         "  orders placed            {:>8}  ({:.0}/s)",
         t.placed,
@@ -208,38 +253,43 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         percentile(&mut t.terminal_ms, 0.5),
         percentile(&mut t.terminal_ms, 0.99)
     );
+    let complete = if audit.passed() {
+        "complete"
+    } else {
+        "INCOMPLETE"
+    };
     println!(
-        "  archive                  {} events, {} entries left in streams, {}",
-        audit.events,
-        audit.stream_entries,
-        if audit.passed() {
-            "complete"
-        } else {
-            "INCOMPLETE"
-        }
+        "  archive                  {} events, {} entries left in streams, {complete}",
+        audit.events, audit.stream_entries
     );
-    println!(
-        "  check                    {}",
-        if check.passed() {
-            "PASS: no mismatched pair, stock conserved"
-        } else {
-            "FAIL"
-        }
-    );
+    let verdict = if check.passed() {
+        "PASS: no mismatched pair, stock conserved"
+    } else {
+        "FAIL"
+    };
+    println!("  check                    {verdict}");
     if !check.passed() {
         print!("{check}");
     }
+}
+
+fn print_try_it(api: &str, admin: &str, keys: &api::auth::Keys) {
     println!();
     println!("Still serving. Try it (Ctrl-C stops everything):");
     println!("  export API={api}");
     println!("  export ADMIN={admin}");
     println!(
         "  export ALICE={}",
-        mint(api::auth::Role::Customer, "alice", None)
+        mint(keys, api::auth::Role::Customer, "alice", None)
     );
     println!(
         "  export KITCHEN={}",
-        mint(api::auth::Role::Restaurant, "demo-staff", Some("demo-00"))
+        mint(
+            keys,
+            api::auth::Role::Restaurant,
+            "demo-staff",
+            Some("demo-00")
+        )
     );
     println!("  curl -s $API/v1/restaurants/demo-00/menu -H \"Authorization: Bearer $ALICE\"");
     println!(
@@ -247,13 +297,6 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     );
     println!("  curl -s $API/metrics | grep lunchrush_saga_outcomes");
     println!("  open the operations console: $API/ops/#token=$ADMIN");
-    shutdown_signal().await;
-    running.stop().await?;
-    Ok(if check.passed() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
 }
 
 /// One customer order: menu, placement, polling to rest.
@@ -272,22 +315,7 @@ async fn one_order(
         .await?
         .json()
         .await?;
-    let items = menu["items"].as_array().cloned().unwrap_or_default();
-    anyhow::ensure!(!items.is_empty(), "empty menu");
-    let lines = 1 + rand::random::<u32>() as usize % 3;
-    let first = rand::random::<u32>() as usize % items.len();
-    let chosen: Vec<&Value> = (0..lines.min(items.len()))
-        .map(|i| &items[(first + i) % items.len()])
-        .collect();
-    let total: i64 = chosen
-        .iter()
-        .map(|i| i["price"].as_i64().unwrap_or(0))
-        .sum();
-    let body = json!({
-        "restaurant_id": rid,
-        "items": chosen.iter().map(|i| json!({"item": i["item"], "qty": 1})).collect::<Vec<_>>(),
-        "expected_total": total,
-    });
+    let body = pick_dishes(&menu, rid)?;
     let placing = Instant::now();
     let response = http
         .post(format!("{api}/v1/orders"))
@@ -318,6 +346,39 @@ async fn one_order(
         t.placement_ms.push(placement_ms);
     }
     let id = reply["order_id"].as_str().unwrap_or_default().to_string();
+    wait_for_rest(http, api, token, &id, placing, tally).await
+}
+
+/// One to three dishes of `menu` at its prices, as a placement body.
+fn pick_dishes(menu: &Value, rid: &str) -> anyhow::Result<Value> {
+    let items = menu["items"].as_array().cloned().unwrap_or_default();
+    anyhow::ensure!(!items.is_empty(), "empty menu");
+    let lines = 1 + rand::random::<u32>() as usize % 3;
+    let first = rand::random::<u32>() as usize % items.len();
+    let chosen: Vec<&Value> = (0..lines.min(items.len()))
+        .map(|i| &items[(first + i) % items.len()])
+        .collect();
+    let total: i64 = chosen
+        .iter()
+        .map(|i| i["price"].as_i64().unwrap_or(0))
+        .sum();
+    Ok(json!({
+        "restaurant_id": rid,
+        "items": chosen.iter().map(|i| json!({"item": i["item"], "qty": 1})).collect::<Vec<_>>(),
+        "expected_total": total,
+    }))
+}
+
+/// Polls the order as its customer would until it rests (or
+/// [`SETTLE_WAIT_MAX`] passes), and counts its outcome.
+async fn wait_for_rest(
+    http: &reqwest::Client,
+    api: &str,
+    token: &str,
+    id: &str,
+    placing: Instant,
+    tally: &Mutex<Tally>,
+) -> anyhow::Result<()> {
     let waiting = Instant::now();
     while waiting.elapsed() < SETTLE_WAIT_MAX {
         tokio::time::sleep(POLL_EVERY).await;

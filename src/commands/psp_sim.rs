@@ -33,6 +33,6 @@ pub async fn run(args: PspSimArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("listen on {}", args.listen))?;
     println!("READY psp=http://{}", listener.local_addr()?);
     tracing::info!(ledger = %args.ledger.display(), faults = ?sim.faults(), "Provider simulator serving.");
-    sim.serve(listener, super::up::shutdown_signal()).await?;
+    sim.serve(listener, crate::shutdown::signal()).await?;
     Ok(ExitCode::SUCCESS)
 }

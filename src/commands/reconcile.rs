@@ -63,7 +63,7 @@ pub async fn run(args: ReconcileArgs) -> anyhow::Result<ExitCode> {
         return run_once(&args).await;
     };
     anyhow::ensure!(!every.is_zero(), "--every must be positive");
-    let stop = super::up::shutdown_signal();
+    let stop = crate::shutdown::signal();
     tokio::pin!(stop);
     loop {
         // A failed run is logged and tried again at the next turn.
@@ -107,17 +107,7 @@ async fn run_connected(
     ));
 
     let terminal = std::io::stderr().is_terminal();
-    let bar = if terminal {
-        let bar = ProgressBar::new_spinner();
-        bar.set_style(
-            ProgressStyle::with_template("{spinner} {prefix:.bold} {msg}")
-                .expect("a valid template"),
-        );
-        bar.enable_steady_tick(Duration::from_millis(120));
-        bar
-    } else {
-        ProgressBar::hidden()
-    };
+    let bar = progress_bar(terminal);
     let options = Options {
         older_than: args.older_than,
         dry_run: args.dry_run,
@@ -136,84 +126,11 @@ async fn run_connected(
             eprintln!("{line}");
         }
     });
-
-    let mut errors = Vec::new();
-    macro_rules! phase {
-        ($name:literal, $call:expr) => {{
-            bar.set_prefix($name);
-            if !terminal {
-                eprintln!("phase {}", $name);
-            }
-            if let Err(error) = $call.await {
-                tracing::error!(phase = $name, %error, "Reconciliation phase failed.");
-                errors.push(format!("{}: {error}", $name));
-            }
-        }};
-    }
-    phase!("stuck sagas", reconciler.stuck_sagas(&mut run));
-    phase!("held stock", reconciler.held_stock(&mut run));
-    phase!("provider ledger", reconciler.provider(&mut run));
-    phase!(
-        "dead consumers",
-        reconciler
-            .dead_consumer_pending(&mut run, std::sync::Arc::new(engine::notify::LogNotifier))
-    );
-    phase!(
-        "parked compensations",
-        reconciler.parked(&mut run, archiver::RECONCILE_GROUP)
-    );
-    phase!("dead letters", reconciler.dead_letters(&mut run));
-    phase!("idle consumers", reconciler.idle_consumers(&mut run));
-    phase!(
-        "unarchived entries",
-        archiver::repair::unarchived(&engine, &pool, &mut run)
-    );
-    phase!(
-        "archive gaps",
-        archiver::repair::projections(&engine, &pool, &mut run)
-    );
+    let errors = run_phases(&reconciler, &engine, &pool, &mut run, &bar, terminal).await;
     bar.finish_and_clear();
 
-    let mut summary: BTreeMap<&str, Counts> = BTreeMap::new();
-    for fix in &run.fixes {
-        let counts = summary.entry(fix.kind).or_default();
-        counts.found += 1;
-        match fix.outcome {
-            Outcome::Fixed => counts.fixed += 1,
-            Outcome::Unfixable => counts.unfixable += 1,
-            Outcome::WouldFix => counts.would_fix += 1,
-            Outcome::Reported => counts.reported += 1,
-        }
-    }
-    println!(
-        "{:<26} {:>7} {:>7} {:>10} {:>10}",
-        "kind",
-        "found",
-        "fixed",
-        "unfixable",
-        if args.dry_run {
-            "would fix"
-        } else {
-            "reported"
-        }
-    );
-    for (kind, c) in &summary {
-        let last = if args.dry_run {
-            c.would_fix
-        } else {
-            c.reported
-        };
-        println!(
-            "{kind:<26} {:>7} {:>7} {:>10} {last:>10}",
-            c.found, c.fixed, c.unfixable
-        );
-    }
-    if summary.is_empty() {
-        println!("(nothing found)");
-    }
-    for error in &errors {
-        println!("error: {error}");
-    }
+    let summary = summarize(&run.fixes);
+    print_summary(&summary, &errors, args.dry_run);
     let unfixable = summary.values().any(|c| c.unfixable > 0);
     let status: u8 = if !errors.is_empty() {
         2
@@ -251,6 +168,103 @@ async fn run_connected(
     }
     let status = if run_id.is_none() { 2 } else { status };
     Ok(ExitCode::from(status))
+}
+
+/// A spinner on a terminal; nothing otherwise (plain lines are printed).
+fn progress_bar(terminal: bool) -> ProgressBar {
+    if !terminal {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {prefix:.bold} {msg}").expect("a valid template"),
+    );
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
+/// Every phase in order; a phase that fails is reported and the next runs.
+async fn run_phases(
+    reconciler: &Reconciler,
+    engine: &engine::Engine,
+    pool: &deadpool_postgres::Pool,
+    run: &mut Run<'_>,
+    bar: &ProgressBar,
+    terminal: bool,
+) -> Vec<String> {
+    let mut errors = Vec::new();
+    macro_rules! phase {
+        ($name:literal, $call:expr) => {{
+            bar.set_prefix($name);
+            if !terminal {
+                eprintln!("phase {}", $name);
+            }
+            if let Err(error) = $call.await {
+                tracing::error!(phase = $name, %error, "Reconciliation phase failed.");
+                errors.push(format!("{}: {error}", $name));
+            }
+        }};
+    }
+    phase!("stuck sagas", reconciler.stuck_sagas(run));
+    phase!("held stock", reconciler.held_stock(run));
+    phase!("provider ledger", reconciler.provider(run));
+    let notifier = std::sync::Arc::new(engine::notify::LogNotifier);
+    phase!(
+        "dead consumers",
+        reconciler.dead_consumer_pending(run, notifier)
+    );
+    phase!(
+        "parked compensations",
+        reconciler.parked(run, archiver::RECONCILE_GROUP)
+    );
+    phase!("dead letters", reconciler.dead_letters(run));
+    phase!("idle consumers", reconciler.idle_consumers(run));
+    phase!(
+        "unarchived entries",
+        archiver::repair::unarchived(engine, pool, run)
+    );
+    phase!(
+        "archive gaps",
+        archiver::repair::projections(engine, pool, run)
+    );
+    errors
+}
+
+/// Found, fixed, unfixable, would-fix and reported, per kind.
+fn summarize(fixes: &[Fix]) -> BTreeMap<&'static str, Counts> {
+    let mut summary: BTreeMap<&str, Counts> = BTreeMap::new();
+    for fix in fixes {
+        let counts = summary.entry(fix.kind).or_default();
+        counts.found += 1;
+        match fix.outcome {
+            Outcome::Fixed => counts.fixed += 1,
+            Outcome::Unfixable => counts.unfixable += 1,
+            Outcome::WouldFix => counts.would_fix += 1,
+            Outcome::Reported => counts.reported += 1,
+        }
+    }
+    summary
+}
+
+fn print_summary(summary: &BTreeMap<&str, Counts>, errors: &[String], dry_run: bool) {
+    let last = if dry_run { "would fix" } else { "reported" };
+    println!(
+        "{:<26} {:>7} {:>7} {:>10} {:>10}",
+        "kind", "found", "fixed", "unfixable", last
+    );
+    for (kind, c) in summary {
+        let last = if dry_run { c.would_fix } else { c.reported };
+        println!(
+            "{kind:<26} {:>7} {:>7} {:>10} {last:>10}",
+            c.found, c.fixed, c.unfixable
+        );
+    }
+    if summary.is_empty() {
+        println!("(nothing found)");
+    }
+    for error in errors {
+        println!("error: {error}");
+    }
 }
 
 async fn record(

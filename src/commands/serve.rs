@@ -53,7 +53,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         notifier(args.notify_webhook.as_deref()),
         listener,
         (!args.no_workers).then(|| worker_options(args.reclaim_idle)),
-        super::up::shutdown_signal(),
+        crate::shutdown::signal(),
     )
     .await?;
     Ok(ExitCode::SUCCESS)

@@ -60,7 +60,7 @@ pub struct UpArgs {
 
 pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     // Before READY is printed: a SIGTERM right after it stops us cleanly.
-    let stop = shutdown_signal();
+    let stop = crate::shutdown::signal();
     let running = start(args).await?;
     stop.await;
     running.stop().await?;
@@ -127,19 +127,7 @@ pub async fn start(args: UpArgs) -> anyhow::Result<Running> {
     let listen = listener.local_addr()?;
     let psp_url = match args.psp_url {
         Some(url) => url,
-        None => {
-            let ledger = home.join("psp/ledger.jsonl");
-            let sim = stack::psp::PspSim::open(&ledger, args.faults.faults())
-                .context("open the provider simulator's ledger")?;
-            let port = previous_port("LUNCHRUSH_PSP_URL").unwrap_or(0);
-            let psp = match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
-                Ok(listener) => listener,
-                Err(_) => tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?,
-            };
-            let url = format!("http://{}", psp.local_addr()?);
-            tokio::spawn(sim.serve(psp, std::future::pending()));
-            url
-        }
+        None => start_simulator(&home, &args.faults, previous_port("LUNCHRUSH_PSP_URL")).await?,
     };
     let config = args.tuning.config(
         stack.redis_url(),
@@ -150,20 +138,7 @@ pub async fn start(args: UpArgs) -> anyhow::Result<Running> {
     )?;
 
     let api_url = format!("http://{listen}");
-    write_env_file(
-        &home.join("stack.env"),
-        &[
-            ("LUNCHRUSH_API_URL", api_url.as_str()),
-            ("LUNCHRUSH_LISTEN", &listen.to_string()),
-            ("LUNCHRUSH_REDIS_URL", &config.redis_url),
-            ("LUNCHRUSH_POSTGRES_URL", &config.postgres_url),
-            ("LUNCHRUSH_PSP_URL", &config.psp_url),
-            ("LUNCHRUSH_PARTITIONS", &config.partitions.to_string()),
-            ("LUNCHRUSH_KEY_PREFIX", &config.key_prefix),
-            ("LUNCHRUSH_JWT_SECRET", &config.jwt_secret),
-            ("LUNCHRUSH_HOME", &home.to_string_lossy()),
-        ],
-    )?;
+    write_stack_env(&home, &api_url, &config)?;
     println!(
         "READY api={api_url} redis={} postgres={}",
         config.redis_url, config.postgres_url
@@ -201,6 +176,43 @@ pub async fn start(args: UpArgs) -> anyhow::Result<Running> {
     })
 }
 
+/// The provider simulator over its ledger in the home, on its previous port
+/// if free; returns its URL.
+async fn start_simulator(
+    home: &Path,
+    faults: &crate::args::FaultArgs,
+    previous_port: Option<u16>,
+) -> anyhow::Result<String> {
+    let ledger = home.join("psp/ledger.jsonl");
+    let sim = stack::psp::PspSim::open(&ledger, faults.faults())
+        .context("open the provider simulator's ledger")?;
+    let psp = match tokio::net::TcpListener::bind(("127.0.0.1", previous_port.unwrap_or(0))).await {
+        Ok(listener) => listener,
+        Err(_) => tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?,
+    };
+    let url = format!("http://{}", psp.local_addr()?);
+    tokio::spawn(sim.serve(psp, std::future::pending()));
+    Ok(url)
+}
+
+/// `stack.env`: every value another command needs to reach this stack.
+fn write_stack_env(home: &Path, api_url: &str, config: &engine::Config) -> anyhow::Result<()> {
+    write_env_file(
+        &home.join("stack.env"),
+        &[
+            ("LUNCHRUSH_API_URL", api_url),
+            ("LUNCHRUSH_LISTEN", &config.listen.to_string()),
+            ("LUNCHRUSH_REDIS_URL", &config.redis_url),
+            ("LUNCHRUSH_POSTGRES_URL", &config.postgres_url),
+            ("LUNCHRUSH_PSP_URL", &config.psp_url),
+            ("LUNCHRUSH_PARTITIONS", &config.partitions.to_string()),
+            ("LUNCHRUSH_KEY_PREFIX", &config.key_prefix),
+            ("LUNCHRUSH_JWT_SECRET", &config.jwt_secret),
+            ("LUNCHRUSH_HOME", &home.to_string_lossy()),
+        ],
+    )
+}
+
 /// Binds the API: the asked address, else the previous port, else 8080, else any.
 async fn bind_api(
     listen: Option<SocketAddr>,
@@ -217,20 +229,6 @@ async fn bind_api(
         }
     }
     anyhow::bail!("no loopback port is free for the API")
-}
-
-/// Completes on Ctrl-C or SIGTERM. The handlers are installed when this is
-/// called, not when it is first awaited: a signal in between is not lost.
-pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut interrupt = signal(SignalKind::interrupt()).expect("install the SIGINT handler");
-    let mut term = signal(SignalKind::terminate()).expect("install the SIGTERM handler");
-    async move {
-        tokio::select! {
-            _ = interrupt.recv() => {}
-            _ = term.recv() => {}
-        }
-    }
 }
 
 fn generate_secret() -> String {

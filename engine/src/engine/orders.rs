@@ -109,53 +109,12 @@ impl Engine {
             .place_order
             .call(self.redis(), script_keys, args)
             .await?;
-        let list = |r: &[String]| -> Vec<String> {
-            r.get(2)
-                .map(|s| s.split(',').map(str::to_string).collect())
-                .unwrap_or_default()
-        };
-        match (
-            reply.first().map(String::as_str),
-            reply.get(1).map(String::as_str),
-        ) {
-            (Some(code @ ("ok" | "dup")), Some(id)) => {
-                let placed = Placed {
-                    order_id: id.parse().map_err(|_| EngineError::Reply {
-                        script: "place_order",
-                        reply: reply.clone(),
-                    })?,
-                    total: reply.get(2).and_then(|t| t.parse().ok()).unwrap_or(0),
-                    duplicate: code == "dup",
-                };
-                if !placed.duplicate {
-                    metrics::counter!("lunchrush_orders_placed_total").increment(1);
-                    self.woke();
-                }
-                Ok(placed)
-            }
-            (Some("err"), Some(code)) => Err(match code {
-                "idempotency_conflict" => PlaceError::IdempotencyConflict {
-                    order: reply.get(2).cloned().unwrap_or_default(),
-                },
-                "restaurant_not_found" => PlaceError::RestaurantNotFound(rid.into()),
-                "restaurant_closed" => PlaceError::RestaurantClosed(rid.into()),
-                "item_not_found" => PlaceError::ItemNotFound(list(&reply)),
-                "item_unavailable" => PlaceError::ItemUnavailable(list(&reply)),
-                "out_of_stock" => PlaceError::OutOfStock(list(&reply)),
-                "limit_exceeded" => PlaceError::LimitExceeded(list(&reply)),
-                "price_changed" => PlaceError::PriceChanged {
-                    current_total: reply.get(2).and_then(|t| t.parse().ok()).unwrap_or(0),
-                },
-                _ => PlaceError::Engine(EngineError::Reply {
-                    script: "place_order",
-                    reply,
-                }),
-            }),
-            _ => Err(PlaceError::Engine(EngineError::Reply {
-                script: "place_order",
-                reply,
-            })),
+        let placed = decode_placement(reply, rid)?;
+        if !placed.duplicate {
+            metrics::counter!("lunchrush_orders_placed_total").increment(1);
+            self.woke();
         }
+        Ok(placed)
     }
 
     /// The order, if it exists (and its id is one of ours).
@@ -264,5 +223,50 @@ impl Engine {
             .collect();
         events.sort_by_key(|e| e.seq);
         Ok(events)
+    }
+}
+
+/// `place_order`'s reply: the placement, or the refusal it names. A reply
+/// that is none of those is an error naming the script, never a default.
+fn decode_placement(reply: Vec<String>, rid: &str) -> Result<Placed, PlaceError> {
+    let malformed = |reply: Vec<String>| {
+        PlaceError::Engine(EngineError::Reply {
+            script: "place_order",
+            reply,
+        })
+    };
+    let list = |r: &[String]| -> Vec<String> {
+        r.get(2)
+            .map(|s| s.split(',').map(str::to_string).collect())
+            .unwrap_or_default()
+    };
+    let number = |r: &[String]| r.get(2).and_then(|t| t.parse::<i64>().ok());
+    let (code, detail) = match (reply.first(), reply.get(1)) {
+        (Some(code), Some(detail)) => (code.clone(), detail.clone()),
+        _ => return Err(malformed(reply)),
+    };
+    match (code.as_str(), detail.as_str()) {
+        ("ok" | "dup", id) => match (id.parse(), number(&reply)) {
+            (Ok(order_id), Some(total)) => Ok(Placed {
+                order_id,
+                total,
+                duplicate: code == "dup",
+            }),
+            _ => Err(malformed(reply)),
+        },
+        ("err", "idempotency_conflict") => Err(PlaceError::IdempotencyConflict {
+            order: reply.get(2).cloned().unwrap_or_default(),
+        }),
+        ("err", "restaurant_not_found") => Err(PlaceError::RestaurantNotFound(rid.into())),
+        ("err", "restaurant_closed") => Err(PlaceError::RestaurantClosed(rid.into())),
+        ("err", "item_not_found") => Err(PlaceError::ItemNotFound(list(&reply))),
+        ("err", "item_unavailable") => Err(PlaceError::ItemUnavailable(list(&reply))),
+        ("err", "out_of_stock") => Err(PlaceError::OutOfStock(list(&reply))),
+        ("err", "limit_exceeded") => Err(PlaceError::LimitExceeded(list(&reply))),
+        ("err", "price_changed") => match number(&reply) {
+            Some(current_total) => Err(PlaceError::PriceChanged { current_total }),
+            None => Err(malformed(reply)),
+        },
+        _ => Err(malformed(reply)),
     }
 }

@@ -164,87 +164,97 @@ impl Reconciler {
         for p in 0..self.engine.keys().partitions() {
             let stream = self.engine.keys().stream(p, Topic::Parked);
             for id in ["0", ">"] {
-                let page = if id == "0" {
-                    // Every pending entry, whoever holds it (an earlier run,
-                    // the operations console): taken over by this run.
-                    let claimed: Result<Claimed, _> = self
-                        .engine
-                        .redis()
-                        .xautoclaim_values(
-                            stream.as_str(),
-                            group,
-                            run.options.consumer.as_str(),
-                            0,
-                            "0-0",
-                            Some(PAGE as u64),
-                            false,
-                        )
-                        .await;
-                    claimed
-                        .map(|(_, entries)| HashMap::from([(stream.clone(), entries)]))
-                        .unwrap_or_default()
-                } else {
-                    saga::read_group(
-                        self.engine.redis(),
-                        group,
-                        &run.options.consumer,
-                        PAGE as u64,
-                        vec![stream.clone()],
-                        vec![id],
-                    )
-                    .await
-                    .unwrap_or_default()
-                };
-                for (_, entries) in page {
-                    for (entry_id, fields) in entries {
-                        let order = fields
-                            .get("f.order")
-                            .and_then(|o| o.parse::<uuid::Uuid>().ok());
-                        let subject = order
-                            .map(|o| o.to_string())
-                            .unwrap_or_else(|| entry_id.clone());
-                        let detail = fields.get("reason").cloned().unwrap_or_default();
-                        let action = fields
-                            .get("action")
-                            .cloned()
-                            .unwrap_or_else(|| "retry".into());
-                        if run.options.dry_run {
-                            run.record(
-                                "parked_compensation",
-                                subject,
-                                &action,
-                                Outcome::WouldFix,
-                                detail,
-                            );
-                            continue;
-                        }
-                        run.pace().await;
-                        let fixed = match order {
-                            Some(order) => self
-                                .settle(&order)
-                                .await
-                                .ok()
-                                .and_then(|(o, _)| o)
-                                .is_none_or(|o| settled(&o)),
-                            None => true,
-                        };
-                        if fixed {
-                            let _: i64 = self
-                                .engine
-                                .redis()
-                                .xack(stream.as_str(), group, entry_id.clone())
-                                .await?;
-                        }
-                        let outcome = if fixed {
-                            Outcome::Fixed
-                        } else {
-                            Outcome::Unfixable
-                        };
-                        run.record("parked_compensation", subject, &action, outcome, detail);
-                    }
+                for (entry_id, fields) in self.parked_page(&stream, group, run, id).await {
+                    self.retry_parked(run, &stream, group, &entry_id, &fields)
+                        .await?;
                 }
             }
         }
+        Ok(())
+    }
+
+    /// A page of the parked queue: with `0`, every pending entry whoever
+    /// holds it (an earlier run, the operations console), taken over by this
+    /// run; with `>`, entries nobody read yet.
+    async fn parked_page(
+        &self,
+        stream: &str,
+        group: &str,
+        run: &Run<'_>,
+        id: &str,
+    ) -> Vec<(String, HashMap<String, String>)> {
+        let consumer = run.options.consumer.as_str();
+        if id == "0" {
+            let claimed: Result<Claimed, _> = self
+                .engine
+                .redis()
+                .xautoclaim_values(stream, group, consumer, 0, "0-0", Some(PAGE as u64), false)
+                .await;
+            return claimed.map(|(_, entries)| entries).unwrap_or_default();
+        }
+        let streams = vec![stream.to_string()];
+        saga::read_group(
+            self.engine.redis(),
+            group,
+            consumer,
+            PAGE as u64,
+            streams,
+            vec![id],
+        )
+        .await
+        .unwrap_or_default()
+        .into_values()
+        .flatten()
+        .collect()
+    }
+
+    /// Settles a parked compensation's order; acknowledged once settled.
+    async fn retry_parked(
+        &self,
+        run: &mut Run<'_>,
+        stream: &str,
+        group: &str,
+        entry_id: &str,
+        fields: &HashMap<String, String>,
+    ) -> Result<(), ReconcileError> {
+        let order = fields
+            .get("f.order")
+            .and_then(|o| o.parse::<uuid::Uuid>().ok());
+        let subject = order.map_or_else(|| entry_id.to_string(), |o| o.to_string());
+        let detail = fields.get("reason").cloned().unwrap_or_default();
+        let action = fields
+            .get("action")
+            .cloned()
+            .unwrap_or_else(|| "retry".into());
+        if run.options.dry_run {
+            run.record(
+                "parked_compensation",
+                subject,
+                &action,
+                Outcome::WouldFix,
+                detail,
+            );
+            return Ok(());
+        }
+        run.pace().await;
+        let fixed = match order {
+            Some(order) => self
+                .settle(&order)
+                .await
+                .ok()
+                .and_then(|(o, _)| o)
+                .is_none_or(|o| settled(&o)),
+            None => true,
+        };
+        if fixed {
+            let _: i64 = self.engine.redis().xack(stream, group, entry_id).await?;
+        }
+        let outcome = if fixed {
+            Outcome::Fixed
+        } else {
+            Outcome::Unfixable
+        };
+        run.record("parked_compensation", subject, &action, outcome, detail);
         Ok(())
     }
 

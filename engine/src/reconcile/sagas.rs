@@ -167,78 +167,15 @@ impl Reconciler {
     /// moved during the scan is left for the next run.
     pub async fn held_stock(&self, run: &mut Run<'_>) -> Result<(), ReconcileError> {
         for p in 0..self.engine.keys().partitions() {
-            let restaurants = self.engine.restaurants(p).await?;
-            if restaurants.is_empty() {
+            let before = self.stock_before(p).await?;
+            if before.is_empty() {
                 continue;
             }
-            let mut before = HashMap::new();
-            for restaurant in &restaurants {
-                if let Some(menu) = self.engine.menu(restaurant).await? {
-                    for item in menu.items {
-                        before.insert(
-                            (restaurant.clone(), item.item.clone()),
-                            (item.stock, item.supplied, item.stock_version),
-                        );
-                    }
-                }
-            }
-            let mut held: HashMap<(String, String), i64> = HashMap::new();
-            let mut counted: HashMap<(String, String, String), i64> = HashMap::new();
-            let mut resting: Vec<(f64, String)> = Vec::new();
-            self.engine
-                .for_each_order(p, |order| {
-                    if crate::domain::is_final_pair(order.status, order.pay) {
-                        resting.push((order.updated_ms as f64, order.id.to_string()));
-                    }
-                    if order.status == OrderStatus::Rejected {
-                        return;
-                    }
-                    for line in &order.lines {
-                        let key = (order.restaurant.clone(), line.item.clone());
-                        *held.entry(key).or_default() += i64::from(line.qty);
-                        if line.counted {
-                            *counted
-                                .entry((
-                                    order.restaurant.clone(),
-                                    line.item.clone(),
-                                    order.customer.clone(),
-                                ))
-                                .or_default() += i64::from(line.qty);
-                        }
-                    }
-                })
-                .await?;
+            let holds = self.holds(p).await?;
             for ((restaurant, item), (stock, supplied, version)) in before {
-                let units = held
-                    .get(&(restaurant.clone(), item.clone()))
-                    .copied()
-                    .unwrap_or(0);
+                let units = holds.units(&restaurant, &item);
                 let stranded = supplied - stock - units;
-                let per_customer: HashMap<String, i64> = self
-                    .engine
-                    .redis()
-                    .hgetall(self.engine.keys().item_per_customer(p, &restaurant, &item))
-                    .await?;
-                let retired: HashMap<String, i64> = self
-                    .engine
-                    .redis()
-                    .hgetall(
-                        self.engine
-                            .keys()
-                            .item_retired_per_customer(p, &restaurant, &item),
-                    )
-                    .await?;
-                let customers: Vec<(String, i64)> = per_customer
-                    .into_iter()
-                    .filter_map(|(customer, have)| {
-                        let backed = counted
-                            .get(&(restaurant.clone(), item.clone(), customer.clone()))
-                            .copied()
-                            .unwrap_or(0)
-                            + retired.get(&customer).copied().unwrap_or(0);
-                        (have > backed).then_some((customer, have - backed))
-                    })
-                    .collect();
+                let customers = self.unbacked_limits(p, &restaurant, &item, &holds).await?;
                 if stranded == 0 && customers.is_empty() {
                     continue;
                 }
@@ -254,54 +191,130 @@ impl Reconciler {
                     tracing::debug!(%restaurant, %item, "Stock moved during the scan; not judged this run.");
                     continue;
                 }
-                let subject = format!("{restaurant}/{item}");
-                let detail =
-                    format!("supplied {supplied}, on hand {stock}, held by live orders {units}");
-                if stranded < 0 {
-                    run.record(
-                        "held_stock",
-                        subject,
-                        "none",
-                        Outcome::Unfixable,
-                        format!("{detail}: oversold"),
-                    );
-                    continue;
-                }
-                if run.options.dry_run {
-                    run.record(
-                        "held_stock",
-                        subject,
-                        &format!("return {stranded} units"),
-                        Outcome::WouldFix,
-                        detail,
-                    );
-                    continue;
-                }
-                run.pace().await;
-                let fixed = self
-                    .engine
-                    .reclaim_stock(&restaurant, &item, stranded, version, &customers)
-                    .await?;
-                let outcome = if fixed.is_some() {
-                    Outcome::Fixed
-                } else {
-                    Outcome::Unfixable
+                let stranded = Stranded {
+                    restaurant,
+                    item,
+                    units: stranded,
+                    version,
+                    customers,
+                    detail: format!(
+                        "supplied {supplied}, on hand {stock}, held by live orders {units}"
+                    ),
                 };
-                let detail = if fixed.is_some() {
-                    detail
-                } else {
-                    format!("{detail}: stock moved during the scan; run again")
-                };
-                run.record(
-                    "held_stock",
-                    subject,
-                    &format!("return {stranded} units"),
-                    outcome,
-                    detail,
-                );
+                self.return_stranded(run, stranded).await?;
             }
-            self.index_resting(p, resting).await?;
+            self.index_resting(p, holds.resting).await?;
         }
+        Ok(())
+    }
+
+    /// Every item of partition `p`: (stock, supplied, stock version).
+    async fn stock_before(
+        &self,
+        p: u16,
+    ) -> Result<HashMap<(String, String), (i64, i64, i64)>, ReconcileError> {
+        let mut before = HashMap::new();
+        for restaurant in self.engine.restaurants(p).await? {
+            if let Some(menu) = self.engine.menu(&restaurant).await? {
+                for item in menu.items {
+                    before.insert(
+                        (restaurant.clone(), item.item.clone()),
+                        (item.stock, item.supplied, item.stock_version),
+                    );
+                }
+            }
+        }
+        Ok(before)
+    }
+
+    /// What the live orders of partition `p` hold, one SCAN page at a time.
+    async fn holds(&self, p: u16) -> Result<Holds, ReconcileError> {
+        let mut holds = Holds::default();
+        self.engine
+            .for_each_order(p, |order| {
+                if crate::domain::is_final_pair(order.status, order.pay) {
+                    holds
+                        .resting
+                        .push((order.updated_ms as f64, order.id.to_string()));
+                }
+                if order.status == OrderStatus::Rejected {
+                    return;
+                }
+                for line in &order.lines {
+                    let key = (order.restaurant.clone(), line.item.clone());
+                    *holds.held.entry(key).or_default() += i64::from(line.qty);
+                    if line.counted {
+                        let key = (
+                            order.restaurant.clone(),
+                            line.item.clone(),
+                            order.customer.clone(),
+                        );
+                        *holds.counted.entry(key).or_default() += i64::from(line.qty);
+                    }
+                }
+            })
+            .await?;
+        Ok(holds)
+    }
+
+    /// Customers whose per-customer count of an item is more than their
+    /// live and retired orders explain: (customer, units too many).
+    async fn unbacked_limits(
+        &self,
+        p: u16,
+        restaurant: &str,
+        item: &str,
+        holds: &Holds,
+    ) -> Result<Vec<(String, i64)>, ReconcileError> {
+        let keys = self.engine.keys();
+        let per_customer: HashMap<String, i64> = self
+            .engine
+            .redis()
+            .hgetall(keys.item_per_customer(p, restaurant, item))
+            .await?;
+        let retired: HashMap<String, i64> = self
+            .engine
+            .redis()
+            .hgetall(keys.item_retired_per_customer(p, restaurant, item))
+            .await?;
+        Ok(per_customer
+            .into_iter()
+            .filter_map(|(customer, have)| {
+                let key = (restaurant.to_string(), item.to_string(), customer.clone());
+                let backed = holds.counted.get(&key).copied().unwrap_or(0)
+                    + retired.get(&customer).copied().unwrap_or(0);
+                (have > backed).then_some((customer, have - backed))
+            })
+            .collect())
+    }
+
+    /// Returns stranded units (and unbacked per-customer counts) with a
+    /// compare-and-set on the stock version; oversold stock is reported.
+    async fn return_stranded(&self, run: &mut Run<'_>, s: Stranded) -> Result<(), ReconcileError> {
+        let subject = format!("{}/{}", s.restaurant, s.item);
+        let action = format!("return {} units", s.units);
+        if s.units < 0 {
+            let detail = format!("{}: oversold", s.detail);
+            run.record("held_stock", subject, "none", Outcome::Unfixable, detail);
+            return Ok(());
+        }
+        if run.options.dry_run {
+            run.record("held_stock", subject, &action, Outcome::WouldFix, s.detail);
+            return Ok(());
+        }
+        run.pace().await;
+        let fixed = self
+            .engine
+            .reclaim_stock(&s.restaurant, &s.item, s.units, s.version, &s.customers)
+            .await?;
+        let (outcome, detail) = match fixed {
+            Some(_) => (Outcome::Fixed, s.detail),
+            None => (
+                Outcome::Unfixable,
+                format!("{}: stock moved during the scan; run again", s.detail),
+            ),
+        };
+        run.record("held_stock", subject, &action, outcome, detail);
         Ok(())
     }
 
@@ -333,4 +346,34 @@ impl Reconciler {
         }
         Ok(())
     }
+}
+
+/// What the live orders of one partition hold.
+#[derive(Default)]
+struct Holds {
+    /// (restaurant, item) → units held by orders not rejected.
+    held: HashMap<(String, String), i64>,
+    /// (restaurant, item, customer) → units counted towards the limit.
+    counted: HashMap<(String, String, String), i64>,
+    /// Orders at a final pair: (last change ms, id), for the resting index.
+    resting: Vec<(f64, String)>,
+}
+
+impl Holds {
+    fn units(&self, restaurant: &str, item: &str) -> i64 {
+        self.held
+            .get(&(restaurant.to_string(), item.to_string()))
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// Units of an item that no live order holds, about to be returned.
+struct Stranded {
+    restaurant: String,
+    item: String,
+    units: i64,
+    version: i64,
+    customers: Vec<(String, i64)>,
+    detail: String,
 }

@@ -35,39 +35,14 @@ pub async fn drive_payment(
             }
             continue;
         };
-        let answer = match action {
-            PaymentAction::Authorize => psp.authorize(&key, order.total).await,
-            PaymentAction::Capture => psp.capture(&key).await,
-            PaymentAction::Void => psp.void(&key).await,
-            PaymentAction::Refund => psp.refund(&key).await,
-        };
-        let provider = match answer {
-            Ok(payment) => payment,
-            // The provider's state says what really happened; record that.
-            Err(PspError::Conflict(payment)) => payment,
-            Err(error) => {
-                metrics::counter!("lunchrush_psp_failures_total", "action" => action.as_str())
-                    .increment(1);
-                return Err(error.into());
-            }
-        };
+        let provider = ask_provider(psp, action, &key, order.total).await?;
         let steps = catch_up(order.pay, &provider.state, action == PaymentAction::Capture);
         if steps.is_empty() {
             // The provider is where we already are (e.g. void of a declined
             // payment): nothing to record, and nothing more to do.
             return Ok(());
         }
-        let mut after = None;
-        for step in steps {
-            let t = engine
-                .record_payment(&order, step, &provider.reference, lane)
-                .await?;
-            if let Outcome::Refused(detail) = &t.outcome {
-                tracing::warn!(order = %order.id, step = step.as_str(), %detail,
-                    "Provider outcome refused by the payment state machine.");
-            }
-            after = Some(t);
-        }
+        let after = record_steps(engine, &order, steps, &provider.reference, lane).await?;
         // The last transition returned the order's state after it: when no
         // step is owed there, stop without re-reading the order. (A later
         // change that owes one — approval, rejection — arrives as its own
@@ -87,6 +62,51 @@ pub async fn drive_payment(
         }
     }
     Err(WorkError::NoProgress)
+}
+
+/// One provider call; a conflict answers with the provider's state, which
+/// says what really happened.
+async fn ask_provider(
+    psp: &PspClient,
+    action: PaymentAction,
+    key: &str,
+    total: i64,
+) -> Result<crate::psp::ProviderPayment, WorkError> {
+    let answer = match action {
+        PaymentAction::Authorize => psp.authorize(key, total).await,
+        PaymentAction::Capture => psp.capture(key).await,
+        PaymentAction::Void => psp.void(key).await,
+        PaymentAction::Refund => psp.refund(key).await,
+    };
+    match answer {
+        Ok(payment) | Err(PspError::Conflict(payment)) => Ok(payment),
+        Err(error) => {
+            metrics::counter!("lunchrush_psp_failures_total", "action" => action.as_str())
+                .increment(1);
+            Err(error.into())
+        }
+    }
+}
+
+/// Records the provider's outcomes in order; the last transition, whose
+/// reply carries the order's state after it.
+async fn record_steps(
+    engine: &Engine,
+    order: &Order,
+    steps: Vec<PaymentOutcome>,
+    reference: &str,
+    lane: Lane,
+) -> Result<Option<crate::engine::Transition>, WorkError> {
+    let mut after = None;
+    for step in steps {
+        let t = engine.record_payment(order, step, reference, lane).await?;
+        if let Outcome::Refused(detail) = &t.outcome {
+            tracing::warn!(order = %order.id, step = step.as_str(), %detail,
+                "Provider outcome refused by the payment state machine.");
+        }
+        after = Some(t);
+    }
+    Ok(after)
 }
 
 /// Auto-approval: a paid order of an `auto_approve` restaurant that is open.
