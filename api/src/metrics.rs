@@ -181,19 +181,9 @@ async fn stream_gauges(state: &AppState) -> Result<(), fred::error::Error> {
             if len == 0 {
                 continue;
             }
-            let groups: Value = state.redis.xinfo_groups(stream.as_str()).await?;
-            for group in groups.into_array() {
-                let fields: HashMap<String, Value> = group
-                    .into_array()
-                    .chunks(2)
-                    .filter_map(|pair| Some((pair.first()?.as_string()?, pair.get(1)?.clone())))
-                    .collect();
-                let Some(name) = fields.get("name").and_then(Value::as_string) else {
-                    continue;
-                };
-                let number = |k: &str| fields.get(k).and_then(Value::as_i64).unwrap_or(0) as f64;
-                *lag.entry((name.clone(), topic.as_str())).or_default() += number("lag");
-                *pending.entry((name, topic.as_str())).or_default() += number("pending");
+            for group in engine::streams::group_infos(&state.redis, &stream).await? {
+                *lag.entry((group.name.clone(), topic.as_str())).or_default() += group.lag as f64;
+                *pending.entry((group.name, topic.as_str())).or_default() += group.pending as f64;
             }
         }
     }

@@ -39,8 +39,8 @@ mod batch;
 mod sql;
 mod trim;
 
-pub use sql::civil_month;
 use sql::*;
+pub use sql::{SAGA_EVENT_TYPES, civil_month};
 use trim::*;
 
 use std::collections::{BTreeSet, HashMap, HashSet};

@@ -33,8 +33,7 @@ pub async fn unarchived(
         return Ok(());
     }
     if run.options.dry_run {
-        run_record(
-            run,
+        run.record(
             "unarchived",
             "streams",
             &format!("archive {found} entries"),
@@ -51,8 +50,7 @@ pub async fn unarchived(
         archiver.reclaim(p).await?;
     }
     let archived = archiver.drain().await?;
-    run_record(
-        run,
+    run.record(
         "unarchived",
         "streams",
         &format!("archive {found} entries"),
@@ -141,8 +139,7 @@ pub async fn projections(
             continue;
         }
         if run.options.dry_run {
-            run_record(
-                run,
+            run.record(
                 "archive_gap",
                 id.to_string(),
                 "re-archive from the streams",
@@ -165,8 +162,7 @@ pub async fn projections(
                 ),
             )
         };
-        run_record(
-            run,
+        run.record(
             "archive_gap",
             id.to_string(),
             "re-archive from the streams",
@@ -194,15 +190,4 @@ async fn archive_pending(
         }
     }
     Ok(false)
-}
-
-fn run_record(
-    run: &mut Run<'_>,
-    kind: &'static str,
-    subject: impl Into<String>,
-    action: &str,
-    outcome: Outcome,
-    detail: String,
-) {
-    run.push(kind, subject.into(), action, outcome, detail);
 }

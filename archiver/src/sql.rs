@@ -29,6 +29,24 @@ pub fn civil_month(days: i64) -> (i32, u32) {
     (year, month)
 }
 
+/// The column types of a `saga_events` row, in table order (the binary
+/// COPY's header).
+pub const SAGA_EVENT_TYPES: [Type; 12] = [
+    Type::TEXT,
+    Type::TEXT,
+    Type::INT8,
+    Type::INT8,
+    Type::UUID,
+    Type::UUID,
+    Type::INT8,
+    Type::TEXT,
+    Type::INT4,
+    Type::JSONB,
+    Type::TIMESTAMPTZ,
+    Type::TIMESTAMPTZ,
+];
+
+/// The batch's events into the staging table by binary COPY.
 pub(crate) async fn copy_events(
     tx: &Tx<'_>,
     events: &[Event],
@@ -43,21 +61,7 @@ pub(crate) async fn copy_events(
              type, schema_version, payload, event_time, part_time) FROM STDIN BINARY",
         )
         .await?;
-    let types = [
-        Type::TEXT,
-        Type::TEXT,
-        Type::INT8,
-        Type::INT8,
-        Type::UUID,
-        Type::UUID,
-        Type::INT8,
-        Type::TEXT,
-        Type::INT4,
-        Type::JSONB,
-        Type::TIMESTAMPTZ,
-        Type::TIMESTAMPTZ,
-    ];
-    let writer = BinaryCopyInWriter::new(sink, &types);
+    let writer = BinaryCopyInWriter::new(sink, &SAGA_EVENT_TYPES);
     futures::pin_mut!(writer);
     for (event, payload) in events.iter().zip(payloads) {
         let (ms, seq) = parse_entry_id(&event.id).unwrap_or((0, 0));

@@ -58,6 +58,39 @@ pub async fn group_infos(
         .collect())
 }
 
+/// One consumer of a group, as XINFO CONSUMERS reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerInfo {
+    pub name: String,
+    pub pending: u64,
+    pub idle_ms: u64,
+}
+
+/// The consumers of `group` on `stream`.
+pub async fn consumer_infos(
+    redis: &Client,
+    stream: &str,
+    group: &str,
+) -> Result<Vec<ConsumerInfo>, fred::error::Error> {
+    let raw: Value = redis.xinfo_consumers(stream, group).await?;
+    Ok(raw
+        .into_array()
+        .into_iter()
+        .filter_map(|consumer| {
+            let map: HashMap<String, Value> = consumer
+                .into_array()
+                .chunks(2)
+                .filter_map(|kv| Some((kv.first()?.as_string()?, kv.get(1)?.clone())))
+                .collect();
+            Some(ConsumerInfo {
+                name: map.get("name")?.as_string()?,
+                pending: map.get("pending")?.as_u64()?,
+                idle_ms: map.get("idle")?.as_u64()?,
+            })
+        })
+        .collect())
+}
+
 /// One entry of a group's pending list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pending {

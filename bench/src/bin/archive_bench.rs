@@ -19,7 +19,7 @@ use clap::Parser;
 use fred::prelude::*;
 use futures::StreamExt;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::types::ToSql;
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -145,20 +145,7 @@ async fn main() -> anyhow::Result<()> {
             &[],
         )
         .await?;
-    let types = [
-        Type::TEXT,
-        Type::TEXT,
-        Type::INT8,
-        Type::INT8,
-        Type::UUID,
-        Type::UUID,
-        Type::INT8,
-        Type::TEXT,
-        Type::INT4,
-        Type::JSONB,
-        Type::TIMESTAMPTZ,
-        Type::TIMESTAMPTZ,
-    ];
+    let types = archiver::SAGA_EVENT_TYPES;
     let started = Instant::now();
     let sink = client
         .copy_in(

@@ -116,29 +116,19 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// Records a fix found outside this module (the archive side).
-    pub fn push(
+    /// Records a fix (also those found outside this module: the archive
+    /// side) and tells the caller about it.
+    pub fn record(
         &mut self,
         kind: &'static str,
-        subject: String,
-        action: &str,
-        outcome: Outcome,
-        detail: String,
-    ) {
-        self.record(kind, subject, action, outcome, detail);
-    }
-
-    fn record(
-        &mut self,
-        kind: &'static str,
-        subject: String,
+        subject: impl Into<String>,
         action: &str,
         outcome: Outcome,
         detail: String,
     ) {
         let fix = Fix {
             kind,
-            subject,
+            subject: subject.into(),
             action: action.to_string(),
             outcome,
             detail,

@@ -96,26 +96,20 @@ impl Reconciler {
         for p in 0..keys.partitions() {
             for topic in crate::keys::Topic::ALL {
                 let stream = keys.stream(p, topic);
-                let groups: Vec<HashMap<String, fred::types::Value>> =
-                    info_entries(&self.engine, vec!["GROUPS".into(), stream.clone()]).await;
+                let redis = self.engine.redis();
+                let groups = crate::streams::group_infos(redis, &stream)
+                    .await
+                    .unwrap_or_default();
                 for group in groups {
-                    let Some(group) = group.get("name").and_then(|v| v.as_string()) else {
-                        continue;
-                    };
-                    let consumers = info_entries(
-                        &self.engine,
-                        vec!["CONSUMERS".into(), stream.clone(), group.clone()],
-                    )
-                    .await;
+                    let group = group.name;
+                    let consumers = crate::streams::consumer_infos(redis, &stream, &group)
+                        .await
+                        .unwrap_or_default();
                     for consumer in consumers {
-                        let number = |k: &str| consumer.get(k).and_then(|v| v.as_u64());
-                        let (Some(name), Some(0), Some(idle)) = (
-                            consumer.get("name").and_then(|v| v.as_string()),
-                            number("pending"),
-                            number("idle"),
-                        ) else {
+                        let (name, idle) = (consumer.name, consumer.idle_ms);
+                        if consumer.pending > 0 {
                             continue;
-                        };
+                        }
                         if idle < idle_max {
                             continue;
                         }
@@ -289,28 +283,4 @@ impl Reconciler {
         }
         Ok(())
     }
-}
-
-/// XINFO GROUPS / CONSUMERS as one map per entry (empty when the stream or
-/// group does not exist).
-async fn info_entries(
-    engine: &Engine,
-    args: Vec<String>,
-) -> Vec<HashMap<String, fred::types::Value>> {
-    let reply: fred::types::Value = engine
-        .redis()
-        .custom(fred::cmd!("XINFO"), args)
-        .await
-        .unwrap_or(fred::types::Value::Null);
-    reply
-        .into_array()
-        .into_iter()
-        .map(|entry| {
-            entry
-                .into_array()
-                .chunks(2)
-                .filter_map(|kv| Some((kv[0].as_string()?, kv.get(1)?.clone())))
-                .collect()
-        })
-        .collect()
 }
