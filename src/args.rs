@@ -2,7 +2,6 @@
 //! they build. Every flag is also a `LUNCHRUSH_*` environment variable, so
 //! `set -a; . .lunchrush/stack.env` configures all of them.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use stack::psp::Faults;
@@ -122,14 +121,10 @@ impl TuningArgs {
         redis_url: String,
         postgres_url: String,
         psp_url: String,
-        listen: SocketAddr,
-        jwt_secret: String,
     ) -> Result<engine::Config, engine::ConfigError> {
         let config = engine::Config {
             redis_url,
             postgres_url,
-            listen,
-            jwt_secret,
             psp_url,
             partitions: self.partitions,
             key_prefix: self.key_prefix.clone(),
@@ -148,17 +143,11 @@ impl TuningArgs {
 }
 
 impl EngineArgs {
-    pub fn config(
-        &self,
-        listen: SocketAddr,
-        jwt_secret: String,
-    ) -> Result<engine::Config, engine::ConfigError> {
+    pub fn config(&self) -> Result<engine::Config, engine::ConfigError> {
         self.tuning.config(
             self.redis_url.clone(),
             self.postgres_url.clone(),
             self.psp_url.clone(),
-            listen,
-            jwt_secret,
         )
     }
 }

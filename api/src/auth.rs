@@ -6,6 +6,22 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
+/// An HS256 secret shorter than this is guessable (RFC 7518 §3.2 asks for a
+/// key as long as the hash output: 32 bytes).
+pub const JWT_SECRET_LEN_MIN: usize = 32;
+
+/// Refuses a secret too short to sign tokens with.
+pub fn check_secret(secret: &str) -> Result<(), String> {
+    if secret.len() < JWT_SECRET_LEN_MIN {
+        return Err(format!(
+            "the JWT secret is {} bytes long; it must be at least {JWT_SECRET_LEN_MIN} \
+             (set LUNCHRUSH_JWT_SECRET)",
+            secret.len()
+        ));
+    }
+    Ok(())
+}
+
 /// Who a token speaks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -156,6 +172,13 @@ fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_short_secret_is_refused_with_its_length() {
+        let error = check_secret("short").unwrap_err();
+        assert!(error.contains("5 bytes long"), "{error}");
+        assert_eq!(check_secret(&"x".repeat(JWT_SECRET_LEN_MIN)), Ok(()));
+    }
 
     fn keys() -> Keys {
         Keys::new(&[7u8; 32])

@@ -36,7 +36,6 @@ async fn env() -> Env {
         postgres_url: stack.postgres_url(),
         psp_url: psp_url.clone(),
         partitions: 4,
-        jwt_secret: "x".repeat(32),
         ..engine::Config::default()
     };
     let redis = engine::store::connect(&config).await.unwrap();

@@ -4,16 +4,11 @@
 //! tests build it directly. [`Config::validate`] names the exact setting that
 //! is wrong and why, before anything connects anywhere.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 /// Partition count bounds: at least one; at most 4,096 because an order id
 /// carries its partition in the 12-bit `rand_a` field of its UUIDv7.
 pub const PARTITIONS_MAX: u16 = 4_096;
-
-/// An HS256 secret shorter than this is guessable (RFC 7518 §3.2 asks for a
-/// key as long as the hash output: 32 bytes).
-pub const JWT_SECRET_LEN_MIN: usize = 32;
 
 /// A key prefix keeps several deployments (or tests) apart in one Redis.
 /// Braces would change the cluster hash slot, so they are refused.
@@ -51,10 +46,6 @@ pub struct Config {
     pub redis_url: String,
     /// `postgres://user[:password]@host:port/database`.
     pub postgres_url: String,
-    /// Where the HTTP API listens.
-    pub listen: SocketAddr,
-    /// HS256 secret for the API's bearer tokens.
-    pub jwt_secret: String,
     /// Base URL of the payment provider (`lunchrush psp-sim` locally).
     pub psp_url: String,
     /// Number of partitions restaurants are spread over. Fixed for the life
@@ -78,8 +69,6 @@ impl Default for Config {
         Self {
             redis_url: "redis://127.0.0.1:6379".into(),
             postgres_url: "postgres://lunchrush@127.0.0.1:5432/lunchrush".into(),
-            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            jwt_secret: String::new(),
             psp_url: "http://127.0.0.1:8081".into(),
             partitions: 16,
             key_prefix: "lr:".into(),
@@ -99,11 +88,6 @@ pub enum ConfigError {
     PostgresUrl { url: String, reason: String },
     #[error("payment provider URL {url:?} is invalid: {reason}")]
     PspUrl { url: String, reason: String },
-    #[error(
-        "the JWT secret is {len} bytes long; it must be at least {JWT_SECRET_LEN_MIN} \
-         (set LUNCHRUSH_JWT_SECRET)"
-    )]
-    JwtSecret { len: usize },
     #[error("partitions is {0}; it must be between 1 and {PARTITIONS_MAX}")]
     Partitions(u16),
     #[error(
@@ -151,11 +135,6 @@ impl Config {
             url: self.psp_url.clone(),
             reason,
         })?;
-        if self.jwt_secret.len() < JWT_SECRET_LEN_MIN {
-            return Err(ConfigError::JwtSecret {
-                len: self.jwt_secret.len(),
-            });
-        }
         if self.partitions == 0 || self.partitions > PARTITIONS_MAX {
             return Err(ConfigError::Partitions(self.partitions));
         }
@@ -275,14 +254,11 @@ mod tests {
     use super::*;
 
     fn valid() -> Config {
-        Config {
-            jwt_secret: "x".repeat(32),
-            ..Config::default()
-        }
+        Config::default()
     }
 
     #[test]
-    fn the_default_with_a_secret_is_valid() {
+    fn the_default_is_valid() {
         assert_eq!(valid().validate(), Ok(()));
     }
 
@@ -328,13 +304,6 @@ mod tests {
                     ..valid()
                 },
                 "payment provider URL",
-            ),
-            (
-                Config {
-                    jwt_secret: "short".into(),
-                    ..valid()
-                },
-                "5 bytes long",
             ),
             (
                 Config {

@@ -120,7 +120,6 @@ async fn run_case(world: &World, ops: Vec<Op>) -> Result<(), TestCaseError> {
         redis_url: world.redis_url.clone(),
         partitions: 2,
         key_prefix: format!("prop{case}:"),
-        jwt_secret: "x".repeat(32),
         ..engine::Config::default()
     };
     let client = engine::store::connect(&config).await.unwrap();

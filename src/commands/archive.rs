@@ -8,9 +8,6 @@ use anyhow::Context;
 
 use crate::args::EngineArgs;
 
-/// The archiver needs no API secret, but the configuration always holds one.
-const UNUSED_SECRET: &str = "the-archiver-serves-no-api-and-mints-no-token";
-
 #[derive(Debug, clap::Args)]
 pub struct ArchiveArgs {
     #[command(flatten)]
@@ -40,9 +37,7 @@ pub async fn run(args: ArchiveArgs) -> anyhow::Result<ExitCode> {
         args.batches_in_flight >= 1,
         "--batches-in-flight must be at least 1"
     );
-    let config = args
-        .engine
-        .config(engine::Config::default().listen, UNUSED_SECRET.into())?;
+    let config = args.engine.config()?;
     let mut options =
         archiver::ArchiverOptions::new(args.consumer.unwrap_or_else(default_consumer));
     options.batch_size = args.batch_size;

@@ -5,9 +5,6 @@ use std::process::ExitCode;
 
 use crate::args::EngineArgs;
 
-/// The checker needs no API secret, but the configuration always holds one.
-const UNUSED_SECRET: &str = "the-checker-serves-no-api-and-mints-no-token";
-
 #[derive(Debug, clap::Args)]
 pub struct CheckArgs {
     #[command(flatten)]
@@ -23,9 +20,7 @@ pub struct CheckArgs {
 }
 
 pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
-    let config = args
-        .engine
-        .config(engine::Config::default().listen, UNUSED_SECRET.into())?;
+    let config = args.engine.config()?;
     let redis = engine::store::connect(&config).await?;
     let engine = engine::Engine::new(redis, config.clone()).await?;
     let report = engine::check::check(&engine, args.at_rest).await?;

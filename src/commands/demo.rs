@@ -75,7 +75,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let (duration, users) = (args.duration, args.users);
     let running = super::up::start(args.up).await?;
     let api = running.api_url.clone();
-    let keys = api::auth::Keys::new(running.config.jwt_secret.as_bytes());
+    let keys = api::auth::Keys::new(running.jwt_secret.as_bytes());
     let admin = mint(&keys, api::auth::Role::Admin, "demo-admin", None);
     let http = reqwest::Client::new();
     seed_menus(&http, &api, &keys).await?;

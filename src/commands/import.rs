@@ -25,9 +25,6 @@ use serde::Deserialize;
 
 use crate::args::EngineArgs;
 
-/// The import serves no API.
-const UNUSED_SECRET: &str = "the-importer-serves-no-api-and-mints-no-token";
-
 #[derive(Debug, clap::Args)]
 pub struct ImportArgs {
     #[command(flatten)]
@@ -88,9 +85,7 @@ fn parse(text: &str) -> Result<Restaurant, String> {
 }
 
 pub async fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
-    let config = args
-        .engine
-        .config(engine::Config::default().listen, UNUSED_SECRET.into())?;
+    let config = args.engine.config()?;
     let engine =
         engine::Engine::new(engine::store::connect(&config).await?, config.clone()).await?;
     let reader: Box<dyn BufRead> = if args.file == "-" {

@@ -24,9 +24,6 @@ use serde_json::json;
 
 use crate::args::EngineArgs;
 
-/// Reconciliation serves no API, but the configuration always holds a secret.
-const UNUSED_SECRET: &str = "reconciliation-serves-no-api-and-mints-no-token";
-
 #[derive(Debug, clap::Args)]
 pub struct ReconcileArgs {
     #[command(flatten)]
@@ -81,9 +78,7 @@ pub async fn run(args: ReconcileArgs) -> anyhow::Result<ExitCode> {
 
 async fn run_once(args: &ReconcileArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.max_rate > 0.0, "--max-rate must be positive");
-    let config = args
-        .engine
-        .config(engine::Config::default().listen, UNUSED_SECRET.into())?;
+    let config = args.engine.config()?;
     let started = SystemTime::now();
     let redis = engine::store::connect(&config).await?;
     let outcome = run_connected(args, &config, started, redis.clone()).await;

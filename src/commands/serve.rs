@@ -41,14 +41,16 @@ pub fn notifier(webhook: Option<&str>) -> std::sync::Arc<dyn engine::notify::Not
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let config = args.engine.config(args.listen, args.jwt_secret.clone())?;
+    let config = args.engine.config()?;
+    api::auth::check_secret(&args.jwt_secret).map_err(anyhow::Error::msg)?;
     let limits = args.admission.limits()?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
+    let listener = tokio::net::TcpListener::bind(args.listen)
         .await
-        .with_context(|| format!("listen on {}", config.listen))?;
+        .with_context(|| format!("listen on {}", args.listen))?;
     println!("READY api=http://{}", listener.local_addr()?);
     run_engine(
         config,
+        args.jwt_secret,
         limits,
         notifier(args.notify_webhook.as_deref()),
         listener,
@@ -72,6 +74,7 @@ pub fn worker_options(reclaim_idle: std::time::Duration) -> engine::saga::Worker
 /// (each finishes its batch) and closes the connections.
 pub async fn run_engine(
     config: engine::Config,
+    jwt_secret: String,
     limits: api::admission::Limits,
     notifier: std::sync::Arc<dyn engine::notify::Notifier>,
     listener: tokio::net::TcpListener,
@@ -98,7 +101,7 @@ pub async fn run_engine(
     let mut state = api::AppState::new(
         engine,
         api::postgres_pool(&config.postgres_url)?,
-        config.jwt_secret.as_bytes(),
+        jwt_secret.as_bytes(),
         limits,
     )
     .with_provider(psp.clone(), notifier);
@@ -111,7 +114,8 @@ pub async fn run_engine(
             psp.breaker().clone(),
         )));
     }
-    tracing::info!(listen = %config.listen, workers = workers.is_some(), partitions = config.partitions,
+    let listen = listener.local_addr()?;
+    tracing::info!(%listen, workers = workers.is_some(), partitions = config.partitions,
         "Engine serving.");
     let served = api::serve(listener, state, shutdown).await;
     if let Some(publisher) = publisher {

@@ -26,11 +26,11 @@ pub struct TokenArgs {
 }
 
 pub fn run(args: TokenArgs) -> anyhow::Result<ExitCode> {
-    if args.jwt_secret.len() < engine::config::JWT_SECRET_LEN_MIN {
+    if args.jwt_secret.len() < api::auth::JWT_SECRET_LEN_MIN {
         anyhow::bail!(
             "the JWT secret is {} bytes long; it must be at least {}",
             args.jwt_secret.len(),
-            engine::config::JWT_SECRET_LEN_MIN
+            api::auth::JWT_SECRET_LEN_MIN
         );
     }
     let token = Keys::new(args.jwt_secret.as_bytes())

@@ -71,6 +71,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
 pub struct Running {
     pub api_url: String,
     pub config: engine::Config,
+    /// The secret the API verifies tokens with (generated once per home).
+    pub jwt_secret: String,
     stop: tokio::sync::watch::Sender<bool>,
     engine_task: tokio::task::JoinHandle<anyhow::Result<()>>,
     archiver_task: tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -123,22 +125,19 @@ pub async fn start(args: UpArgs) -> anyhow::Result<Running> {
         .jwt_secret
         .or_else(|| previous.get("LUNCHRUSH_JWT_SECRET").cloned())
         .unwrap_or_else(generate_secret);
+    api::auth::check_secret(&jwt_secret).map_err(anyhow::Error::msg)?;
     let listener = bind_api(args.listen, previous_port("LUNCHRUSH_API_URL")).await?;
     let listen = listener.local_addr()?;
     let psp_url = match args.psp_url {
         Some(url) => url,
         None => start_simulator(&home, &args.faults, previous_port("LUNCHRUSH_PSP_URL")).await?,
     };
-    let config = args.tuning.config(
-        stack.redis_url(),
-        stack.postgres_url(),
-        psp_url,
-        listen,
-        jwt_secret,
-    )?;
+    let config = args
+        .tuning
+        .config(stack.redis_url(), stack.postgres_url(), psp_url)?;
 
     let api_url = format!("http://{listen}");
-    write_stack_env(&home, &api_url, &config)?;
+    write_stack_env(&home, &api_url, listen, &jwt_secret, &config)?;
     println!(
         "READY api={api_url} redis={} postgres={}",
         config.redis_url, config.postgres_url
@@ -156,6 +155,7 @@ pub async fn start(args: UpArgs) -> anyhow::Result<Running> {
     let mut engine_stopped = stopped;
     let engine_task = tokio::spawn(super::serve::run_engine(
         config.clone(),
+        jwt_secret.clone(),
         limits,
         notifier,
         listener,
@@ -169,6 +169,7 @@ pub async fn start(args: UpArgs) -> anyhow::Result<Running> {
     Ok(Running {
         api_url,
         config,
+        jwt_secret,
         stop,
         engine_task,
         archiver_task,
@@ -196,18 +197,24 @@ async fn start_simulator(
 }
 
 /// `stack.env`: every value another command needs to reach this stack.
-fn write_stack_env(home: &Path, api_url: &str, config: &engine::Config) -> anyhow::Result<()> {
+fn write_stack_env(
+    home: &Path,
+    api_url: &str,
+    listen: SocketAddr,
+    jwt_secret: &str,
+    config: &engine::Config,
+) -> anyhow::Result<()> {
     write_env_file(
         &home.join("stack.env"),
         &[
             ("LUNCHRUSH_API_URL", api_url),
-            ("LUNCHRUSH_LISTEN", &config.listen.to_string()),
+            ("LUNCHRUSH_LISTEN", &listen.to_string()),
             ("LUNCHRUSH_REDIS_URL", &config.redis_url),
             ("LUNCHRUSH_POSTGRES_URL", &config.postgres_url),
             ("LUNCHRUSH_PSP_URL", &config.psp_url),
             ("LUNCHRUSH_PARTITIONS", &config.partitions.to_string()),
             ("LUNCHRUSH_KEY_PREFIX", &config.key_prefix),
-            ("LUNCHRUSH_JWT_SECRET", &config.jwt_secret),
+            ("LUNCHRUSH_JWT_SECRET", jwt_secret),
             ("LUNCHRUSH_HOME", &home.to_string_lossy()),
         ],
     )

@@ -30,7 +30,6 @@ pub async fn fixture(faults: Faults) -> Fixture {
         postgres_url: stack.postgres_url(),
         psp_url: psp_url.clone(),
         partitions: 4,
-        jwt_secret: "x".repeat(32),
         ..engine::Config::default()
     };
     let client = engine::store::connect(&config).await.unwrap();

@@ -73,8 +73,6 @@ pub async fn spawn_app_full(
         redis_url: stack.redis_url(),
         postgres_url: stack.postgres_url(),
         psp_url: psp_url.clone(),
-        listen: listener.local_addr().unwrap(),
-        jwt_secret: SECRET.into(),
         partitions: 4,
         ..engine::Config::default()
     };

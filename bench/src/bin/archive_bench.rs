@@ -55,7 +55,6 @@ async fn main() -> anyhow::Result<()> {
         redis_url: stack.redis_url(),
         postgres_url: stack.postgres_url(),
         partitions: args.partitions,
-        jwt_secret: "b".repeat(32),
         ..engine::Config::default()
     };
     let engine =

@@ -755,7 +755,6 @@ async fn run_once(args: &Args, seed: u64, bin: &Path) -> anyhow::Result<RunRepor
         postgres_url: stack.postgres_url(),
         psp_url: psp_url.clone(),
         partitions: PARTITIONS,
-        jwt_secret: secret.clone(),
         ..engine::Config::default()
     };
     let engine =

@@ -425,7 +425,6 @@ async fn main() -> anyhow::Result<()> {
         postgres_url: args.stack.postgres.clone(),
         partitions: args.stack.partitions,
         key_prefix: args.stack.key_prefix.clone(),
-        jwt_secret: args.stack.jwt_secret.clone(),
         ..engine::Config::default()
     };
     let engine = engine::Engine::new(engine::store::connect(&config).await?, config).await?;

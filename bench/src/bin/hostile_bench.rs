@@ -80,12 +80,11 @@ async fn main() -> anyhow::Result<()> {
     let psp_url = sim.spawn_local().await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?;
+    let jwt_secret = "h".repeat(32);
     let config = engine::Config {
         redis_url: stack.redis_url(),
         postgres_url: stack.postgres_url(),
         psp_url,
-        listen: address,
-        jwt_secret: "h".repeat(32),
         ..engine::Config::default()
     };
     config.validate()?;
@@ -114,7 +113,7 @@ async fn main() -> anyhow::Result<()> {
     let state = api::AppState::new(
         engine.clone(),
         api::postgres_pool(&config.postgres_url)?,
-        config.jwt_secret.as_bytes(),
+        jwt_secret.as_bytes(),
         limits,
     );
     tokio::spawn(api::serve(listener, state, std::future::pending()));
@@ -178,7 +177,7 @@ async fn main() -> anyhow::Result<()> {
 
     // 3. A deep body, refused before any parser recurses.
     let deep = vec![b'['; 64 * 1024];
-    let token = api::auth::Keys::new(config.jwt_secret.as_bytes()).mint(
+    let token = api::auth::Keys::new(jwt_secret.as_bytes()).mint(
         api::auth::Role::Customer,
         "mallory",
         None,

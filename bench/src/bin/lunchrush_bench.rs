@@ -669,7 +669,6 @@ async fn limit(kind: &str) -> anyhow::Result<()> {
         redis_url: std::env::var("LUNCHRUSH_REDIS_URL")
             .unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
         key_prefix: "limit:".into(),
-        jwt_secret: "x".repeat(32),
         ..engine::Config::default()
     };
     let engine =

@@ -92,7 +92,6 @@ async fn main() -> anyhow::Result<()> {
         redis_url: redis.url(),
         psp_url: psp_url.clone(),
         partitions: args.partitions,
-        jwt_secret: "b".repeat(32),
         ..engine::Config::default()
     };
     config.validate()?;

@@ -46,7 +46,6 @@ async fn main() -> anyhow::Result<()> {
     let config = engine::Config {
         redis_url: redis.url(),
         partitions: args.partitions,
-        jwt_secret: "b".repeat(32),
         ..engine::Config::default()
     };
     let engine =

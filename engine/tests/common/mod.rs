@@ -108,7 +108,6 @@ impl TestEnv {
             psp_url: psp_url.clone(),
             partitions: PARTITIONS,
             key_prefix: "t:".into(),
-            jwt_secret: "x".repeat(32),
             timers,
             ..engine::Config::default()
         };
