@@ -165,7 +165,7 @@ fn components() -> Value {
                 "items": {"type": "array", "items": {"type": "object", "properties": {"item": {"type": "string"}, "qty": {"type": "integer"}, "price": {"type": "integer"}}}},
                 "total": {"type": "integer"},
                 "status": {"enum": ["PENDING", "PAID", "APPROVED", "DISPATCHED", "CONFIRMED", "REJECTED"]},
-                "reason": {"type": ["string", "null"], "description": "payment_declined, restaurant_rejected, approval_timeout, cancelled, reconciled, capture_failed, payment_window"},
+                "reason": {"type": ["string", "null"], "description": "payment_declined, restaurant_rejected, approval_timeout, cancelled, reconciled, capture_failed, payment_window, operator"},
                 "payment": {"type": "object", "properties": {"status": {"enum": ["NONE", "AUTHORIZED", "CAPTURED", "REFUNDED", "DECLINED", "VOIDED"]}}},
                 "created_at": {"type": "string", "format": "date-time"}, "updated_at": {"type": "string", "format": "date-time"}}},
             "Reject": {"type": "object", "additionalProperties": false, "required": ["reason"], "properties": {"reason": {"type": "string", "minLength": 1, "maxLength": 500}}},

@@ -251,6 +251,30 @@ string_enum!(
     }
 );
 
+string_enum!(
+    /// A delayed task on the timer wheel (members are `<kind>|<order>`).
+    TimerKind {
+        PaymentWindow = "payment_window",
+        ApprovalTimeout = "approval_timeout",
+        ConfirmNotice = "confirm_notice",
+        AutoConfirm = "auto_confirm",
+    }
+);
+
+string_enum!(
+    /// Why an order was rejected (`reason` on the order and its events).
+    RejectReason {
+        PaymentDeclined = "payment_declined",
+        RestaurantRejected = "restaurant_rejected",
+        ApprovalTimeout = "approval_timeout",
+        Cancelled = "cancelled",
+        Reconciled = "reconciled",
+        CaptureFailed = "capture_failed",
+        PaymentWindow = "payment_window",
+        Operator = "operator",
+    }
+);
+
 impl OrderStatus {
     /// APPROVED, DISPATCHED and CONFIRMED: the restaurant accepted, money taken.
     pub fn is_fulfilled(self) -> bool {

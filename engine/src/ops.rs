@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fred::prelude::*;
 use serde::Serialize;
 
-use crate::domain::{Order, OrderStatus, PaymentStatus};
+use crate::domain::{Order, OrderStatus, PaymentStatus, TimerKind};
 use crate::engine::{Engine, EngineError};
 use crate::keys::Topic;
 use crate::saga::{self, PaymentAction};
@@ -40,13 +40,6 @@ pub const FUNNEL_SAMPLE_MAX: u64 = 500;
 const OVERDUE_SAMPLE_MAX: u64 = 1_000;
 /// The consumer name the console delivers operator entries to.
 const CONSOLE_CONSUMER: &str = "console";
-/// Every timer kind.
-pub const TIMER_KINDS: [&str; 4] = [
-    "payment_window",
-    "approval_timeout",
-    "confirm_notice",
-    "auto_confirm",
-];
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -305,8 +298,8 @@ pub async fn timers(engine: &Engine) -> Result<Timers, EngineError> {
     let keys = engine.keys();
     let now = now_ms();
     let mut timers = Timers::default();
-    for kind in TIMER_KINDS {
-        timers.overdue_by_kind.insert(kind.to_string(), 0);
+    for kind in TimerKind::ALL {
+        timers.overdue_by_kind.insert(kind.as_str().to_string(), 0);
     }
     for p in 0..keys.partitions() {
         let wheel = keys.wheel(p);
@@ -345,10 +338,10 @@ pub async fn timers(engine: &Engine) -> Result<Timers, EngineError> {
 pub async fn order_timers(
     engine: &Engine,
     order: &Order,
-) -> Result<Vec<(&'static str, i64)>, EngineError> {
+) -> Result<Vec<(TimerKind, i64)>, EngineError> {
     let wheel = engine.keys().wheel(order.partition);
     let mut set = Vec::new();
-    for kind in TIMER_KINDS {
+    for &kind in TimerKind::ALL {
         let due: Option<f64> = engine
             .redis()
             .zscore(&wheel, format!("{kind}|{}", order.id))

@@ -244,7 +244,12 @@ async fn run_case(world: &World, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     && let Some(o) = engine.order(&id).await.unwrap()
                 {
                     engine
-                        .release(&o, "approval_timeout", Some(o.version), Lane::Batch)
+                        .release(
+                            &o,
+                            engine::domain::RejectReason::ApprovalTimeout,
+                            Some(o.version),
+                            Lane::Batch,
+                        )
                         .await
                         .unwrap();
                 }

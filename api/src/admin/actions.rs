@@ -207,7 +207,12 @@ async fn compensate(
     let transition = if early {
         state
             .engine
-            .release(order, "operator", Some(order.version), Lane::Batch)
+            .release(
+                order,
+                engine::domain::RejectReason::Operator,
+                Some(order.version),
+                Lane::Batch,
+            )
             .await
     } else {
         state

@@ -38,16 +38,8 @@ impl Engine {
                         .increment(1);
                 }
                 Some(OrderStatus::Rejected) if before.status != OrderStatus::Rejected => {
-                    let reason = match transition.reason.as_str() {
-                        "payment_declined" => "payment_declined",
-                        "restaurant_rejected" => "restaurant_rejected",
-                        "approval_timeout" => "approval_timeout",
-                        "cancelled" => "cancelled",
-                        "reconciled" => "reconciled",
-                        "capture_failed" => "capture_failed",
-                        "payment_window" => "payment_window",
-                        _ => "other",
-                    };
+                    let reason = crate::domain::RejectReason::parse(&transition.reason)
+                        .map_or("other", |r| r.as_str());
                     metrics::counter!("lunchrush_saga_outcomes_total", "outcome" => "rejected", "reason" => reason)
                         .increment(1);
                 }
@@ -135,7 +127,7 @@ impl Engine {
     pub async fn release(
         &self,
         order: &Order,
-        reason: &str,
+        reason: crate::domain::RejectReason,
         expected_version: Option<u64>,
         lane: Lane,
     ) -> Result<Transition, EngineError> {
@@ -146,7 +138,7 @@ impl Engine {
             "release",
             script_keys,
             vec![
-                reason.into(),
+                reason.as_str().into(),
                 expected_version.map(|v| v.to_string()).unwrap_or_default(),
             ],
         )
@@ -254,7 +246,7 @@ impl Engine {
     pub async fn schedule_timer(
         &self,
         order: &Order,
-        kind: &str,
+        kind: crate::domain::TimerKind,
         delay: std::time::Duration,
         required: OrderStatus,
     ) -> Result<bool, EngineError> {
@@ -268,7 +260,11 @@ impl Engine {
                     keys.order(order.partition, &order.id),
                     keys.wheel(order.partition),
                 ],
-                vec![kind.into(), millis(delay), required.as_str().into()],
+                vec![
+                    kind.as_str().into(),
+                    millis(delay),
+                    required.as_str().into(),
+                ],
             )
             .await?;
         Ok(matches!(

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use fred::prelude::*;
 use serde::Serialize;
 
-use crate::domain::{Order, OrderStatus, PaymentStatus};
+use crate::domain::{Order, OrderStatus, PaymentStatus, RejectReason};
 use crate::engine::{Actor, Engine, EngineError, PaymentOutcome};
 use crate::keys::{Lane, Topic};
 use crate::psp::{PspClient, PspError};
@@ -222,7 +222,12 @@ impl Reconciler {
                         Err(_) => {
                             // The provider does not answer: compensate.
                             self.engine
-                                .release(&order, "reconciled", Some(order.version), Lane::Batch)
+                                .release(
+                                    &order,
+                                    RejectReason::Reconciled,
+                                    Some(order.version),
+                                    Lane::Batch,
+                                )
                                 .await?;
                             actions.push("release");
                         }
@@ -233,7 +238,7 @@ impl Reconciler {
                         .is_some_and(|o| o.status == OrderStatus::Pending)
                     {
                         self.engine
-                            .release(&order, "reconciled", None, Lane::Batch)
+                            .release(&order, RejectReason::Reconciled, None, Lane::Batch)
                             .await?;
                         actions.push("release");
                     }
@@ -259,7 +264,12 @@ impl Reconciler {
                         actions.push("approve");
                     } else {
                         self.engine
-                            .release(&order, "reconciled", Some(order.version), Lane::Batch)
+                            .release(
+                                &order,
+                                RejectReason::Reconciled,
+                                Some(order.version),
+                                Lane::Batch,
+                            )
                             .await?;
                         actions.push("release");
                     }

@@ -2,6 +2,7 @@
 //! auto-approval, due timers), idempotent by re-reading the order.
 
 use super::*;
+use crate::domain::{RejectReason, TimerKind};
 
 /// Drives one order's payment until no step is owed (see [`payment_action`]).
 pub async fn drive_payment(
@@ -163,26 +164,30 @@ pub async fn on_timer(
         .parse()
         .map_err(|_| WorkError::Timer(format!("order {:?}", data.o)))?;
     let lateness = (data.fired - data.due).max(0) as f64 / 1_000.0;
-    metrics::histogram!("lunchrush_timer_lateness_seconds", "kind" => timer_kind(&data.k))
-        .record(lateness);
+    let kind = TimerKind::parse(&data.k);
+    let label = kind.map_or("other", TimerKind::as_str);
+    metrics::histogram!("lunchrush_timer_lateness_seconds", "kind" => label).record(lateness);
     let timers = &engine.config().timers;
     for _ in 0..TIMER_RETRIES_MAX {
         let Some(order) = engine.order(&id).await? else {
             return Ok(());
         };
-        let t = match (data.k.as_str(), order.status) {
-            ("payment_window", OrderStatus::Pending) => {
+        let t = match (kind, order.status) {
+            (Some(TimerKind::PaymentWindow), OrderStatus::Pending) => {
+                let reason = RejectReason::PaymentWindow;
                 engine
-                    .release(&order, "payment_window", Some(order.version), lane)
+                    .release(&order, reason, Some(order.version), lane)
                     .await?
             }
-            ("approval_timeout", OrderStatus::Paid) if order.decision.is_empty() => {
+            (Some(TimerKind::ApprovalTimeout), OrderStatus::Paid) if order.decision.is_empty() => {
+                let reason = RejectReason::ApprovalTimeout;
                 engine
-                    .release(&order, "approval_timeout", Some(order.version), lane)
+                    .release(&order, reason, Some(order.version), lane)
                     .await?
             }
-            ("confirm_notice", OrderStatus::Dispatched) => {
-                if !order.notified.iter().any(|k| k == "confirm_notice") {
+            (Some(TimerKind::ConfirmNotice), OrderStatus::Dispatched) => {
+                let kind = TimerKind::ConfirmNotice.as_str();
+                if !order.notified.iter().any(|k| k == kind) {
                     let notice = crate::notify::Notification::confirm_notice(
                         order.id,
                         &order.customer,
@@ -203,14 +208,14 @@ pub async fn on_timer(
                 engine
                     .schedule_timer(
                         &order,
-                        "auto_confirm",
+                        TimerKind::AutoConfirm,
                         timers.auto_confirm_after,
                         OrderStatus::Dispatched,
                     )
                     .await?;
                 return Ok(());
             }
-            ("auto_confirm", OrderStatus::Dispatched) => {
+            (Some(TimerKind::AutoConfirm), OrderStatus::Dispatched) => {
                 engine
                     .advance(
                         &order,
@@ -229,17 +234,6 @@ pub async fn on_timer(
         }
     }
     Err(WorkError::NoProgress)
-}
-
-/// Bounded label values for timer metrics.
-fn timer_kind(kind: &str) -> &'static str {
-    match kind {
-        "payment_window" => "payment_window",
-        "approval_timeout" => "approval_timeout",
-        "confirm_notice" => "confirm_notice",
-        "auto_confirm" => "auto_confirm",
-        _ => "other",
-    }
 }
 
 /// Runs `role`'s handler for `event` in `lane`: what a worker does with an
