@@ -477,3 +477,83 @@ async fn a_dead_letter_is_retried_from_the_page_and_the_action_is_audited() {
         .await;
     browser.close().await;
 }
+
+/// Stuck sagas in bulk: two orders wait for a restaurant that never
+/// answers; the operator selects both and compensates them, but one was
+/// accepted meanwhile: that one is refused (it moved), the other is
+/// rejected with its stock back and its authorization voided; both
+/// attempts are audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stuck_sagas_are_compensated_in_bulk_except_one_that_moved() {
+    let app = helpers::spawn_app_configured(Limits::default(), archived_app_config).await;
+    app.seed("slow", false, &[("soup", 800, 10)]).await;
+    let customer = app.customer("frank");
+    let mut ids = Vec::new();
+    for key in ["stuck-a", "stuck-b"] {
+        let placed = app
+            .place(&customer, key, order_body("slow", &[("soup", 1)], 800))
+            .await;
+        let id = placed.ok(202)["order_id"].as_str().unwrap().to_string();
+        app.wait_for(&id, &customer, |o| o["status"] == "PAID")
+            .await;
+        ids.push(id);
+    }
+    let admin = app.admin();
+    let browser = Browser::start().await;
+    browser
+        .open(&app.url, &format!("/ops/stuck#token={admin}"))
+        .await;
+    browser.type_into("#stuck-sla", "0s").await;
+    browser.click("#stuck-load").await;
+    let listed = browser
+        .text_when("#stuck-table", |t| {
+            ids.iter().all(|id| t.contains(id.as_str()))
+        })
+        .await;
+    assert!(listed.contains("restaurant decision"), "{listed}");
+    for id in &ids {
+        browser
+            .click(&format!("#stuck-table input.pick[value='{id}']"))
+            .await;
+    }
+    // The restaurant answers one of them after the operator looked.
+    app.post(
+        &format!("/v1/orders/{}/accept", ids[1]),
+        &app.restaurant("slow"),
+        None,
+    )
+    .await
+    .ok(200);
+    browser
+        .type_into("#stuck-reason", "kitchen offline, INC-7")
+        .await;
+    browser.click("#stuck-compensate").await;
+    let result = browser
+        .text_when("#stuck-result", |t| t.contains("compensate:"))
+        .await;
+    assert!(result.contains("1 done, 1 refused"), "{result}");
+    browser.screenshot("stuck").await;
+
+    let rejected = app
+        .wait_for(&ids[0], &admin, |o| o["payment"]["status"] == "VOIDED")
+        .await;
+    assert_eq!(rejected["status"], "REJECTED");
+    assert_eq!(rejected["reason"], "operator");
+    let accepted = app
+        .wait_for(&ids[1], &admin, |o| o["payment"]["status"] == "CAPTURED")
+        .await;
+    assert_eq!(accepted["status"], "APPROVED");
+    let menu = app.engine.menu("slow").await.unwrap().unwrap();
+    assert_eq!(menu.items[0].stock, 9, "one unit back, one sold");
+    for (id, outcome) in [(&ids[0], "done"), (&ids[1], "refused")] {
+        let audit = app
+            .get(&format!("/v1/admin/actions?order={id}"), &admin)
+            .await
+            .ok(200)
+            .clone();
+        assert_eq!(audit["actions"][0]["action"], "compensate", "{audit}");
+        assert_eq!(audit["actions"][0]["outcome"], outcome, "{audit}");
+        assert_eq!(audit["actions"][0]["reason"], "kitchen offline, INC-7");
+    }
+    browser.close().await;
+}
