@@ -78,22 +78,10 @@ async fn old_unarchived(
         .duration_since(UNIX_EPOCH)
         .unwrap_or(Duration::ZERO)
         .as_millis() as i64;
-    let pending: Vec<(String, String, u64, u64)> = engine
-        .redis()
-        .custom(
-            fred::cmd!("XPENDING"),
-            vec![
-                stream.to_string(),
-                GROUP.into(),
-                "IDLE".into(),
-                older_than.as_millis().to_string(),
-                "-".into(),
-                "+".into(),
-                SCAN_COUNT_MAX.to_string(),
-            ],
-        )
-        .await
-        .unwrap_or_default();
+    let pending =
+        engine::streams::pending_idle(engine.redis(), stream, GROUP, older_than, SCAN_COUNT_MAX)
+            .await
+            .unwrap_or_default();
     let (ms, seq) = crate::archiver_last_delivered(engine.redis(), stream).await?;
     let undelivered: Vec<(String, std::collections::HashMap<String, String>)> = engine
         .redis()

@@ -56,19 +56,10 @@ impl Archiver {
         let mut bound: Option<(i64, i64)> = None;
         for group in groups {
             let group_bound = if group.pending > 0 {
-                let summary: Value = self
-                    .engine
-                    .redis()
-                    .custom::<fred::types::Value, _>(
-                        fred::cmd!("XPENDING"),
-                        vec![stream.to_string(), group.name.clone()],
-                    )
-                    .await
-                    .map(|v| json_of(&v))?;
-                summary
-                    .get(1)
-                    .and_then(Value::as_str)
-                    .and_then(parse_entry_id)
+                engine::streams::pending(self.engine.redis(), stream, &group.name, 1)
+                    .await?
+                    .first()
+                    .and_then(|p| parse_entry_id(&p.id))
                     .unwrap_or((0, 0))
             } else {
                 let (ms, seq) = group.last_delivered;

@@ -100,11 +100,35 @@ pub struct Pending {
     pub deliveries: u64,
 }
 
+impl Pending {
+    fn from_row((id, consumer, idle_ms, deliveries): (String, String, u64, u64)) -> Self {
+        Self {
+            id,
+            consumer,
+            idle_ms,
+            deliveries,
+        }
+    }
+}
+
 /// The first `count` entries of a group's pending list (every consumer).
 pub async fn pending(
     redis: &Client,
     stream: &str,
     group: &str,
+    count: u64,
+) -> Result<Vec<Pending>, fred::error::Error> {
+    pending_between(redis, stream, group, "-", "+", count).await
+}
+
+/// The pending entries of a group with ids from `first` to `last`, at most
+/// `count` (their delivery counts, say).
+pub async fn pending_between(
+    redis: &Client,
+    stream: &str,
+    group: &str,
+    first: &str,
+    last: &str,
     count: u64,
 ) -> Result<Vec<Pending>, fred::error::Error> {
     let rows: Vec<(String, String, u64, u64)> = redis
@@ -113,21 +137,38 @@ pub async fn pending(
             vec![
                 stream.to_string(),
                 group.to_string(),
+                first.to_string(),
+                last.to_string(),
+                count.to_string(),
+            ],
+        )
+        .await?;
+    Ok(rows.into_iter().map(Pending::from_row).collect())
+}
+
+/// Up to `count` entries of a group's pending list idle at least `idle`.
+pub async fn pending_idle(
+    redis: &Client,
+    stream: &str,
+    group: &str,
+    idle: std::time::Duration,
+    count: u64,
+) -> Result<Vec<Pending>, fred::error::Error> {
+    let rows: Vec<(String, String, u64, u64)> = redis
+        .custom(
+            fred::cmd!("XPENDING"),
+            vec![
+                stream.to_string(),
+                group.to_string(),
+                "IDLE".into(),
+                idle.as_millis().to_string(),
                 "-".into(),
                 "+".into(),
                 count.to_string(),
             ],
         )
         .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(id, consumer, idle_ms, deliveries)| Pending {
-            id,
-            consumer,
-            idle_ms,
-            deliveries,
-        })
-        .collect())
+    Ok(rows.into_iter().map(Pending::from_row).collect())
 }
 
 /// Whether `group` has yet to acknowledge entry `id` of `stream`: not

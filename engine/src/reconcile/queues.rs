@@ -12,28 +12,20 @@ impl Reconciler {
         run: &mut Run<'_>,
         notifier: std::sync::Arc<dyn crate::notify::Notifier>,
     ) -> Result<(), ReconcileError> {
-        let idle_ms = run.options.older_than.as_millis() as u64;
         for role in Role::ALL {
             let mut idle = 0u64;
             for p in 0..self.engine.keys().partitions() {
                 for topic in role.topics() {
-                    let pending: Vec<(String, String, u64, u64)> = self
-                        .engine
-                        .redis()
-                        .custom(
-                            fred::cmd!("XPENDING"),
-                            vec![
-                                self.engine.keys().stream(p, *topic),
-                                role.group().to_string(),
-                                "IDLE".into(),
-                                idle_ms.to_string(),
-                                "-".into(),
-                                "+".into(),
-                                "1000".into(),
-                            ],
-                        )
-                        .await
-                        .unwrap_or_default();
+                    let stream = self.engine.keys().stream(p, *topic);
+                    let pending = crate::streams::pending_idle(
+                        self.engine.redis(),
+                        &stream,
+                        role.group(),
+                        run.options.older_than,
+                        1_000,
+                    )
+                    .await
+                    .unwrap_or_default();
                     idle += pending.len() as u64;
                 }
             }

@@ -248,24 +248,12 @@ impl Worker {
         values: &[XReadValue<String, String, String>],
     ) -> Result<HashMap<String, u64>, EngineError> {
         let (first, last) = (&values[0].0, &values[values.len() - 1].0);
-        let pending: Vec<(String, String, u64, u64)> = self
-            .engine
-            .redis()
-            .custom(
-                fred::cmd!("XPENDING"),
-                vec![
-                    stream.to_string(),
-                    self.role.group().to_string(),
-                    first.clone(),
-                    last.clone(),
-                    values.len().to_string(),
-                ],
-            )
-            .await?;
-        Ok(pending
-            .into_iter()
-            .map(|(id, _, _, count)| (id, count))
-            .collect())
+        let group = self.role.group();
+        let count = values.len() as u64;
+        let redis = self.engine.redis();
+        let pending =
+            crate::streams::pending_between(redis, stream, group, first, last, count).await?;
+        Ok(pending.into_iter().map(|p| (p.id, p.deliveries)).collect())
     }
 
     /// Handles entries concurrently, then acknowledges the finished ones.
