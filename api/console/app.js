@@ -289,9 +289,13 @@ function orderPage(view, id) {
     try { d = await api(`/v1/admin/orders/${id}`); } catch (error) {
       body.replaceChildren(el("p", { class: "error", id: "order-error" }, error.message)); return;
     }
-    seen = d.order.version;
+    // Actions go with the version the operator first saw: if the order
+    // moves meanwhile, the server refuses them (order_moved), never forces.
+    if (seen === null) seen = d.order.version;
+    const moved = d.order.version !== seen;
     const provider = d.payment.provider;
     body.replaceChildren(
+      moved ? el("p", { class: "warn", id: "order-moved" }, `The order changed since you opened this page (version ${seen} → ${d.order.version}): actions are refused until you reload it.`) : "",
       el("div", { class: "side" },
         el("div", { class: "card" }, el("h2", {}, "State"),
           table(["", ""], [

@@ -293,8 +293,9 @@ async fn openapi() -> axum::Json<serde_json::Value> {
 }
 
 /// Every route of the API. The v1 routes pass admission control (in-flight
-/// bound, deadline); the operations endpoints never do, so a liveness probe
-/// answers even when the engine sheds load.
+/// bound, deadline); the operations endpoints and the console's never do,
+/// so a liveness probe answers and an operator can act even when the
+/// engine sheds load.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route(
@@ -314,6 +315,13 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/orders/{id}/confirm", post(orders::confirm))
         .route("/v1/orders/{id}/cancel", post(orders::cancel))
         .route("/v1/orders/{id}/events", get(orders::events))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(from_fn_with_state(state.clone(), admit))
+        // The console's endpoints sit outside admission control too: an
+        // operator can act while the engine sheds load, and a batch of
+        // provider calls is not cut off halfway by the request deadline
+        // (admins only; the per-token rate limit still applies).
         .route("/v1/admin/overview", get(admin::overview::get))
         .route("/v1/admin/orders", get(admin::orders::search))
         .route("/v1/admin/orders/{id}", get(admin::orders::detail))
@@ -329,9 +337,6 @@ pub fn router(state: AppState) -> Router {
             post(admin::actions::resolve),
         )
         .route("/v1/admin/actions", get(admin::actions::actions))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(from_fn_with_state(state.clone(), admit))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::render))

@@ -127,6 +127,23 @@ async fn a_stuck_saga_is_listed_with_its_step_and_compensated_only_at_the_versio
     .problem(400, "invalid_body");
     assert_eq!(stock(&app).await, 8);
 
+    // Re-drive takes only a step the saga owes: this one waits on the
+    // restaurant's own decision, so it is refused and nothing changes.
+    let waiting = app
+        .post(
+            "/v1/admin/sagas",
+            &admin,
+            Some(act("redrive", version, Some("nudge it"))),
+        )
+        .await;
+    let result = waiting.ok(200)["results"][0].clone();
+    assert_eq!(result["code"], "not_redrivable", "{result}");
+    assert_eq!(
+        (result["status"].as_str(), result["version"].as_u64()),
+        (Some("PAID"), Some(version))
+    );
+    assert_eq!(stock(&app).await, 8);
+
     // Seen at an older version: refused, not forced.
     let moved = app
         .post(
@@ -196,6 +213,7 @@ async fn a_stuck_saga_is_listed_with_its_step_and_compensated_only_at_the_versio
         ("redrive", "refused"),
         ("compensate", "done"),
         ("compensate", "refused"),
+        ("redrive", "refused"),
     ];
     assert_eq!(
         rows,
@@ -255,6 +273,9 @@ async fn orders_are_found_by_id_customer_restaurant_and_status() {
         .await
         .problem(400, "invalid_query");
     app.get("/v1/admin/orders?older_than=soon", &admin)
+        .await
+        .problem(400, "invalid_query");
+    app.get("/v1/admin/stuck?older_than=100000d", &admin)
         .await
         .problem(400, "invalid_query");
     app.get("/v1/admin/orders?colour=red", &admin)

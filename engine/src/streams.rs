@@ -10,7 +10,11 @@ use fred::types::Value;
 /// `ms-seq` → (ms, seq).
 pub fn parse_entry_id(id: &str) -> Option<(i64, i64)> {
     let (ms, seq) = id.split_once('-')?;
-    Some((ms.parse().ok()?, seq.parse().ok()?))
+    let number = |text: &str| {
+        let digits = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
+        digits.then(|| text.parse().ok()).flatten()
+    };
+    Some((number(ms)?, number(seq)?))
 }
 
 /// One consumer group of a stream, as XINFO GROUPS reports it.
@@ -219,5 +223,7 @@ mod tests {
         );
         assert_eq!(super::parse_entry_id("17"), None);
         assert_eq!(super::parse_entry_id("a-1"), None);
+        assert_eq!(super::parse_entry_id("+1-+1"), None);
+        assert_eq!(super::parse_entry_id("1--1"), None);
     }
 }

@@ -102,7 +102,7 @@ pub async fn sagas(
     let mut results = Vec::new();
     for seen in &body.orders {
         let (outcome, code, detail, after) = act_on(&state, body.action, seen, &reason).await;
-        super::record(
+        let recorded = super::record(
             &state.postgres,
             super::Record {
                 actor: &admin.0.sub,
@@ -114,7 +114,9 @@ pub async fn sagas(
                 detail: detail.clone(),
             },
         )
-        .await?;
+        .await;
+        // The action stands either way; the operator is told it went unrecorded.
+        let audit = recorded.err().map(|problem| problem.detail);
         results.push(json!({
             "order_id": seen.id,
             "outcome": outcome,
@@ -123,6 +125,7 @@ pub async fn sagas(
             "status": after.as_ref().map(|o| o.status),
             "payment": after.as_ref().map(|o| o.pay),
             "version": after.as_ref().map(|o| o.version),
+            "audit_error": audit,
         }));
     }
     Ok(axum::Json(json!({"action": body.action.as_str(), "results": results})).into_response())
@@ -151,10 +154,12 @@ async fn act_on(state: &AppState, action: SagaAction, seen: &Seen, reason: &str)
         );
         return refused("order_moved", detail, Some(order));
     }
-    if engine::domain::is_allowed_pair(order.status, order.pay) && action == SagaAction::Redrive {
+    if engine::domain::is_allowed_pair(order.status, order.pay) {
         return refused(
             "order_settled",
-            "the order is settled; nothing to re-drive".into(),
+            "the order is at rest; nothing to re-drive or compensate here \
+             (a settled order is cancelled through POST /v1/orders/{id}/cancel)"
+                .into(),
             Some(order),
         );
     }
@@ -166,6 +171,8 @@ async fn act_on(state: &AppState, action: SagaAction, seen: &Seen, reason: &str)
     match done {
         Ok(detail) => ("done", None, detail, after),
         Err(("order_moved", detail)) => refused("order_moved", detail, after),
+        Err(("not_redrivable", detail)) => refused("not_redrivable", detail, after),
+        Err(("unchanged", detail)) => ("unchanged", None, detail, after),
         Err((_, detail)) => ("failed", None, detail, after),
     }
 }
@@ -177,22 +184,44 @@ fn reconciler(state: &AppState) -> engine::reconcile::Reconciler {
         )))
 }
 
+/// Takes the one step the saga waits on, and nothing else: the payment
+/// hop the order owes (authorize, capture, void, refund), or the approval
+/// of an auto-approving restaurant. Never gives the order up: an order that
+/// waits on a restaurant's own decision is refused (`not_redrivable`), for
+/// the operator to compensate instead.
 async fn redrive(state: &AppState, order: &Order) -> Result<String, (&'static str, String)> {
-    let (after, steps) = reconciler(state)
-        .settle(&order.id)
+    let step = engine::ops::waiting_on(order);
+    let failed = |e: String| ("failed", e);
+    if engine::saga::payment_action(order).is_some() {
+        engine::saga::drive_payment(&state.engine, &state.console.psp, &order.id, Lane::Batch)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+    } else if order.status == OrderStatus::Paid && order.decision.is_empty() {
+        engine::saga::auto_approve(&state.engine, &order.id, Lane::Batch)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+    } else {
+        return Err((
+            "not_redrivable",
+            format!("the order waits on {step}; nothing to take again: compensate instead"),
+        ));
+    }
+    let after = state
+        .engine
+        .order(&order.id)
         .await
-        .map_err(|e| ("failed", e.to_string()))?;
-    let now = after
-        .map(|o| format!("{} / {}", o.status, o.pay))
-        .unwrap_or_else(|| "gone".into());
-    Ok(format!(
-        "{} → {now}",
-        if steps.is_empty() {
-            "nothing to do"
-        } else {
-            &steps
-        }
-    ))
+        .map_err(|e| failed(e.to_string()))?;
+    match after {
+        Some(o) if o.version == order.version => Err((
+            "not_redrivable",
+            format!(
+                "the order still waits on {step} ({} / {}): the restaurant decides, or compensate",
+                o.status, o.pay
+            ),
+        )),
+        Some(o) => Ok(format!("{step} → {} / {}", o.status, o.pay)),
+        None => Ok(format!("{step} → gone")),
+    }
 }
 
 /// Rejects an order not yet approved (stock back, authorization voided) or
@@ -222,7 +251,10 @@ async fn compensate(
     }
     .map_err(|e| ("failed", e.to_string()))?;
     match transition.outcome {
-        Outcome::Applied | Outcome::Unchanged => {}
+        Outcome::Applied => {}
+        Outcome::Unchanged => {
+            return Err(("unchanged", "the order was already rejected".into()));
+        }
         Outcome::Refused(detail) if detail == "stale" => {
             return Err(("order_moved", "the order moved while the action ran".into()));
         }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use engine::domain::{Order, OrderStatus};
+use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -18,6 +19,8 @@ use crate::problem::Problem;
 
 /// Rows a search answers at most.
 pub const SEARCH_ROWS_MAX: i64 = 200;
+/// Orders a search reads at once (each may take a pooled connection).
+const SEARCH_READS_IN_FLIGHT: usize = 8;
 
 /// The search's filters; all optional, combined with AND.
 #[derive(Debug, Deserialize)]
@@ -32,17 +35,23 @@ pub struct Search {
     pub limit: Option<i64>,
 }
 
+/// The longest age a query may ask about.
+pub const AGE_MAX: Duration = Duration::from_secs(90 * 24 * 3600);
+
 pub fn duration(name: &str, text: Option<&str>) -> Result<Option<Duration>, Problem> {
-    text.filter(|t| !t.is_empty())
-        .map(|t| {
-            humantime::parse_duration(t).map_err(|e| {
-                Problem::bad_request(
-                    "invalid_query",
-                    format!("`{name}` is not a duration like 90s or 5m: {e}"),
-                )
-            })
-        })
-        .transpose()
+    let Some(text) = text.filter(|t| !t.is_empty()) else {
+        return Ok(None);
+    };
+    let invalid = |why: String| Problem::bad_request("invalid_query", format!("`{name}` {why}"));
+    let duration = humantime::parse_duration(text)
+        .map_err(|e| invalid(format!("is not a duration like 90s or 5m: {e}")))?;
+    if duration > AGE_MAX {
+        return Err(invalid(format!(
+            "is longer than {}",
+            humantime::format_duration(AGE_MAX)
+        )));
+    }
+    Ok(Some(duration))
 }
 
 /// Orders matching every filter given, the newest first. An id finds the
@@ -96,7 +105,19 @@ pub async fn search(
         .await
         .map_err(archive_down)?;
     let ids: Vec<uuid::Uuid> = ids.into_iter().map(|r| r.get(0)).collect();
-    let found = futures::future::try_join_all(ids.iter().map(|id| find_order(&state, id))).await?;
+    // The connection goes back before the fan-out, which is bounded: a
+    // search never holds much of the shared pool.
+    drop(client);
+    let reads = ids.into_iter().map(|id| {
+        let state = state.clone();
+        async move { find_order(&state, &id).await }
+    });
+    let found: Vec<Option<(Order, Source)>> = futures::stream::iter(reads)
+        .buffered(SEARCH_READS_IN_FLIGHT)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
     let rows: Vec<Value> = found
         .iter()
         .flatten()

@@ -153,11 +153,10 @@ async fn gather(state: &AppState) -> Value {
             Value::Null
         }
     };
-    let (funnel, groups, timers, letters, archive) = tokio::join!(
+    let (funnel, groups, timers, archive) = tokio::join!(
         engine::ops::funnel(engine),
         engine::ops::group_lags(engine),
         engine::ops::timers(engine),
-        engine::ops::letters(engine),
         archive_figures(&state.postgres),
     );
     let funnel = section(
@@ -165,6 +164,20 @@ async fn gather(state: &AppState) -> Value {
         funnel.map(|f| json!(f)).map_err(|e| e.to_string()),
     );
     let archive_lag = groups.as_ref().ok().map(|groups| archiver_lag(groups));
+    // The operator queues' sizes: what their groups hold or have not read.
+    let letters = groups.as_ref().ok().map(|groups| {
+        let held = |group: &str, topic: &str| {
+            groups
+                .iter()
+                .filter(|g| g.group == group && g.topic == topic)
+                .map(|g| g.lag + g.pending)
+                .sum::<u64>()
+        };
+        json!({
+            "dead": held(engine::ops::DEAD_GROUP, "dead"),
+            "parked": held(engine::ops::PARKED_GROUP, "parked"),
+        })
+    });
     let groups = section(
         "groups",
         groups.map(|g| json!(g)).map_err(|e| e.to_string()),
@@ -172,15 +185,6 @@ async fn gather(state: &AppState) -> Value {
     let timers = section(
         "timers",
         timers.map(|t| json!(t)).map_err(|e| e.to_string()),
-    );
-    let letters = section(
-        "letters",
-        letters
-            .map(|l| {
-                let count = |kind| l.iter().filter(|x| x.kind == kind).count();
-                json!({"dead": count(engine::ops::LetterKind::Dead), "parked": count(engine::ops::LetterKind::Parked)})
-            })
-            .map_err(|e| e.to_string()),
     );
     let archive = section("archive", archive.map_err(|e| e.to_string()));
     let placements = state.console.placements.summary();
