@@ -135,19 +135,7 @@ pub async fn pending_between(
     last: &str,
     count: u64,
 ) -> Result<Vec<Pending>, fred::error::Error> {
-    let rows: Vec<(String, String, u64, u64)> = redis
-        .custom(
-            fred::cmd!("XPENDING"),
-            vec![
-                stream.to_string(),
-                group.to_string(),
-                first.to_string(),
-                last.to_string(),
-                count.to_string(),
-            ],
-        )
-        .await?;
-    Ok(rows.into_iter().map(Pending::from_row).collect())
+    xpending(redis, stream, group, None, first, last, count).await
 }
 
 /// Up to `count` entries of a group's pending list idle at least `idle`.
@@ -158,20 +146,25 @@ pub async fn pending_idle(
     idle: std::time::Duration,
     count: u64,
 ) -> Result<Vec<Pending>, fred::error::Error> {
-    let rows: Vec<(String, String, u64, u64)> = redis
-        .custom(
-            fred::cmd!("XPENDING"),
-            vec![
-                stream.to_string(),
-                group.to_string(),
-                "IDLE".into(),
-                idle.as_millis().to_string(),
-                "-".into(),
-                "+".into(),
-                count.to_string(),
-            ],
-        )
-        .await?;
+    xpending(redis, stream, group, Some(idle), "-", "+", count).await
+}
+
+/// XPENDING's extended form, parsed.
+async fn xpending(
+    redis: &Client,
+    stream: &str,
+    group: &str,
+    idle: Option<std::time::Duration>,
+    first: &str,
+    last: &str,
+    count: u64,
+) -> Result<Vec<Pending>, fred::error::Error> {
+    let mut args = vec![stream.to_string(), group.to_string()];
+    if let Some(idle) = idle {
+        args.extend(["IDLE".to_string(), idle.as_millis().to_string()]);
+    }
+    args.extend([first.to_string(), last.to_string(), count.to_string()]);
+    let rows: Vec<(String, String, u64, u64)> = redis.custom(fred::cmd!("XPENDING"), args).await?;
     Ok(rows.into_iter().map(Pending::from_row).collect())
 }
 
@@ -187,18 +180,7 @@ pub async fn unacknowledged(
     if parse_entry_id(id).is_some_and(|entry| entry > last_delivered) {
         return Ok(true);
     }
-    let pending: Vec<(String, String, u64, u64)> = redis
-        .custom(
-            fred::cmd!("XPENDING"),
-            vec![
-                stream.to_string(),
-                group.to_string(),
-                id.to_string(),
-                id.to_string(),
-                "1".into(),
-            ],
-        )
-        .await?;
+    let pending = pending_between(redis, stream, group, id, id, 1).await?;
     Ok(!pending.is_empty())
 }
 
