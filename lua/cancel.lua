@@ -4,24 +4,23 @@
   released here; the payment worker then voids an authorization or refunds a
   capture.
 
-  @keys 4 + 2 per line
-  Input:
-    KEYS[1] order hash
-    KEYS[2] orders stream (or the batch stream)
-    KEYS[3] in-flight index
-    KEYS[4] timer wheel
-    KEYS[3+2i], KEYS[4+2i]  line i: item hash, per-customer hash
-    ARGV[1] actor: customer | admin
-    ARGV[2] expected order version ('' = any)
+  Keys:
+    order_key     order hash
+    order_stream  orders stream (or the batch stream)
+    inflight      in-flight index
+    timers        timer wheel
+    per line: item_key, pc_key
+  Args:
+    actor: Actor          customer | admin
+    expected: version?    expected order version (none = any)
+  Reply: Transition
   Output:
     {'ok'|'noop'|'err', status, pay, version, decision, reason, detail}
     'noop': already rejected (whatever the reason). 'err' detail: not_found,
     stale, too_late (a customer once the restaurant accepted, or later).
-  Events: OrderRejected (reason cancelled) on KEYS[2].
+  Events: OrderRejected (reason cancelled) on order_stream.
   Bounded: O(lines).
 ]]
-local order_key, order_stream, inflight, timers = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local actor, expected = ARGV[1], ARGV[2]
 local o = load_order(order_key)
 if not o then return {'err', '', '', '0', '', '', 'not_found'} end
 if o.status == 'REJECTED' then return reply('noop', o) end
@@ -31,5 +30,5 @@ if stale(o, expected) then return reply('err', o, 'stale') end
 if actor ~= 'admin' and ((o.status ~= 'PENDING' and o.status ~= 'PAID') or o.decision ~= '') then
   return reply('err', o, 'too_late')
 end
-reject(order_key, inflight, timers, order_stream, o, 'cancelled', 5, now_ms())
+reject(order_key, inflight, timers, order_stream, o, 'cancelled', LINE_KEYS, now_ms())
 return reply('ok', o)

@@ -5,21 +5,20 @@
   once; a timer that fell due while nobody claimed (every engine down, Redis
   unreachable) fires at the next claim: late, never lost, never twice.
 
-  @keys 2
-  Input:
-    KEYS[1] timer wheel (zset)   {pN}:wheel   members '<kind>|<order id>', score = due (ms)
-    KEYS[2] timers stream        {pN}:timers
-    ARGV[1] at most this many timers per call
+  Keys:
+    wheel    timer wheel (zset) {pN}:wheel, members '<kind>|<order id>', score = due (ms)
+    stream   timers stream {pN}:timers
+  Args:
+    limit: count   at most this many timers per call
+  Reply: Claimed
   Output:
     {fired, next_due}: how many fired now; the earliest remaining due time
     in ms ('' when the wheel is empty), so the caller can sleep until then.
-  Events: TimerFired on KEYS[2], one per timer: order '' (not an order
+  Events: TimerFired on stream, one per timer: order '' (not an order
     event: no per-order sequence), data {o = order id, k = kind, due, fired}.
   Time: Redis server time (TIME), never an engine's clock.
-  Bounded: O(ARGV[1] * log(wheel size)).
+  Bounded: O(limit * log(wheel size)).
 ]]
-local wheel, stream = KEYS[1], KEYS[2]
-local limit = tonumber(ARGV[1])
 local now = now_ms()
 local due = rcall('ZRANGEBYSCORE', wheel, '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit)
 local fired = 0

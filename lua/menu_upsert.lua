@@ -2,37 +2,34 @@
   menu_upsert: create or replace (put) or partly update (patch) one menu
   item; a menu edit is visible to the very next order.
 
-  @keys 4
-  Input:
-    KEYS[1] restaurant hash     {pN}:r:<rid>
-    KEYS[2] items set           {pN}:r:<rid>:items
-    KEYS[3] item hash           {pN}:r:<rid>:i:<item>
-    KEYS[4] menu stream         {pN}:menu (or the batch stream)
-    ARGV[1] put | patch
-    ARGV[2] restaurant id
-    ARGV[3] item id
-    ARGV[4] name ('' = unchanged)
-    ARGV[5] price in won ('' = unchanged)
-    ARGV[6] put: stock on hand; patch: stock delta ('' = unchanged)
-    ARGV[7] available '1' | '0' | ''
-    ARGV[8] max_per_customer ('0' = no limit, '' = unchanged)
-    ARGV[9] maximum menu size (items per restaurant)
-    ARGV[10] maximum stock on hand (units)
+  Keys:
+    restaurant_key   restaurant hash {pN}:r:<rid>
+    items_key        items set {pN}:r:<rid>:items
+    item_key         item hash {pN}:r:<rid>:i:<item>
+    stream           menu stream {pN}:menu (or the batch stream)
+  Args:
+    mode: Upsert       put | patch
+    rid: str           restaurant id
+    item: str          item id
+    name: str?         none = unchanged
+    price: int?        in won; none = unchanged
+    stock: int?        put: stock on hand; patch: stock delta; none = unchanged
+    available: flag?   none = unchanged
+    max_pc: int?       max_per_customer (0 = no limit, none = unchanged)
+    menu_max: count    maximum menu size (items per restaurant)
+    stock_max: count   maximum stock on hand (units)
+  Reply: ItemUpserted
   Output:
     {'ok', name, price, stock, available, max_per_customer}
     {'err', code}: restaurant_not_found, item_not_found (patch of an unknown
     item), stock_negative (a delta would take stock on hand below zero: units
     held by orders are never touched by an edit), stock_too_high (stock on
-    hand would pass ARGV[10]), menu_full.
-  Events: MenuItemUpserted on KEYS[4].
+    hand would pass stock_max), menu_full.
+  Events: MenuItemUpserted on stream.
   Invariant: `supplied` (initial stock plus restocks) moves with every stock
   change, so supplied = on hand + units held by live orders stays true.
   Bounded: O(1).
 ]]
-local restaurant_key, items_key, item_key, stream = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local mode, rid, item = ARGV[1], ARGV[2], ARGV[3]
-local name, price, stock, available, max_pc = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
-local menu_max, stock_max = tonumber(ARGV[9]), tonumber(ARGV[10])
 if rcall('EXISTS', restaurant_key) == 0 then return {'err', 'restaurant_not_found'} end
 local exists = rcall('EXISTS', item_key) == 1
 if mode == 'patch' and not exists then return {'err', 'item_not_found'} end

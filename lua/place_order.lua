@@ -2,25 +2,25 @@
   place_order: idempotently place an order, reserving every line's stock
   all-or-nothing, in one atomic step.
 
-  @keys 6 + 2 per line
-  Input:
-    KEYS[1] restaurant hash          {pN}:r:<rid>
-    KEYS[2] order hash               {pN}:o:<order_id>   (must not exist)
-    KEYS[3] idempotency record       {pN}:idem:<customer>:<key>
-    KEYS[4] orders stream            {pN}:orders
-    KEYS[5] in-flight index (zset)   {pN}:inflight
-    KEYS[6] timer wheel (zset)       {pN}:wheel
-    KEYS[5+2i], KEYS[6+2i]  line i: item hash {pN}:r:<rid>:i:<item>,
-                            per-customer hash {pN}:r:<rid>:i:<item>:pc
-    ARGV[1] order id (UUIDv7 carrying the partition)
-    ARGV[2] saga id
-    ARGV[3] customer id
-    ARGV[4] restaurant id
-    ARGV[5] request fingerprint (hex)
-    ARGV[6] expected total (won)
-    ARGV[7] idempotency record time-to-live (ms, at least 24 h)
-    ARGV[8] payment window (ms): the order is rejected if still PENDING then
-    ARGV[9], ARGV[10]  line 1 item, qty; ARGV[11], ARGV[12] line 2 ...
+  Keys:
+    restaurant_key   restaurant hash {pN}:r:<rid>
+    order_key        order hash {pN}:o:<order_id> (must not exist)
+    idem_key         idempotency record {pN}:idem:<customer>:<key>
+    stream           orders stream {pN}:orders
+    inflight         in-flight index (zset) {pN}:inflight
+    timers           timer wheel (zset) {pN}:wheel
+    per line: item_key, pc_key
+  Args:
+    order_id: str         UUIDv7 carrying the partition
+    saga: str             saga id
+    customer: str         customer id
+    rid: str              restaurant id
+    fingerprint: str      request fingerprint (hex)
+    expected_total: int   won
+    idem_ttl: ms          idempotency record time-to-live (at least 24 h)
+    payment_window: ms    the order is rejected if still PENDING then
+    per line: item str, qty int
+  Reply: Placement
   Output:
     {'ok',  order_id, total, 'PENDING'}  placed
     {'dup', order_id, total, 'PENDING'}  same key and same request: the first answer
@@ -29,21 +29,14 @@
       restaurant_closed, item_not_found, item_unavailable, out_of_stock,
       limit_exceeded (detail: comma-separated items), price_changed (detail:
       the current total)
-  Events: OrderPlaced on KEYS[4]. Timers: payment_window set.
+  Events: OrderPlaced on stream. Timers: payment_window set.
   Invariant: stock on hand never goes below zero; a customer never holds
   more than max_per_customer; either every line is reserved or none is.
   Bounded: O(lines), lines <= 50.
 ]]
-local restaurant_key, order_key, idem_key, stream, inflight, timers =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local order_id, saga, customer, rid, fingerprint =
-  ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local expected_total = tonumber(ARGV[6])
-local idem_ttl = tonumber(ARGV[7])
-local payment_window = tonumber(ARGV[8])
-local n = (#ARGV - 8) / 2
+local n = (#ARGV - LINE_ARGS + 1) / 2
 assert(n >= 1 and n == math.floor(n), 'lines come in item/qty pairs')
-assert(#KEYS == 6 + 2 * n, 'two keys per line')
+assert(#KEYS == LINE_KEYS - 1 + 2 * n, 'two keys per line')
 
 local previous = rcall('GET', idem_key)
 if previous then
@@ -63,8 +56,8 @@ local missing, unavailable, short, over = {}, {}, {}, {}
 local total = 0
 local lines = {}
 for i = 1, n do
-  local item, qty = ARGV[7 + 2 * i], tonumber(ARGV[8 + 2 * i])
-  local item_key, pc_key = KEYS[5 + 2 * i], KEYS[6 + 2 * i]
+  local item, qty = ARGV[LINE_ARGS + 2 * (i - 1)], tonumber(ARGV[LINE_ARGS + 2 * i - 1])
+  local item_key, pc_key = KEYS[LINE_KEYS + 2 * (i - 1)], KEYS[LINE_KEYS + 2 * i - 1]
   local f = rcall('HMGET', item_key, 'price', 'stock', 'available', 'max_pc')
   if not f[1] then
     missing[#missing + 1] = item
@@ -92,9 +85,10 @@ if total ~= expected_total then return {'err', 'price_changed', tostring(total)}
 -- Every check passed: reserve all lines (no early exit from here on).
 for i = 1, n do
   local line = lines[i]
-  rcall('HINCRBY', KEYS[5 + 2 * i], 'stock', -line[2])
-  rcall('HINCRBY', KEYS[5 + 2 * i], 'sv', 1)
-  if line[4] == 1 then rcall('HINCRBY', KEYS[6 + 2 * i], customer, line[2]) end
+  local item_key, pc_key = KEYS[LINE_KEYS + 2 * (i - 1)], KEYS[LINE_KEYS + 2 * i - 1]
+  rcall('HINCRBY', item_key, 'stock', -line[2])
+  rcall('HINCRBY', item_key, 'sv', 1)
+  if line[4] == 1 then rcall('HINCRBY', pc_key, customer, line[2]) end
 end
 local now = now_ms()
 local o = {id = order_id, saga = saga, cust = customer, rid = rid, status = 'PENDING',

@@ -2,26 +2,28 @@
   record_payment: record what the payment provider says happened to an
   order's payment, and move the order accordingly.
 
-  @keys 5 + 2 per line
-  Input:
-    KEYS[1] order hash
-    KEYS[2] payments stream (or the batch stream)
-    KEYS[3] orders stream (or the batch stream)
-    KEYS[4] in-flight index
-    KEYS[5] timer wheel
-    KEYS[4+2i], KEYS[5+2i]  line i: item hash, per-customer hash
-    ARGV[1] outcome: authorized | declined | captured | voided | refunded | capture_failed |
-            corrected (reconciliation: the provider holds no capture for an order
-            recorded CAPTURED; the payment becomes VOIDED, the order REJECTED reconciled)
-    ARGV[2] provider reference
-    ARGV[3] approval timeout (ms): a PAID order not answered by then is rejected
+  Keys:
+    order_key     order hash
+    pay_stream    payments stream (or the batch stream)
+    order_stream  orders stream (or the batch stream)
+    inflight      in-flight index
+    timers        timer wheel
+    per line: item_key, pc_key
+  Args:
+    outcome: PaymentOutcome  authorized | declined | captured | voided | refunded |
+                capture_failed | corrected (reconciliation: the provider holds no
+                capture for an order recorded CAPTURED; the payment becomes
+                VOIDED, the order REJECTED reconciled)
+    psp_ref: str             provider reference
+    approval_timeout: ms     a PAID order not answered by then is rejected
+  Reply: Transition
   Output:
     {'ok'|'noop'|'err', status, pay, version, decision, reason, detail}
     'noop': the payment is already in that state (a redelivery), nothing changed.
     'err' detail: not_found, or illegal (the transition goes backwards, e.g.
     authorized after captured), nothing changed.
   Events: PaymentAuthorized, PaymentDeclined, PaymentCaptured, PaymentVoided,
-    PaymentRefunded on KEYS[2]; OrderApproved or OrderRejected on KEYS[3].
+    PaymentRefunded on pay_stream; OrderApproved or OrderRejected on order_stream.
   Timers: PENDING -> PAID cancels payment_window and sets approval_timeout;
     a rejection cancels every timer of the order.
   Transitions (payment): NONE -> AUTHORIZED | DECLINED; AUTHORIZED -> CAPTURED |
@@ -34,8 +36,6 @@
   the payment state machine instead, which only moves forward.
   Bounded: O(lines).
 ]]
-local order_key, pay_stream, order_stream, inflight, timers = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local outcome, psp_ref, approval_timeout = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local o = load_order(order_key)
 if not o then return {'err', '', '', '0', '', '', 'not_found'} end
 
@@ -65,7 +65,7 @@ if target == 'AUTHORIZED' and o.status == 'PENDING' then
 elseif target == 'DECLINED' and o.status == 'PENDING' then
   save(order_key, inflight, o, {'pay', 'psp'}, now)
   emit(pay_stream, order_key, o, event, data, now)
-  reject(order_key, inflight, timers, order_stream, o, 'payment_declined', 6, now)
+  reject(order_key, inflight, timers, order_stream, o, 'payment_declined', LINE_KEYS, now)
 elseif target == 'CAPTURED' and o.status == 'PAID' then
   o.status = 'APPROVED'
   save(order_key, inflight, o, {'pay', 'psp', 'status'}, now)
@@ -76,7 +76,7 @@ elseif (target == 'VOIDED' or target == 'REFUNDED') and o.status ~= 'REJECTED' t
   if outcome == 'corrected' then data.corrected = true end
   emit(pay_stream, order_key, o, event, data, now)
   reject(order_key, inflight, timers, order_stream, o,
-    outcome == 'corrected' and 'reconciled' or 'capture_failed', 6, now)
+    outcome == 'corrected' and 'reconciled' or 'capture_failed', LINE_KEYS, now)
 else
   -- The order already moved on (e.g. rejected while the provider worked):
   -- record the fact; the payment worker settles what it implies.

@@ -3,30 +3,29 @@
   or approval timeout elapsed, reconciliation): reject it and put its stock
   back. The payment worker voids any authorization that remains.
 
-  @keys 4 + 2 per line
-  Input:
-    KEYS[1] order hash
-    KEYS[2] orders stream (or the batch stream)
-    KEYS[3] in-flight index
-    KEYS[4] timer wheel
-    KEYS[3+2i], KEYS[4+2i]  line i: item hash, per-customer hash
-    ARGV[1] reason (payment_window, approval_timeout, reconciled, ...)
-    ARGV[2] expected order version ('' = any)
+  Keys:
+    order_key     order hash
+    order_stream  orders stream (or the batch stream)
+    inflight      in-flight index
+    timers        timer wheel
+    per line: item_key, pc_key
+  Args:
+    reason: RejectReason  payment_window, approval_timeout, reconciled, ...
+    expected: version?    expected order version (none = any)
+  Reply: Transition
   Output:
     {'ok'|'noop'|'err', status, pay, version, decision, reason, detail}
     'noop': already rejected. 'err' detail: not_found, stale, finished (the
     order is APPROVED or later: use cancel), decided (the restaurant approved
     and the capture is under way: the capture settles it).
-  Events: OrderRejected on KEYS[2].
+  Events: OrderRejected on order_stream.
   Bounded: O(lines).
 ]]
-local order_key, order_stream, inflight, timers = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local reason, expected = ARGV[1], ARGV[2]
 local o = load_order(order_key)
 if not o then return {'err', '', '', '0', '', '', 'not_found'} end
 if o.status == 'REJECTED' then return reply('noop', o) end
 if stale(o, expected) then return reply('err', o, 'stale') end
 if o.status ~= 'PENDING' and o.status ~= 'PAID' then return reply('err', o, 'finished') end
 if o.decision == 'approved' then return reply('err', o, 'decided') end
-reject(order_key, inflight, timers, order_stream, o, reason, 5, now_ms())
+reject(order_key, inflight, timers, order_stream, o, reason, LINE_KEYS, now_ms())
 return reply('ok', o)

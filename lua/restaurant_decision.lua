@@ -1,19 +1,20 @@
 --[[
   restaurant_decision: the restaurant accepts or rejects a paid order.
 
-  @keys 6 + 2 per line
-  Input:
-    KEYS[1] order hash
-    KEYS[2] restaurant stream (or the batch stream)
-    KEYS[3] orders stream (or the batch stream)
-    KEYS[4] in-flight index
-    KEYS[5] restaurant hash
-    KEYS[6] timer wheel
-    KEYS[5+2i], KEYS[6+2i]  line i: item hash, per-customer hash
-    ARGV[1] approve | reject
-    ARGV[2] the restaurant's note (reject only; free text, kept in the event)
-    ARGV[3] expected order version ('' = any)
-    ARGV[4] '1' to approve only while the restaurant is open (auto-approval)
+  Keys:
+    order_key       order hash
+    rest_stream     restaurant stream (or the batch stream)
+    order_stream    orders stream (or the batch stream)
+    inflight        in-flight index
+    restaurant_key  restaurant hash
+    timers          timer wheel
+    per line: item_key, pc_key
+  Args:
+    decision: Decision    approve | reject
+    note: str             the restaurant's note (reject only; free text, kept in the event)
+    expected: version?    expected order version (none = any)
+    require_open: flag    approve only while the restaurant is open (auto-approval)
+  Reply: Transition
   Output:
     {'ok'|'noop'|'err', status, pay, version, decision, reason, detail}
     'noop': the same decision was already taken.
@@ -21,16 +22,13 @@
     the restaurant sees an order only once it is paid), already_decided
     (the other decision was taken), finished (rejected or past approval),
     restaurant_closed (auto-approval of a closed restaurant).
-  Events: RestaurantApproved on KEYS[2] (the payment worker then captures);
-    RestaurantRejected (with the note) on KEYS[2] and OrderRejected
-    (reason restaurant_rejected) on KEYS[3]: stock released here; the payment
+  Events: RestaurantApproved on rest_stream (the payment worker then captures);
+    RestaurantRejected (with the note) on rest_stream and OrderRejected
+    (reason restaurant_rejected) on order_stream: stock released here; the payment
     worker voids the authorization.
   Timers: either answer cancels approval_timeout (a rejection, every timer).
   Bounded: O(lines).
 ]]
-local order_key, rest_stream, order_stream, inflight, restaurant_key, timers =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local decision, note, expected, require_open = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local o = load_order(order_key)
 if not o then return {'err', '', '', '0', '', '', 'not_found'} end
 local want = decision == 'approve' and 'approved' or 'rejected'
@@ -53,6 +51,6 @@ else
   o.decision = 'rejected'
   save(order_key, inflight, o, {'decision'}, now)
   emit(rest_stream, order_key, o, 'RestaurantRejected', {note = note}, now)
-  reject(order_key, inflight, timers, order_stream, o, 'restaurant_rejected', 7, now)
+  reject(order_key, inflight, timers, order_stream, o, 'restaurant_rejected', LINE_KEYS, now)
 end
 return reply('ok', o)

@@ -2,24 +2,23 @@
   restaurant_upsert: create or replace (put) or partly update (patch) a
   restaurant in the menu read model that order placement checks.
 
-  @keys 3
-  Input:
-    KEYS[1] restaurant hash     {pN}:r:<rid>
-    KEYS[2] restaurants set     {pN}:restaurants
-    KEYS[3] menu stream         {pN}:menu (or the batch stream)
-    ARGV[1] put | patch
-    ARGV[2] restaurant id
-    ARGV[3] name ('' = unchanged, patch only)
-    ARGV[4] open: '1' | '0' | '' (unchanged)
-    ARGV[5] auto_approve: '1' | '0' | ''
+  Keys:
+    restaurant_key   restaurant hash {pN}:r:<rid>
+    set_key          restaurants set {pN}:restaurants
+    stream           menu stream {pN}:menu (or the batch stream)
+  Args:
+    mode: Upsert    put | patch
+    rid: str        restaurant id
+    name: str?      none = unchanged (patch only)
+    open: flag?     none = unchanged
+    auto: flag?     auto-approve; none = unchanged
+  Reply: RestaurantUpserted
   Output:
     {'ok', name, open, auto_approve} or {'err', 'restaurant_not_found'} (patch
     of an unknown restaurant: nothing changed).
-  Events: RestaurantUpserted on KEYS[3].
+  Events: RestaurantUpserted on stream.
   Bounded: O(1).
 ]]
-local restaurant_key, set_key, stream = KEYS[1], KEYS[2], KEYS[3]
-local mode, rid, name, open, auto = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local exists = rcall('EXISTS', restaurant_key) == 1
 if mode == 'patch' and not exists then return {'err', 'restaurant_not_found'} end
 local fields = {}

@@ -5,23 +5,23 @@
   order that moved, has a step ahead, or has an event not yet committed to
   the archive.
 
-  @keys 8 + 2 per line
-  Input:
-    KEYS[1] order hash               {pN}:o:<order_id>
-    KEYS[2] resting index (zset)     {pN}:resting
-    KEYS[3] in-flight index (zset)   {pN}:inflight
-    KEYS[4] timer wheel (zset)       {pN}:wheel
-    KEYS[5] orders stream            {pN}:orders
-    KEYS[6] payments stream          {pN}:payments
-    KEYS[7] restaurant stream        {pN}:restaurant
-    KEYS[8] batch stream             {pN}:batch
-    KEYS[7+2i], KEYS[8+2i]  line i: item hash {pN}:r:<rid>:i:<item>,
-                            retired per-customer hash {pN}:r:<rid>:i:<item>:pcr
-    ARGV[1] order id
-    ARGV[2] live retention (ms)
-    ARGV[3] the archiver's consumer group
-    ARGV[4] back-off (ms) before an order kept for a passing reason is
-            looked at again
+  Keys:
+    order_key        order hash {pN}:o:<order_id>
+    resting          resting index (zset) {pN}:resting
+    inflight         in-flight index (zset) {pN}:inflight
+    wheel            timer wheel (zset) {pN}:wheel
+    orders_stream    orders stream {pN}:orders
+    payments_stream  payments stream {pN}:payments
+    rest_stream      restaurant stream {pN}:restaurant
+    batch_stream     batch stream {pN}:batch
+    per line: item_key, pcr_key
+      (item hash, retired per-customer hash {pN}:r:<rid>:i:<item>:pcr)
+  Args:
+    order_id: str    order id
+    retention: ms    live retention
+    group: str       the archiver's consumer group
+    backoff: ms      before an order kept for a passing reason is looked at again
+  Reply: Retired
   Output:
     {'retired', status, pay}
     {'kept', why}: gone (no such order; its index entry is dropped), moved
@@ -42,9 +42,6 @@
   The idempotency record stays until its TTL.
   Bounded: O(events + lines).
 ]]
-local order_key, resting, inflight, wheel = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local order_id, retention, group = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local backoff = tonumber(ARGV[4])
 
 local o = load_order(order_key)
 if not o then
@@ -82,7 +79,9 @@ local function id_le(a, b)
   return ams < bms or (ams == bms and aseq <= bseq)
 end
 local streams = {}
-for i = 5, 8 do streams[KEYS[i]] = false end
+for _, stream in ipairs({orders_stream, payments_stream, rest_stream, batch_stream}) do
+  streams[stream] = false
+end
 -- Per stream, read once: the archiver's last-delivered id and the lowest id
 -- it holds pending ('' when none).
 local function group_state(stream)
@@ -118,10 +117,10 @@ for ev in string.gmatch(o.evs or '', '%S+') do
 end
 
 local lines = cjson.decode(o.lines)
-if #KEYS ~= 8 + 2 * #lines then return {'kept', 'lines'} end
+if #KEYS ~= LINE_KEYS - 1 + 2 * #lines then return {'kept', 'lines'} end
 if o.status ~= 'REJECTED' then
   for i, line in ipairs(lines) do
-    local item_key, pcr_key = KEYS[7 + 2 * i], KEYS[8 + 2 * i]
+    local item_key, pcr_key = KEYS[LINE_KEYS + 2 * (i - 1)], KEYS[LINE_KEYS + 2 * i - 1]
     if rcall('EXISTS', item_key) == 1 then
       rcall('HINCRBY', item_key, 'supplied', -line[2])
       rcall('HINCRBY', item_key, 'retired', line[2])

@@ -5,20 +5,19 @@
   existing timer keeps its first due time (ZADD NX): a redelivered request
   does not push the deadline back.
 
-  @keys 2
-  Input:
-    KEYS[1] order hash
-    KEYS[2] timer wheel          {pN}:wheel
-    ARGV[1] kind (payment_window | approval_timeout | confirm_notice | auto_confirm)
-    ARGV[2] delay (ms from now, Redis time)
-    ARGV[3] the status the order must be in
+  Keys:
+    order_key   order hash
+    wheel       timer wheel {pN}:wheel
+  Args:
+    kind: TimerKind        payment_window | approval_timeout | confirm_notice | auto_confirm
+    delay: ms              from now, Redis time
+    required: OrderStatus  the status the order must be in
+  Reply: Scheduled
   Output:
     {'ok', due} scheduled; {'noop', due} already scheduled;
     {'err', 'not_found' | 'status'} nothing changed.
   Bounded: O(log(wheel size)).
 ]]
-local order_key, wheel = KEYS[1], KEYS[2]
-local kind, delay, required = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local o = load_order(order_key)
 if not o then return {'err', 'not_found'} end
 if o.status ~= required then return {'err', 'status'} end

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use engine::domain::{Order, OrderStatus, PlaceOrder};
-use engine::engine::{Actor, Outcome, PlaceError, Transition};
+use engine::domain::{Decision, Order, OrderStatus, PlaceOrder};
+use engine::engine::{Actor, Outcome, PlaceError, Refusal, Transition};
 use engine::keys::Lane;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -306,29 +306,32 @@ async fn transition_response(
         },
         Outcome::Refused(detail) => {
             let status = t.status.map(|s| s.as_str()).unwrap_or("unknown");
-            let (code, text) = match detail.as_str() {
-                "not_paid" => (
+            let (code, text) = match detail {
+                Refusal::NotPaid => (
                     "not_paid",
                     format!("the order is {status}: its payment is not authorized yet"),
                 ),
-                "already_decided" => (
+                Refusal::AlreadyDecided => (
                     "already_decided",
                     format!("the restaurant already {} this order", t.decision),
                 ),
-                "finished" => ("order_finished", format!("the order is {status}")),
-                "too_late" => (
+                Refusal::Finished => ("order_finished", format!("the order is {status}")),
+                Refusal::TooLate => (
                     "too_late",
                     format!("the order is {status}: only an admin can cancel it now"),
                 ),
-                "illegal" => ("illegal_transition", format!("not possible from {status}")),
-                "stale" => (
+                Refusal::Illegal => ("illegal_transition", format!("not possible from {status}")),
+                Refusal::Stale => (
                     "concurrent_update",
                     "the order changed meanwhile; retry".to_string(),
                 ),
-                "restaurant_closed" => {
+                Refusal::RestaurantClosed => {
                     ("restaurant_closed", "the restaurant is closed".to_string())
                 }
-                other => ("refused", format!("refused: {other}")),
+                Refusal::Decided => (
+                    "refused",
+                    "the restaurant accepted: the capture settles this order".to_string(),
+                ),
             };
             Err(Problem::conflict(code, text).with("order_status", json!(status)))
         }
@@ -371,7 +374,7 @@ async fn act(state: &AppState, auth: &Auth, id: &str, action: Action) -> Result<
     let t = match action {
         Action::Accept => {
             engine
-                .decide(&order, true, "", None, false, Lane::Online)
+                .decide(&order, Decision::Approve, "", None, false, Lane::Online)
                 .await?
         }
         Action::Dispatch => {
@@ -426,7 +429,7 @@ pub async fn reject(
     let order = live_order(&state, &auth, &id).await?;
     let t = state
         .engine
-        .decide(&order, false, reason, None, false, Lane::Online)
+        .decide(&order, Decision::Reject, reason, None, false, Lane::Online)
         .await?;
     transition_response(&state, &order, t).await
 }

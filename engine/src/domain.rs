@@ -275,6 +275,22 @@ string_enum!(
     }
 );
 
+string_enum!(
+    /// A restaurant's answer to a paid order.
+    Decision {
+        Approve = "approve",
+        Reject = "reject",
+    }
+);
+
+string_enum!(
+    /// A menu write: replace the whole record, or change the given fields.
+    Upsert {
+        Put = "put",
+        Patch = "patch",
+    }
+);
+
 impl OrderStatus {
     /// APPROVED, DISPATCHED and CONFIRMED: the restaurant accepted, money taken.
     pub fn is_fulfilled(self) -> bool {

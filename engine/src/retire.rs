@@ -25,6 +25,7 @@ use futures::future::BoxFuture;
 use crate::domain::Order;
 use crate::engine::{Engine, EngineError};
 use crate::keys::Topic;
+use crate::scripts::retire;
 
 /// The archiver's consumer group: an entry it acknowledged is committed in
 /// PostgreSQL.
@@ -40,15 +41,7 @@ pub const BACKOFF: Duration = Duration::from_secs(5);
 /// How often the retirer looks for candidates when it found none.
 pub const IDLE_EVERY: Duration = Duration::from_millis(500);
 
-/// What the retire script did with one order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Retired {
-    /// Gone from Redis; its final pair.
-    Retired { status: String, pay: String },
-    /// Still live, and why (`gone`, `moved`, `young`, `timers`,
-    /// `in_flight`, `unarchived`, `lines`).
-    Kept(String),
-}
+pub use crate::scripts::replies::Retired;
 
 /// The archive's view of orders that left Redis: how reads, reconciliation
 /// and checks find a retired order. Implemented over PostgreSQL by `api`.
@@ -84,45 +77,38 @@ pub async fn retire(
         }
         None => (String::new(), Vec::new()),
     };
-    let mut script_keys = vec![
-        keys.order(p, id),
-        keys.resting(p),
-        keys.inflight(p),
-        keys.wheel(p),
-        keys.stream(p, Topic::Orders),
-        keys.stream(p, Topic::Payments),
-        keys.stream(p, Topic::Restaurant),
-        keys.stream(p, Topic::Batch),
-    ];
-    for item in &items {
-        script_keys.push(keys.item(p, &restaurant, item));
-        script_keys.push(keys.item_retired_per_customer(p, &restaurant, item));
-    }
-    let reply = engine
+    engine
         .scripts()
         .retire
-        .call(
+        .run(
             engine.redis(),
-            script_keys,
-            vec![
-                id.to_string(),
-                retention.as_millis().to_string(),
-                ARCHIVER_GROUP.into(),
-                BACKOFF.as_millis().to_string(),
-            ],
+            retire::Keys {
+                order_key: keys.order(p, id),
+                resting: keys.resting(p),
+                inflight: keys.inflight(p),
+                wheel: keys.wheel(p),
+                orders_stream: keys.stream(p, Topic::Orders),
+                payments_stream: keys.stream(p, Topic::Payments),
+                rest_stream: keys.stream(p, Topic::Restaurant),
+                batch_stream: keys.stream(p, Topic::Batch),
+                lines: items
+                    .iter()
+                    .map(|item| {
+                        [
+                            keys.item(p, &restaurant, item),
+                            keys.item_retired_per_customer(p, &restaurant, item),
+                        ]
+                    })
+                    .collect(),
+            },
+            retire::Args {
+                order_id: id.to_string(),
+                retention,
+                group: ARCHIVER_GROUP.into(),
+                backoff: BACKOFF,
+            },
         )
-        .await?;
-    match reply.as_slice() {
-        [code, status, pay] if code == "retired" => Ok(Retired::Retired {
-            status: status.clone(),
-            pay: pay.clone(),
-        }),
-        [code, why] if code == "kept" => Ok(Retired::Kept(why.clone())),
-        _ => Err(EngineError::Reply {
-            script: "retire",
-            reply,
-        }),
-    }
+        .await
 }
 
 fn now_ms() -> i64 {

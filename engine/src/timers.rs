@@ -40,7 +40,7 @@ pub async fn claim_all(engine: &Engine, batch: u64) -> Result<u64, EngineError> 
     let claims = (0..engine.keys().partitions()).map(|p| async move {
         let mut fired_total = 0;
         loop {
-            let (fired, _) = engine.claim_timers(p, batch).await?;
+            let fired = engine.claim_timers(p, batch).await?.fired;
             fired_total += fired;
             if fired < batch {
                 return Ok::<_, EngineError>(fired_total);

@@ -9,7 +9,7 @@ mod common;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use engine::Engine;
-use engine::domain::{OrderStatus, PlaceOrder};
+use engine::domain::{Decision, OrderStatus, PlaceOrder};
 use engine::engine::{Actor, ItemPatch, ItemPut};
 use engine::keys::Lane;
 use engine::psp::PspClient;
@@ -226,7 +226,18 @@ async fn run_case(world: &World, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     && let Some(o) = engine.order(&id).await.unwrap()
                 {
                     engine
-                        .decide(&o, approve, "", Some(o.version), false, Lane::Online)
+                        .decide(
+                            &o,
+                            if approve {
+                                Decision::Approve
+                            } else {
+                                Decision::Reject
+                            },
+                            "",
+                            Some(o.version),
+                            false,
+                            Lane::Online,
+                        )
                         .await
                         .unwrap();
                 }
@@ -302,7 +313,18 @@ async fn run_case(world: &World, ops: Vec<Op>) -> Result<(), TestCaseError> {
             if o.status == OrderStatus::Paid && o.decision.is_empty() {
                 waiting += 1;
                 engine
-                    .decide(&o, o.total % 2 == 0, "", None, false, Lane::Online)
+                    .decide(
+                        &o,
+                        if o.total % 2 == 0 {
+                            Decision::Approve
+                        } else {
+                            Decision::Reject
+                        },
+                        "",
+                        None,
+                        false,
+                        Lane::Online,
+                    )
                     .await
                     .unwrap();
             }

@@ -335,7 +335,14 @@ async fn replaying_every_event_changes_nothing() {
         if order.status == OrderStatus::Approved {
             let t = env
                 .engine
-                .decide(order, true, "", None, true, engine::keys::Lane::Online)
+                .decide(
+                    order,
+                    engine::domain::Decision::Approve,
+                    "",
+                    None,
+                    true,
+                    engine::keys::Lane::Online,
+                )
                 .await
                 .unwrap();
             assert_eq!(t.outcome, engine::engine::Outcome::Unchanged);
@@ -550,7 +557,14 @@ async fn rejected_while_the_provider_fails(
     });
     let lane = engine::keys::Lane::Online;
     env.engine
-        .decide(&order, false, "", Some(order.version), false, lane)
+        .decide(
+            &order,
+            engine::domain::Decision::Reject,
+            "",
+            Some(order.version),
+            false,
+            lane,
+        )
         .await
         .unwrap();
     order

@@ -14,7 +14,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use engine::domain::{Order, OrderStatus};
-use engine::engine::{Actor, Outcome};
+use engine::engine::{Actor, Outcome, Refusal};
 use engine::keys::Lane;
 use engine::ops::{Letter, LetterKind};
 use serde::Deserialize;
@@ -255,7 +255,7 @@ async fn compensate(
         Outcome::Unchanged => {
             return Err(("unchanged", "the order was already rejected".into()));
         }
-        Outcome::Refused(detail) if detail == "stale" => {
+        Outcome::Refused(Refusal::Stale) => {
             return Err(("order_moved", "the order moved while the action ran".into()));
         }
         Outcome::Refused(detail) => {

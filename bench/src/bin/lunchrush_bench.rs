@@ -707,34 +707,44 @@ async fn limit(kind: &str) -> anyhow::Result<()> {
     let keys = engine.keys();
     let p = keys.partition_of_restaurant(&rid);
     let placeholder = uuid::Uuid::nil();
-    let mut script_keys = vec![
-        keys.restaurant(p, &rid),
+    let total: i64 = lines.iter().map(|l| l.1).sum();
+    let script_keys = engine::scripts::place_order::Keys {
+        restaurant_key: keys.restaurant(p, &rid),
         // Two placeholders each: redis-benchmark draws every one from
         // random() (2^31 values), too few to keep 300,000 order ids unique.
-        keys.order(p, &placeholder)
+        order_key: keys
+            .order(p, &placeholder)
             .replace(&placeholder.to_string(), "__rand_int__-__rand_int__"),
-        keys.idempotency(p, "limit-customer", "__rand_int__-__rand_int__"),
-        keys.stream(p, Topic::Orders),
-        keys.inflight(p),
-        keys.wheel(p),
-    ];
-    let total: i64 = lines.iter().map(|l| l.1).sum();
-    let mut script_args = vec![
-        "__rand_int__".to_string(),
-        "limit-saga".into(),
-        "limit-customer".into(),
-        rid.clone(),
-        "0123456789abcdef".into(),
-        total.to_string(),
-        engine::engine::IDEMPOTENCY_TTL_MS.to_string(),
-        "120000".into(),
-    ];
-    for (item, _, _) in &lines {
-        script_keys.push(keys.item(p, &rid, item));
-        script_keys.push(keys.item_per_customer(p, &rid, item));
-        script_args.push(item.to_string());
-        script_args.push("1".into());
+        idem_key: keys.idempotency(p, "limit-customer", "__rand_int__-__rand_int__"),
+        stream: keys.stream(p, Topic::Orders),
+        inflight: keys.inflight(p),
+        timers: keys.wheel(p),
+        lines: lines
+            .iter()
+            .map(|(item, _, _)| {
+                [
+                    keys.item(p, &rid, item),
+                    keys.item_per_customer(p, &rid, item),
+                ]
+            })
+            .collect(),
     }
+    .into_vec();
+    let script_args = engine::scripts::place_order::Args {
+        order_id: "__rand_int__".into(),
+        saga: "limit-saga".into(),
+        customer: "limit-customer".into(),
+        rid: rid.clone(),
+        fingerprint: "0123456789abcdef".into(),
+        expected_total: total,
+        idem_ttl: Duration::from_millis(engine::engine::IDEMPOTENCY_TTL_MS),
+        payment_window: Duration::from_secs(120),
+        lines: lines
+            .iter()
+            .map(|(item, _, _)| (item.to_string(), 1))
+            .collect(),
+    }
+    .into_vec();
     println!("EVALSHA");
     println!("{}", engine.scripts().place_order.sha());
     println!("{}", script_keys.len());

@@ -1,6 +1,20 @@
 //! Restaurants and menus: upserts through their scripts, reads by HGETALL.
 
 use super::*;
+use crate::domain::Upsert;
+use crate::scripts::replies::MenuRefusal;
+use crate::scripts::{menu_upsert, restaurant_upsert};
+
+/// The item fields a menu write sets (`None`: unchanged).
+struct ItemFields {
+    name: Option<String>,
+    price: Option<i64>,
+    /// Put: units on hand; patch: the change.
+    stock: Option<i64>,
+    available: Option<bool>,
+    /// 0: no limit.
+    max_pc: Option<i64>,
+}
 
 impl Engine {
     /// Creates or replaces a restaurant.
@@ -13,7 +27,7 @@ impl Engine {
         lane: Lane,
     ) -> Result<(), MenuError> {
         self.upsert_restaurant(
-            "put",
+            Upsert::Put,
             restaurant,
             Some(name),
             Some(open),
@@ -31,13 +45,13 @@ impl Engine {
         auto_approve: Option<bool>,
         lane: Lane,
     ) -> Result<(), MenuError> {
-        self.upsert_restaurant("patch", restaurant, None, open, auto_approve, lane)
+        self.upsert_restaurant(Upsert::Patch, restaurant, None, open, auto_approve, lane)
             .await
     }
 
     async fn upsert_restaurant(
         &self,
-        mode: &str,
+        mode: Upsert,
         restaurant: &str,
         name: Option<&str>,
         open: Option<bool>,
@@ -46,29 +60,25 @@ impl Engine {
     ) -> Result<(), MenuError> {
         let keys = self.keys();
         let p = keys.partition_of_restaurant(restaurant);
-        let reply = self
-            .scripts()
+        self.scripts()
             .restaurant_upsert
-            .call(
+            .run(
                 self.redis(),
-                vec![
-                    keys.restaurant(p, restaurant),
-                    keys.restaurants(p),
-                    keys.lane_stream(p, Topic::Menu, lane),
-                ],
-                vec![
-                    mode.into(),
-                    restaurant.into(),
-                    name.unwrap_or("").into(),
-                    open.map(flag).unwrap_or_default(),
-                    auto_approve.map(flag).unwrap_or_default(),
-                ],
+                restaurant_upsert::Keys {
+                    restaurant_key: keys.restaurant(p, restaurant),
+                    set_key: keys.restaurants(p),
+                    stream: keys.lane_stream(p, Topic::Menu, lane),
+                },
+                restaurant_upsert::Args {
+                    mode,
+                    rid: restaurant.into(),
+                    name: name.map(str::to_string),
+                    open,
+                    auto: auto_approve,
+                },
             )
-            .await?;
-        match reply.first().map(String::as_str) {
-            Some("ok") => Ok(()),
-            _ => Err(MenuError::RestaurantNotFound(restaurant.to_string())),
-        }
+            .await?
+            .map_err(|_| MenuError::RestaurantNotFound(restaurant.to_string()))
     }
 
     /// Creates or replaces a menu item; `stock` becomes the units on hand.
@@ -79,20 +89,15 @@ impl Engine {
         put: &ItemPut,
         lane: Lane,
     ) -> Result<MenuItem, MenuError> {
-        self.upsert_item(
-            "put",
-            restaurant,
-            item,
-            [
-                put.name.clone(),
-                put.price.to_string(),
-                put.stock.to_string(),
-                flag(put.available),
-                put.max_per_customer.unwrap_or(0).to_string(),
-            ],
-            lane,
-        )
-        .await
+        let fields = ItemFields {
+            name: Some(put.name.clone()),
+            price: Some(put.price),
+            stock: Some(put.stock),
+            available: Some(put.available),
+            max_pc: Some(put.max_per_customer.unwrap_or(0)),
+        };
+        self.upsert_item(Upsert::Put, restaurant, item, fields, lane)
+            .await
     }
 
     /// Changes some fields of an existing item atomically.
@@ -103,79 +108,70 @@ impl Engine {
         patch: &ItemPatch,
         lane: Lane,
     ) -> Result<MenuItem, MenuError> {
-        self.upsert_item(
-            "patch",
-            restaurant,
-            item,
-            [
-                patch.name.clone().unwrap_or_default(),
-                patch.price.map(|p| p.to_string()).unwrap_or_default(),
-                patch.stock_delta.map(|d| d.to_string()).unwrap_or_default(),
-                patch.available.map(flag).unwrap_or_default(),
-                patch
-                    .max_per_customer
-                    .map(|m| m.unwrap_or(0).to_string())
-                    .unwrap_or_default(),
-            ],
-            lane,
-        )
-        .await
+        let fields = ItemFields {
+            name: patch.name.clone(),
+            price: patch.price,
+            stock: patch.stock_delta,
+            available: patch.available,
+            max_pc: patch.max_per_customer.map(|m| m.unwrap_or(0)),
+        };
+        self.upsert_item(Upsert::Patch, restaurant, item, fields, lane)
+            .await
     }
 
     async fn upsert_item(
         &self,
-        mode: &str,
+        mode: Upsert,
         restaurant: &str,
         item: &str,
-        fields: [String; 5],
+        fields: ItemFields,
         lane: Lane,
     ) -> Result<MenuItem, MenuError> {
         let keys = self.keys();
         let p = keys.partition_of_restaurant(restaurant);
-        let mut args = vec![mode.to_string(), restaurant.to_string(), item.to_string()];
-        args.extend(fields);
-        args.push(MENU_ITEMS_MAX.to_string());
-        args.push(crate::domain::STOCK_MAX.to_string());
-        let reply = self
+        let state = self
             .scripts()
             .menu_upsert
-            .call(
+            .run(
                 self.redis(),
-                vec![
-                    keys.restaurant(p, restaurant),
-                    keys.items(p, restaurant),
-                    keys.item(p, restaurant, item),
-                    keys.lane_stream(p, Topic::Menu, lane),
-                ],
-                args,
+                menu_upsert::Keys {
+                    restaurant_key: keys.restaurant(p, restaurant),
+                    items_key: keys.items(p, restaurant),
+                    item_key: keys.item(p, restaurant, item),
+                    stream: keys.lane_stream(p, Topic::Menu, lane),
+                },
+                menu_upsert::Args {
+                    mode,
+                    rid: restaurant.into(),
+                    item: item.into(),
+                    name: fields.name,
+                    price: fields.price,
+                    stock: fields.stock,
+                    available: fields.available,
+                    max_pc: fields.max_pc,
+                    menu_max: MENU_ITEMS_MAX as u64,
+                    stock_max: crate::domain::STOCK_MAX as u64,
+                },
             )
             .await?;
-        match reply.first().map(String::as_str) {
-            Some("ok") if reply.len() == 6 => Ok(MenuItem {
+        match state {
+            Ok(state) => Ok(MenuItem {
                 item: item.to_string(),
-                name: reply[1].clone(),
-                price: reply[2].parse().unwrap_or(0),
-                stock: reply[3].parse().unwrap_or(0),
-                available: reply[4] == "1",
-                max_per_customer: reply[5].parse().ok().filter(|&m: &i64| m > 0),
+                name: state.name,
+                price: state.price,
+                stock: state.stock,
+                available: state.available,
+                max_per_customer: state.max_per_customer,
                 supplied: 0,
                 stock_version: 0,
             }),
-            Some("err") => Err(match reply.get(1).map(String::as_str) {
-                Some("restaurant_not_found") => MenuError::RestaurantNotFound(restaurant.into()),
-                Some("item_not_found") => MenuError::ItemNotFound(item.into()),
-                Some("stock_negative") => MenuError::StockNegative,
-                Some("stock_too_high") => MenuError::StockTooHigh,
-                Some("menu_full") => MenuError::MenuFull,
-                _ => MenuError::Engine(EngineError::Reply {
-                    script: "menu_upsert",
-                    reply,
-                }),
+            Err(refusal) => Err(match refusal {
+                MenuRefusal::RestaurantNotFound => MenuError::RestaurantNotFound(restaurant.into()),
+                MenuRefusal::ItemNotFound => MenuError::ItemNotFound(item.into()),
+                MenuRefusal::StockNegative => MenuError::StockNegative,
+                MenuRefusal::StockTooHigh => MenuError::StockTooHigh,
+                MenuRefusal::MenuFull => MenuError::MenuFull,
             }),
-            _ => Err(MenuError::Engine(EngineError::Reply {
-                script: "menu_upsert",
-                reply,
-            })),
         }
     }
 

@@ -14,11 +14,10 @@ use fred::prelude::*;
 use uuid::Uuid;
 
 use crate::config::Config;
-use crate::domain::{
-    Invalid, MENU_ITEMS_MAX, Menu, MenuItem, Order, OrderStatus, PaymentStatus, PlaceOrder,
-};
+use crate::domain::{Invalid, MENU_ITEMS_MAX, Menu, MenuItem, Order, OrderStatus, PlaceOrder};
 use crate::keys::{KeySpace, Lane, Topic};
 use crate::scripts::Scripts;
+pub use crate::scripts::{Outcome, Refusal, Transition};
 
 mod menus;
 mod orders;
@@ -78,57 +77,6 @@ pub struct Placed {
     pub total: i64,
     /// The same Idempotency-Key and request were seen before.
     pub duplicate: bool,
-}
-
-/// What a transition script answered.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// The transition happened.
-    Applied,
-    /// It had already happened (a redelivery): nothing changed.
-    Unchanged,
-    /// It is not legal now (`detail` says why): nothing changed.
-    Refused(String),
-    NotFound,
-}
-
-/// A transition's outcome plus the order's state after it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Transition {
-    pub outcome: Outcome,
-    pub status: Option<OrderStatus>,
-    pub pay: Option<PaymentStatus>,
-    pub version: u64,
-    pub decision: String,
-    pub reason: String,
-}
-
-impl Transition {
-    fn parse(script: &'static str, reply: Vec<String>) -> Result<Self, EngineError> {
-        if reply.len() < 7 {
-            return Err(EngineError::Reply { script, reply });
-        }
-        let outcome = match (reply[0].as_str(), reply[6].as_str()) {
-            ("ok", _) => Outcome::Applied,
-            ("noop", _) => Outcome::Unchanged,
-            ("err", "not_found") => Outcome::NotFound,
-            ("err", detail) => Outcome::Refused(detail.to_string()),
-            _ => return Err(EngineError::Reply { script, reply }),
-        };
-        Ok(Self {
-            outcome,
-            status: OrderStatus::parse(&reply[1]),
-            pay: PaymentStatus::parse(&reply[2]),
-            version: reply[3].parse().unwrap_or(0),
-            decision: reply[4].clone(),
-            reason: reply[5].clone(),
-        })
-    }
-
-    /// Applied or already so.
-    pub fn is_done(&self) -> bool {
-        matches!(self.outcome, Outcome::Applied | Outcome::Unchanged)
-    }
 }
 
 /// What the payment provider said happened.
@@ -248,14 +196,6 @@ impl std::fmt::Debug for Engine {
             .field("keys", &self.inner.keys)
             .finish()
     }
-}
-
-fn millis(duration: std::time::Duration) -> String {
-    duration.as_millis().to_string()
-}
-
-fn flag(value: bool) -> String {
-    if value { "1".into() } else { "0".into() }
 }
 
 impl Engine {

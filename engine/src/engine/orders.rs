@@ -1,6 +1,8 @@
 //! Placing orders (idempotent, one script) and reading them back.
 
 use super::*;
+use crate::scripts::place_order;
+use crate::scripts::replies::{PlaceRefusal, Placement};
 
 impl Engine {
     /// The first answer to `request`'s Idempotency-Key, if this same request
@@ -80,36 +82,47 @@ impl Engine {
         let p = keys.partition_of_restaurant(&request.restaurant);
         let order_id = crate::ids::new_order_id(p);
         let rid = request.restaurant.as_str();
-        let mut script_keys = vec![
-            keys.restaurant(p, rid),
-            keys.order(p, &order_id),
-            keys.idempotency(p, &request.customer, &request.idempotency_key),
-            keys.stream(p, Topic::Orders),
-            keys.inflight(p),
-            keys.wheel(p),
-        ];
-        let mut args = vec![
-            order_id.to_string(),
-            crate::ids::new_saga_id().to_string(),
-            request.customer.clone(),
-            rid.to_string(),
-            fingerprint.to_string(),
-            request.expected_total.to_string(),
-            IDEMPOTENCY_TTL_MS.to_string(),
-            millis(self.config().timers.payment_window),
-        ];
-        for line in &request.lines {
-            script_keys.push(keys.item(p, rid, &line.item));
-            script_keys.push(keys.item_per_customer(p, rid, &line.item));
-            args.push(line.item.clone());
-            args.push(line.qty.to_string());
-        }
-        let reply = self
+        let placement = self
             .scripts()
             .place_order
-            .call(self.redis(), script_keys, args)
+            .run(
+                self.redis(),
+                place_order::Keys {
+                    restaurant_key: keys.restaurant(p, rid),
+                    order_key: keys.order(p, &order_id),
+                    idem_key: keys.idempotency(p, &request.customer, &request.idempotency_key),
+                    stream: keys.stream(p, Topic::Orders),
+                    inflight: keys.inflight(p),
+                    timers: keys.wheel(p),
+                    lines: request
+                        .lines
+                        .iter()
+                        .map(|l| {
+                            [
+                                keys.item(p, rid, &l.item),
+                                keys.item_per_customer(p, rid, &l.item),
+                            ]
+                        })
+                        .collect(),
+                },
+                place_order::Args {
+                    order_id: order_id.to_string(),
+                    saga: crate::ids::new_saga_id().to_string(),
+                    customer: request.customer.clone(),
+                    rid: rid.to_string(),
+                    fingerprint: fingerprint.to_string(),
+                    expected_total: request.expected_total,
+                    idem_ttl: std::time::Duration::from_millis(IDEMPOTENCY_TTL_MS),
+                    payment_window: self.config().timers.payment_window,
+                    lines: request
+                        .lines
+                        .iter()
+                        .map(|l| (l.item.clone(), i64::from(l.qty)))
+                        .collect(),
+                },
+            )
             .await?;
-        let placed = decode_placement(reply, rid)?;
+        let placed = placed(placement, rid)?;
         if !placed.duplicate {
             metrics::counter!("lunchrush_orders_placed_total").increment(1);
             self.woke();
@@ -228,45 +241,30 @@ impl Engine {
 
 /// `place_order`'s reply: the placement, or the refusal it names. A reply
 /// that is none of those is an error naming the script, never a default.
-fn decode_placement(reply: Vec<String>, rid: &str) -> Result<Placed, PlaceError> {
-    let malformed = |reply: Vec<String>| {
-        PlaceError::Engine(EngineError::Reply {
-            script: "place_order",
-            reply,
-        })
-    };
-    let list = |r: &[String]| -> Vec<String> {
-        r.get(2)
-            .map(|s| s.split(',').map(str::to_string).collect())
-            .unwrap_or_default()
-    };
-    let number = |r: &[String]| r.get(2).and_then(|t| t.parse::<i64>().ok());
-    let (code, detail) = match (reply.first(), reply.get(1)) {
-        (Some(code), Some(detail)) => (code.clone(), detail.clone()),
-        _ => return Err(malformed(reply)),
-    };
-    match (code.as_str(), detail.as_str()) {
-        ("ok" | "dup", id) => match (id.parse(), number(&reply)) {
-            (Ok(order_id), Some(total)) => Ok(Placed {
+/// The placement, or the refusal as the API reports it.
+fn placed(placement: Placement, rid: &str) -> Result<Placed, PlaceError> {
+    let refusal = match placement {
+        Placement::Placed {
+            order_id,
+            total,
+            duplicate,
+        } => {
+            return Ok(Placed {
                 order_id,
                 total,
-                duplicate: code == "dup",
-            }),
-            _ => Err(malformed(reply)),
-        },
-        ("err", "idempotency_conflict") => Err(PlaceError::IdempotencyConflict {
-            order: reply.get(2).cloned().unwrap_or_default(),
-        }),
-        ("err", "restaurant_not_found") => Err(PlaceError::RestaurantNotFound(rid.into())),
-        ("err", "restaurant_closed") => Err(PlaceError::RestaurantClosed(rid.into())),
-        ("err", "item_not_found") => Err(PlaceError::ItemNotFound(list(&reply))),
-        ("err", "item_unavailable") => Err(PlaceError::ItemUnavailable(list(&reply))),
-        ("err", "out_of_stock") => Err(PlaceError::OutOfStock(list(&reply))),
-        ("err", "limit_exceeded") => Err(PlaceError::LimitExceeded(list(&reply))),
-        ("err", "price_changed") => match number(&reply) {
-            Some(current_total) => Err(PlaceError::PriceChanged { current_total }),
-            None => Err(malformed(reply)),
-        },
-        _ => Err(malformed(reply)),
-    }
+                duplicate,
+            });
+        }
+        Placement::Refused(refusal) => refusal,
+    };
+    Err(match refusal {
+        PlaceRefusal::IdempotencyConflict(order) => PlaceError::IdempotencyConflict { order },
+        PlaceRefusal::RestaurantNotFound => PlaceError::RestaurantNotFound(rid.into()),
+        PlaceRefusal::RestaurantClosed => PlaceError::RestaurantClosed(rid.into()),
+        PlaceRefusal::ItemNotFound(items) => PlaceError::ItemNotFound(items),
+        PlaceRefusal::ItemUnavailable(items) => PlaceError::ItemUnavailable(items),
+        PlaceRefusal::OutOfStock(items) => PlaceError::OutOfStock(items),
+        PlaceRefusal::LimitExceeded(items) => PlaceError::LimitExceeded(items),
+        PlaceRefusal::PriceChanged { current_total } => PlaceError::PriceChanged { current_total },
+    })
 }

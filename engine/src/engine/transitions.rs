@@ -2,15 +2,21 @@
 //! legality checks and version compare-and-set.
 
 use super::*;
+use crate::domain::{Decision, RejectReason, TimerKind};
+use crate::scripts::replies::{Claimed, Reclaimed, Recorded, Scheduled};
+use crate::scripts::{
+    advance, cancel, claim_timers, reclaim_stock, record_notification, record_payment, release,
+    restaurant_decision, schedule_timer,
+};
 
 impl Engine {
     /// The keys of an order's lines: item hash and per-customer hash each.
-    fn line_keys(&self, order: &Order) -> Vec<String> {
+    fn line_keys(&self, order: &Order) -> Vec<[String; 2]> {
         let keys = self.keys();
         order
             .lines
             .iter()
-            .flat_map(|line| {
+            .map(|line| {
                 [
                     keys.item(order.partition, &order.restaurant, &line.item),
                     keys.item_per_customer(order.partition, &order.restaurant, &line.item),
@@ -19,34 +25,26 @@ impl Engine {
             .collect()
     }
 
-    async fn transition(
-        &self,
-        before: &Order,
-        script: &crate::scripts::Script,
-        name: &'static str,
-        keys: Vec<String>,
-        args: Vec<String>,
-    ) -> Result<Transition, EngineError> {
-        let reply = script.call(self.redis(), keys, args).await?;
-        let transition = Transition::parse(name, reply)?;
-        if transition.outcome == Outcome::Applied {
-            self.woke();
-            // A saga's outcome is counted once: when the status first becomes it.
-            match transition.status {
-                Some(OrderStatus::Approved) if before.status != OrderStatus::Approved => {
-                    metrics::counter!("lunchrush_saga_outcomes_total", "outcome" => "approved")
-                        .increment(1);
-                }
-                Some(OrderStatus::Rejected) if before.status != OrderStatus::Rejected => {
-                    let reason = crate::domain::RejectReason::parse(&transition.reason)
-                        .map_or("other", |r| r.as_str());
-                    metrics::counter!("lunchrush_saga_outcomes_total", "outcome" => "rejected", "reason" => reason)
-                        .increment(1);
-                }
-                _ => {}
-            }
+    /// Counts what a transition did (a saga's outcome once: when the status
+    /// first becomes it) and wakes this process's workers.
+    fn applied(&self, before: &Order, transition: &Transition) {
+        if transition.outcome != Outcome::Applied {
+            return;
         }
-        Ok(transition)
+        self.woke();
+        match transition.status {
+            Some(OrderStatus::Approved) if before.status != OrderStatus::Approved => {
+                metrics::counter!("lunchrush_saga_outcomes_total", "outcome" => "approved")
+                    .increment(1);
+            }
+            Some(OrderStatus::Rejected) if before.status != OrderStatus::Rejected => {
+                let reason = crate::domain::RejectReason::parse(&transition.reason)
+                    .map_or("other", |r| r.as_str());
+                metrics::counter!("lunchrush_saga_outcomes_total", "outcome" => "rejected", "reason" => reason)
+                    .increment(1);
+            }
+            _ => {}
+        }
     }
 
     /// Records a payment outcome (see `lua/record_payment.lua`).
@@ -59,27 +57,27 @@ impl Engine {
     ) -> Result<Transition, EngineError> {
         let keys = self.keys();
         let p = order.partition;
-        let mut script_keys = vec![
-            keys.order(p, &order.id),
-            keys.lane_stream(p, Topic::Payments, lane),
-            keys.lane_stream(p, Topic::Orders, lane),
-            keys.inflight(p),
-            keys.wheel(p),
-        ];
-        script_keys.extend(self.line_keys(order));
         let t = self
-            .transition(
-                order,
-                &self.scripts().record_payment,
-                "record_payment",
-                script_keys,
-                vec![
-                    outcome.as_str().into(),
-                    psp_ref.into(),
-                    millis(self.config().timers.approval_timeout),
-                ],
+            .scripts()
+            .record_payment
+            .run(
+                self.redis(),
+                record_payment::Keys {
+                    order_key: keys.order(p, &order.id),
+                    pay_stream: keys.lane_stream(p, Topic::Payments, lane),
+                    order_stream: keys.lane_stream(p, Topic::Orders, lane),
+                    inflight: keys.inflight(p),
+                    timers: keys.wheel(p),
+                    lines: self.line_keys(order),
+                },
+                record_payment::Args {
+                    outcome,
+                    psp_ref: psp_ref.into(),
+                    approval_timeout: self.config().timers.approval_timeout,
+                },
             )
             .await?;
+        self.applied(order, &t);
         if t.outcome == Outcome::Applied {
             metrics::counter!("lunchrush_payments_recorded_total", "outcome" => outcome.as_str())
                 .increment(1);
@@ -87,62 +85,94 @@ impl Engine {
         Ok(t)
     }
 
-    /// The restaurant's answer (see `lua/restaurant_decision.lua`).
+    /// The restaurant's answer (see `lua/restaurant_decision.lua`);
+    /// `require_open` approves only while the restaurant is open.
     pub async fn decide(
         &self,
         order: &Order,
-        approve: bool,
+        decision: Decision,
         note: &str,
-        expected_version: Option<u64>,
+        expected: Option<u64>,
         require_open: bool,
         lane: Lane,
     ) -> Result<Transition, EngineError> {
         let keys = self.keys();
         let p = order.partition;
-        let mut script_keys = vec![
-            keys.order(p, &order.id),
-            keys.lane_stream(p, Topic::Restaurant, lane),
-            keys.lane_stream(p, Topic::Orders, lane),
-            keys.inflight(p),
-            keys.restaurant(p, &order.restaurant),
-            keys.wheel(p),
-        ];
-        script_keys.extend(self.line_keys(order));
-        self.transition(
-            order,
-            &self.scripts().restaurant_decision,
-            "restaurant_decision",
-            script_keys,
-            vec![
-                if approve { "approve" } else { "reject" }.into(),
-                note.into(),
-                expected_version.map(|v| v.to_string()).unwrap_or_default(),
-                flag(require_open),
-            ],
-        )
-        .await
+        let t = self
+            .scripts()
+            .restaurant_decision
+            .run(
+                self.redis(),
+                restaurant_decision::Keys {
+                    order_key: keys.order(p, &order.id),
+                    rest_stream: keys.lane_stream(p, Topic::Restaurant, lane),
+                    order_stream: keys.lane_stream(p, Topic::Orders, lane),
+                    inflight: keys.inflight(p),
+                    restaurant_key: keys.restaurant(p, &order.restaurant),
+                    timers: keys.wheel(p),
+                    lines: self.line_keys(order),
+                },
+                restaurant_decision::Args {
+                    decision,
+                    note: note.into(),
+                    expected,
+                    require_open,
+                },
+            )
+            .await?;
+        self.applied(order, &t);
+        Ok(t)
+    }
+
+    /// Approves a paid order at the version read if its restaurant approves
+    /// automatically and is open; `None` when it does not auto-approve.
+    pub async fn auto_approve(
+        &self,
+        order: &Order,
+        lane: Lane,
+    ) -> Result<Option<Transition>, EngineError> {
+        let keys = self.keys();
+        let auto: Option<String> = self
+            .redis()
+            .hget(keys.restaurant(order.partition, &order.restaurant), "auto")
+            .await?;
+        if auto.as_deref() != Some("1") {
+            return Ok(None);
+        }
+        let expected = Some(order.version);
+        let t = self
+            .decide(order, Decision::Approve, "", expected, true, lane)
+            .await?;
+        Ok(Some(t))
     }
 
     /// Compensation: rejects a PENDING/PAID order and releases its stock.
     pub async fn release(
         &self,
         order: &Order,
-        reason: crate::domain::RejectReason,
-        expected_version: Option<u64>,
+        reason: RejectReason,
+        expected: Option<u64>,
         lane: Lane,
     ) -> Result<Transition, EngineError> {
-        let script_keys = self.order_stream_keys(order, lane);
-        self.transition(
-            order,
-            &self.scripts().release,
-            "release",
-            script_keys,
-            vec![
-                reason.as_str().into(),
-                expected_version.map(|v| v.to_string()).unwrap_or_default(),
-            ],
-        )
-        .await
+        let keys = self.keys();
+        let p = order.partition;
+        let t = self
+            .scripts()
+            .release
+            .run(
+                self.redis(),
+                release::Keys {
+                    order_key: keys.order(p, &order.id),
+                    order_stream: keys.lane_stream(p, Topic::Orders, lane),
+                    inflight: keys.inflight(p),
+                    timers: keys.wheel(p),
+                    lines: self.line_keys(order),
+                },
+                release::Args { reason, expected },
+            )
+            .await?;
+        self.applied(order, &t);
+        Ok(t)
     }
 
     /// A customer (before approval) or an admin (any time) cancels.
@@ -150,21 +180,28 @@ impl Engine {
         &self,
         order: &Order,
         actor: Actor,
-        expected_version: Option<u64>,
+        expected: Option<u64>,
         lane: Lane,
     ) -> Result<Transition, EngineError> {
-        let script_keys = self.order_stream_keys(order, lane);
-        self.transition(
-            order,
-            &self.scripts().cancel,
-            "cancel",
-            script_keys,
-            vec![
-                actor.as_str().into(),
-                expected_version.map(|v| v.to_string()).unwrap_or_default(),
-            ],
-        )
-        .await
+        let keys = self.keys();
+        let p = order.partition;
+        let t = self
+            .scripts()
+            .cancel
+            .run(
+                self.redis(),
+                cancel::Keys {
+                    order_key: keys.order(p, &order.id),
+                    order_stream: keys.lane_stream(p, Topic::Orders, lane),
+                    inflight: keys.inflight(p),
+                    timers: keys.wheel(p),
+                    lines: self.line_keys(order),
+                },
+                cancel::Args { actor, expected },
+            )
+            .await?;
+        self.applied(order, &t);
+        Ok(t)
     }
 
     /// DISPATCHED or CONFIRMED (see `lua/advance.lua`).
@@ -173,7 +210,7 @@ impl Engine {
         order: &Order,
         target: OrderStatus,
         actor: Actor,
-        expected_version: Option<u64>,
+        expected: Option<u64>,
         lane: Lane,
     ) -> Result<Transition, EngineError> {
         assert!(matches!(
@@ -182,98 +219,81 @@ impl Engine {
         ));
         let keys = self.keys();
         let p = order.partition;
-        self.transition(
-            order,
-            &self.scripts().advance,
-            "advance",
-            vec![
-                keys.order(p, &order.id),
-                keys.lane_stream(p, Topic::Orders, lane),
-                keys.inflight(p),
-                keys.wheel(p),
-            ],
-            vec![
-                target.as_str().into(),
-                expected_version.map(|v| v.to_string()).unwrap_or_default(),
-                actor.as_str().into(),
-                millis(self.config().timers.confirm_notice_after),
-            ],
-        )
-        .await
-    }
-
-    fn order_stream_keys(&self, order: &Order, lane: Lane) -> Vec<String> {
-        let keys = self.keys();
-        let p = order.partition;
-        let mut script_keys = vec![
-            keys.order(p, &order.id),
-            keys.lane_stream(p, Topic::Orders, lane),
-            keys.inflight(p),
-            keys.wheel(p),
-        ];
-        script_keys.extend(self.line_keys(order));
-        script_keys
+        let t = self
+            .scripts()
+            .advance
+            .run(
+                self.redis(),
+                advance::Keys {
+                    order_key: keys.order(p, &order.id),
+                    order_stream: keys.lane_stream(p, Topic::Orders, lane),
+                    inflight: keys.inflight(p),
+                    timers: keys.wheel(p),
+                },
+                advance::Args {
+                    target,
+                    expected,
+                    actor,
+                    notice_after: self.config().timers.confirm_notice_after,
+                },
+            )
+            .await?;
+        self.applied(order, &t);
+        Ok(t)
     }
 
     // ---- delayed tasks ----------------------------------------------------
 
     /// Moves up to `limit` due timers of partition `p` into its timers
     /// stream. Returns how many fired and the earliest remaining due time.
-    pub async fn claim_timers(
-        &self,
-        p: u16,
-        limit: u64,
-    ) -> Result<(u64, Option<i64>), EngineError> {
+    pub async fn claim_timers(&self, p: u16, limit: u64) -> Result<Claimed, EngineError> {
         let keys = self.keys();
-        let reply = self
+        let claimed = self
             .scripts()
             .claim_timers
-            .call(
+            .run(
                 self.redis(),
-                vec![keys.wheel(p), keys.stream(p, Topic::Timers)],
-                vec![limit.to_string()],
+                claim_timers::Keys {
+                    wheel: keys.wheel(p),
+                    stream: keys.stream(p, Topic::Timers),
+                },
+                claim_timers::Args { limit },
             )
             .await?;
-        let fired = reply.first().and_then(|f| f.parse().ok()).unwrap_or(0);
-        if fired > 0 {
+        if claimed.fired > 0 {
             self.woke();
         }
-        Ok((fired, reply.get(1).and_then(|d| d.parse().ok())))
+        Ok(claimed)
     }
 
     /// Schedules `kind` for `order` after `delay`, only while the order is
-    /// `required`. `Ok(false)` when the order is elsewhere (or gone).
+    /// `required`.
     pub async fn schedule_timer(
         &self,
         order: &Order,
-        kind: crate::domain::TimerKind,
+        kind: TimerKind,
         delay: std::time::Duration,
         required: OrderStatus,
-    ) -> Result<bool, EngineError> {
+    ) -> Result<Scheduled, EngineError> {
         let keys = self.keys();
-        let reply = self
-            .scripts()
+        self.scripts()
             .schedule_timer
-            .call(
+            .run(
                 self.redis(),
-                vec![
-                    keys.order(order.partition, &order.id),
-                    keys.wheel(order.partition),
-                ],
-                vec![
-                    kind.as_str().into(),
-                    millis(delay),
-                    required.as_str().into(),
-                ],
+                schedule_timer::Keys {
+                    order_key: keys.order(order.partition, &order.id),
+                    wheel: keys.wheel(order.partition),
+                },
+                schedule_timer::Args {
+                    kind,
+                    delay,
+                    required,
+                },
             )
-            .await?;
-        Ok(matches!(
-            reply.first().map(String::as_str),
-            Some("ok" | "noop")
-        ))
+            .await
     }
 
-    /// The send record of a notification; `Ok(false)` if it already existed.
+    /// The send record of a notification.
     pub async fn record_notification(
         &self,
         order: &Order,
@@ -282,32 +302,30 @@ impl Engine {
         channel: &str,
         attempts: u32,
         lane: Lane,
-    ) -> Result<bool, EngineError> {
+    ) -> Result<Recorded, EngineError> {
         let keys = self.keys();
-        let reply = self
-            .scripts()
+        self.scripts()
             .record_notification
-            .call(
+            .run(
                 self.redis(),
-                vec![
-                    keys.order(order.partition, &order.id),
-                    keys.lane_stream(order.partition, Topic::Orders, lane),
-                ],
-                vec![
-                    kind.into(),
-                    idempotency_key.into(),
-                    channel.into(),
-                    attempts.to_string(),
-                ],
+                record_notification::Keys {
+                    order_key: keys.order(order.partition, &order.id),
+                    stream: keys.lane_stream(order.partition, Topic::Orders, lane),
+                },
+                record_notification::Args {
+                    kind: kind.into(),
+                    key: idempotency_key.into(),
+                    channel: channel.into(),
+                    attempts: attempts.into(),
+                },
             )
-            .await?;
-        Ok(reply.first().map(String::as_str) == Some("ok"))
+            .await
     }
 
     /// Returns `units` stranded by orders that no longer exist to stock on
     /// hand, and removes per-customer counts no live order backs
-    /// (`lua/reclaim_stock.lua`). `Ok(None)` when the item's stock version
-    /// moved since `seen`.
+    /// (`lua/reclaim_stock.lua`); refused as `Stale` when the item's stock
+    /// version moved since `seen`.
     pub async fn reclaim_stock(
         &self,
         restaurant: &str,
@@ -315,36 +333,27 @@ impl Engine {
         units: i64,
         seen: i64,
         customers: &[(String, i64)],
-    ) -> Result<Option<i64>, EngineError> {
+    ) -> Result<Reclaimed, EngineError> {
         let keys = self.keys();
         let p = keys.partition_of_restaurant(restaurant);
-        let mut args = vec![
-            restaurant.to_string(),
-            item.to_string(),
-            units.to_string(),
-            seen.to_string(),
-        ];
-        for (customer, units) in customers {
-            args.push(customer.clone());
-            args.push(units.to_string());
-        }
-        let reply = self
-            .scripts()
+        self.scripts()
             .reclaim_stock
-            .call(
+            .run(
                 self.redis(),
-                vec![
-                    keys.restaurant(p, restaurant),
-                    keys.item(p, restaurant, item),
-                    keys.item_per_customer(p, restaurant, item),
-                    keys.stream(p, Topic::Batch),
-                ],
-                args,
+                reclaim_stock::Keys {
+                    restaurant_key: keys.restaurant(p, restaurant),
+                    item_key: keys.item(p, restaurant, item),
+                    pc_key: keys.item_per_customer(p, restaurant, item),
+                    stream: keys.stream(p, Topic::Batch),
+                },
+                reclaim_stock::Args {
+                    rid: restaurant.into(),
+                    item: item.into(),
+                    units,
+                    seen,
+                    customers: customers.to_vec(),
+                },
             )
-            .await?;
-        Ok(match reply.first().map(String::as_str) {
-            Some("ok") => reply.get(1).and_then(|s| s.parse().ok()),
-            _ => None,
-        })
+            .await
     }
 }

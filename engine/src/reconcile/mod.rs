@@ -244,22 +244,11 @@ impl Reconciler {
                     }
                 }
                 (OrderStatus::Paid, _, "") => {
-                    let auto: Option<String> = self
+                    let approved = self
                         .engine
-                        .redis()
-                        .hget(
-                            self.engine
-                                .keys()
-                                .restaurant(order.partition, &order.restaurant),
-                            "auto",
-                        )
-                        .await?;
-                    let approved = auto.as_deref() == Some("1")
-                        && self
-                            .engine
-                            .decide(&order, true, "", Some(order.version), true, Lane::Batch)
-                            .await?
-                            .is_done();
+                        .auto_approve(&order, Lane::Batch)
+                        .await?
+                        .is_some_and(|t| t.is_done());
                     if approved {
                         actions.push("approve");
                     } else {

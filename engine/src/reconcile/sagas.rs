@@ -2,6 +2,7 @@
 //! index: the Redis side of orphans.
 
 use super::*;
+use crate::scripts::replies::Reclaimed;
 
 impl Reconciler {
     /// Kind `stuck_saga`: every order unsettled for longer than `older_than`;
@@ -308,10 +309,18 @@ impl Reconciler {
             .reclaim_stock(&s.restaurant, &s.item, s.units, s.version, &s.customers)
             .await?;
         let (outcome, detail) = match fixed {
-            Some(_) => (Outcome::Fixed, s.detail),
-            None => (
+            Reclaimed::Done(_) => (Outcome::Fixed, s.detail),
+            Reclaimed::Stale => (
                 Outcome::Unfixable,
                 format!("{}: stock moved during the scan; run again", s.detail),
+            ),
+            Reclaimed::NotFound => (Outcome::Unfixable, format!("{}: item gone", s.detail)),
+            Reclaimed::Overdraw => (
+                Outcome::Unfixable,
+                format!(
+                    "{}: a customer's count moved during the scan; run again",
+                    s.detail
+                ),
             ),
         };
         run.record("held_stock", subject, &action, outcome, detail);

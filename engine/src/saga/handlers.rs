@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::domain::{RejectReason, TimerKind};
+use crate::engine::Refusal;
 
 /// Drives one order's payment until no step is owed (see [`payment_action`]).
 pub async fn drive_payment(
@@ -122,18 +123,7 @@ pub async fn auto_approve(
     if order.status != OrderStatus::Paid || !order.decision.is_empty() {
         return Ok(());
     }
-    let keys = engine.keys();
-    let auto: Option<String> = engine
-        .redis()
-        .hget(keys.restaurant(order.partition, &order.restaurant), "auto")
-        .await
-        .map_err(EngineError::from)?;
-    if auto.as_deref() != Some("1") {
-        return Ok(());
-    }
-    engine
-        .decide(&order, true, "", Some(order.version), true, lane)
-        .await?;
+    engine.auto_approve(&order, lane).await?;
     Ok(())
 }
 
@@ -167,7 +157,6 @@ pub async fn on_timer(
     let kind = TimerKind::parse(&data.k);
     let label = kind.map_or("other", TimerKind::as_str);
     metrics::histogram!("lunchrush_timer_lateness_seconds", "kind" => label).record(lateness);
-    let timers = &engine.config().timers;
     for _ in 0..TIMER_RETRIES_MAX {
         let Some(order) = engine.order(&id).await? else {
             return Ok(());
@@ -186,34 +175,7 @@ pub async fn on_timer(
                     .await?
             }
             (Some(TimerKind::ConfirmNotice), OrderStatus::Dispatched) => {
-                let kind = TimerKind::ConfirmNotice.as_str();
-                if !order.notified.iter().any(|k| k == kind) {
-                    let notice = crate::notify::Notification::confirm_notice(
-                        order.id,
-                        &order.customer,
-                        timers.auto_confirm_after,
-                    );
-                    let attempts = notifier.send(&notice).await?;
-                    engine
-                        .record_notification(
-                            &order,
-                            &notice.kind,
-                            &notice.idempotency_key,
-                            notifier.channel(),
-                            attempts,
-                            lane,
-                        )
-                        .await?;
-                }
-                engine
-                    .schedule_timer(
-                        &order,
-                        TimerKind::AutoConfirm,
-                        timers.auto_confirm_after,
-                        OrderStatus::Dispatched,
-                    )
-                    .await?;
-                return Ok(());
+                return confirm_notice(engine, notifier, &order, lane).await;
             }
             (Some(TimerKind::AutoConfirm), OrderStatus::Dispatched) => {
                 engine
@@ -229,11 +191,50 @@ pub async fn on_timer(
             // The order moved on: the timer is moot.
             _ => return Ok(()),
         };
-        if t.outcome != Outcome::Refused("stale".into()) {
+        if !t.refused(Refusal::Stale) {
             return Ok(());
         }
     }
     Err(WorkError::NoProgress)
+}
+
+/// The 7-day notice of a dispatched order (sent once: the send record is
+/// checked first), then the auto-confirmation after it.
+async fn confirm_notice(
+    engine: &Engine,
+    notifier: &dyn crate::notify::Notifier,
+    order: &Order,
+    lane: Lane,
+) -> Result<(), WorkError> {
+    let timers = &engine.config().timers;
+    let kind = TimerKind::ConfirmNotice.as_str();
+    if !order.notified.iter().any(|k| k == kind) {
+        let notice = crate::notify::Notification::confirm_notice(
+            order.id,
+            &order.customer,
+            timers.auto_confirm_after,
+        );
+        let attempts = notifier.send(&notice).await?;
+        engine
+            .record_notification(
+                order,
+                &notice.kind,
+                &notice.idempotency_key,
+                notifier.channel(),
+                attempts,
+                lane,
+            )
+            .await?;
+    }
+    engine
+        .schedule_timer(
+            order,
+            TimerKind::AutoConfirm,
+            timers.auto_confirm_after,
+            OrderStatus::Dispatched,
+        )
+        .await?;
+    Ok(())
 }
 
 /// Runs `role`'s handler for `event` in `lane`: what a worker does with an
