@@ -34,7 +34,19 @@ async fn a_killed_archiver_restarts_and_archives_everything_once() {
     fx.seed(4, 5_000, 10_000, None).await;
     let (stack, engine, pool) = (&fx.stack, &fx.engine, &fx.pool);
     let mut placed = 0;
-    for round in 0..3 {
+    let archived = || async {
+        let count: i64 = pool
+            .get()
+            .await
+            .unwrap()
+            .query_one("SELECT count(*) FROM saga_events", &[])
+            .await
+            .unwrap()
+            .get(0);
+        count
+    };
+    for _ in 0..3 {
+        let before = archived().await;
         let mut archiver = spawn_archiver(stack);
         for _ in 0..150 {
             let request = PlaceOrder::parse(
@@ -48,7 +60,13 @@ async fn a_killed_archiver_restarts_and_archives_everything_once() {
             engine.place_order(&request).await.unwrap();
             placed += 1;
         }
-        tokio::time::sleep(Duration::from_millis(300 + 200 * round)).await;
+        // Killed once it has committed some of this round's events: in the
+        // middle of its work, not after a guessed time.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while archived().await <= before {
+            assert!(Instant::now() < deadline, "the archiver never committed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         archiver.kill().unwrap();
         archiver.wait().unwrap();
     }

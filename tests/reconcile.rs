@@ -174,7 +174,8 @@ async fn reconcile_finds_and_fixes_every_orphan_kind_once() {
         .unwrap();
 
     let report_path = stack.home().join("report.json");
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    // Every orphan is older than the `--older-than 2s` threshold.
+    fx.wait_quiet(Duration::from_millis(2_200)).await;
     let (output, report) = reconcile(stack, psp_url, &report_path);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(
@@ -285,11 +286,13 @@ async fn reconcile_in_a_loop_beside_traffic_changes_no_healthy_order() {
     );
     archiver.prepare().await.unwrap();
     tokio::spawn(archiver.run(stopped));
+    let placed_so_far = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let load = {
         let engine = engine.clone();
+        let placed_so_far = placed_so_far.clone();
         tokio::spawn(async move {
             let started = std::time::Instant::now();
-            let mut i = 0;
+            let mut i: u64 = 0;
             while started.elapsed() < Duration::from_secs(10) {
                 let request = PlaceOrder::parse(
                     &format!("c{i}"),
@@ -301,14 +304,21 @@ async fn reconcile_in_a_loop_beside_traffic_changes_no_healthy_order() {
                 .unwrap();
                 engine.place_order(&request).await.unwrap();
                 i += 1;
+                placed_so_far.store(i, std::sync::atomic::Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             i
         })
     };
     let report_path = stack.home().join("loop.json");
-    for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(2_500)).await;
+    // Three runs, each after another 150 placements: some orders of each
+    // run are older than its threshold, many are in flight.
+    for run in 1..=3 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while placed_so_far.load(std::sync::atomic::Ordering::Relaxed) < run * 150 {
+            assert!(std::time::Instant::now() < deadline, "the load stalled");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let (output, report) = reconcile(stack, psp_url, &report_path);
         assert_eq!(
             output.status.code(),
@@ -342,7 +352,7 @@ async fn reconcile_in_a_loop_beside_traffic_changes_no_healthy_order() {
     }
     let report = engine::check::check(engine, true).await.unwrap();
     assert!(report.passed(), "{report}");
-    assert_eq!(report.orders, placed as u64);
+    assert_eq!(report.orders, placed);
     let reconciled: i64 = pool.get().await.unwrap()
         .query_one("SELECT count(*) FROM reconciliation_fixes WHERE kind NOT IN ('unarchived', 'dead_letter')", &[]).await.unwrap().get(0);
     assert_eq!(reconciled, 0);

@@ -115,11 +115,21 @@ async fn an_outage_opens_the_circuit_and_pushes_back_at_the_edge() {
         .ok(200);
     app.get("/v1/restaurants/wok/menu", &customer).await.ok(200);
 
-    // While open, the provider sees probes only.
-    let calls_before = app.sim.stats().received;
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // While open, the provider sees probes only: over two probe rounds
+    // (each after a cool-down), no other call reaches it.
+    let breaker = app.psp.breaker();
+    let (calls_before, probes_before) = (app.sim.stats().received, breaker.probes());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while breaker.probes() < probes_before + 2 {
+        assert!(Instant::now() < deadline, "no probe while open");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let calls = app.sim.stats().received - calls_before;
-    assert!(calls <= 10, "{calls} provider calls in 5 s while open");
+    let probes = breaker.probes() - probes_before;
+    assert!(
+        calls <= probes + 2,
+        "{calls} provider calls for {probes} probes while open"
+    );
 
     app.sim.set_faults(Faults::default());
     let recovered = Instant::now();

@@ -18,6 +18,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Breaker and pacer settings (`--psp-*` flags).
@@ -120,6 +121,10 @@ struct Inner {
 pub struct Breaker {
     options: PspOptions,
     inner: Mutex<Inner>,
+    /// Calls refused since start (what an outage held back).
+    denied: AtomicU64,
+    /// Probes let out since start.
+    probes: AtomicU64,
 }
 
 /// Calls remembered per window at most (bounds the breaker's memory at any rate).
@@ -142,6 +147,8 @@ impl Breaker {
                 probe_out: false,
             }),
             options,
+            denied: AtomicU64::new(0),
+            probes: AtomicU64::new(0),
         }
     }
 
@@ -152,6 +159,26 @@ impl Breaker {
 
     /// Asks to call the provider now.
     pub fn permit(&self) -> Permit {
+        let permit = self.decide();
+        match permit {
+            Permit::Denied => self.denied.fetch_add(1, Ordering::Relaxed),
+            Permit::Probe => self.probes.fetch_add(1, Ordering::Relaxed),
+            Permit::Call => 0,
+        };
+        permit
+    }
+
+    /// Calls refused since start.
+    pub fn denied(&self) -> u64 {
+        self.denied.load(Ordering::Relaxed)
+    }
+
+    /// Probes let out since start.
+    pub fn probes(&self) -> u64 {
+        self.probes.load(Ordering::Relaxed)
+    }
+
+    fn decide(&self) -> Permit {
         let mut inner = self.lock();
         let now = Instant::now();
         match inner.state {

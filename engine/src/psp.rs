@@ -116,6 +116,11 @@ impl PspClient {
         }
     }
 
+    /// The provider's base URL.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
     /// The breaker every clone of this client shares.
     pub fn breaker(&self) -> &std::sync::Arc<Breaker> {
         &self.breaker

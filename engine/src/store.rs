@@ -102,3 +102,18 @@ async fn eviction_policy<C: ServerInterface + ClientLike>(
         .trim()
         .to_string())
 }
+
+/// Redis's clock in milliseconds (TIME): the one clock every script and
+/// timer uses, whatever the engines' own clocks say.
+pub async fn server_time_ms(client: &Client) -> Result<i64, fred::error::Error> {
+    let time: Vec<i64> = client
+        .custom(fred::cmd!("TIME"), Vec::<String>::new())
+        .await?;
+    match time.as_slice() {
+        [seconds, micros] => Ok(seconds * 1_000 + micros / 1_000),
+        _ => Err(fred::error::Error::new(
+            fred::error::ErrorKind::Protocol,
+            format!("TIME answered {time:?}"),
+        )),
+    }
+}

@@ -15,36 +15,6 @@ use stack::psp::Faults;
 
 const SETTLE: Duration = Duration::from_secs(60);
 
-/// Entries the saga groups have yet to read or acknowledge, over every
-/// partition's streams (lag plus pending, from XINFO GROUPS).
-async fn group_backlog(env: &TestEnv) -> i64 {
-    let mut backlog = 0;
-    for p in 0..common::PARTITIONS {
-        for role in engine::saga::Role::ALL {
-            for topic in role.topics() {
-                let stream = env.engine.keys().stream(p, *topic);
-                let groups: Value = env.engine.redis().xinfo_groups(stream).await.unwrap();
-                for group in groups.into_array() {
-                    let fields: HashMap<String, Value> = group
-                        .into_array()
-                        .chunks(2)
-                        .filter_map(|kv| Some((kv.first()?.as_string()?, kv.get(1)?.clone())))
-                        .collect();
-                    if fields.get("name").and_then(Value::as_string).as_deref()
-                        != Some(role.group())
-                    {
-                        continue;
-                    }
-                    // A lag Redis cannot compute (nil) counts as outstanding.
-                    backlog += fields.get("lag").and_then(Value::as_i64).unwrap_or(1);
-                    backlog += fields.get("pending").and_then(Value::as_i64).unwrap_or(0);
-                }
-            }
-        }
-    }
-    backlog
-}
-
 /// 1,000 customers race for 100 units of one item: exactly 100 orders are
 /// placed and approved (captured at the provider), 900 are refused
 /// `out_of_stock`, stock ends at 0 and the checker passes.
@@ -373,12 +343,12 @@ async fn replaying_every_event_changes_nothing() {
         }
     }
     // The rewind took: some group now lags behind its stream.
-    assert!(group_backlog(&env).await > 0, "nothing to redeliver");
+    assert!(env.saga_backlog().await > 0, "nothing to redeliver");
     env.start_workers("w2");
     // The replay happened: every group read its streams to the end again
     // and acknowledged everything (lag and pending back to 0).
     let deadline = std::time::Instant::now() + SETTLE;
-    while group_backlog(&env).await > 0 {
+    while env.saga_backlog().await > 0 {
         assert!(
             std::time::Instant::now() < deadline,
             "the replay never finished"
@@ -743,6 +713,13 @@ async fn the_checker_catches_every_kind_of_violation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn during_an_outage_a_compensation_waits_for_the_circuit() {
     let mut env = TestEnv::standalone().await;
+    // Short cool-downs: many probe rounds within the test.
+    let options = engine::breaker::PspOptions {
+        breaker_open: Duration::from_millis(50),
+        breaker_open_max: Duration::from_millis(100),
+        ..Default::default()
+    };
+    env.psp = engine::psp::PspClient::with_options(env.psp.base_url(), options);
     env.restaurant("r-outage", false, "kimbap", 4_000, 10).await;
     env.start_workers("w1");
     let deadline = std::time::Instant::now() + SETTLE;
@@ -757,9 +734,16 @@ async fn during_an_outage_a_compensation_waits_for_the_circuit() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let deferred_at = std::time::Instant::now();
-    while deferred_at.elapsed() < Duration::from_secs(4) {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    // The void is refused by the circuit more often than the deliveries a
+    // failing event may use before it is parked.
+    let denied_at_open = env.psp.breaker().denied();
+    let rounds = engine::saga::WorkerOptions::new("x").deliveries_max + 2;
+    while env.psp.breaker().denied() < denied_at_open + rounds {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the void was not retried while the circuit was open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let keys = env.engine.keys();
     for topic in [engine::keys::Topic::Parked, engine::keys::Topic::Dead] {

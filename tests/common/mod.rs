@@ -101,6 +101,45 @@ impl Fixture {
     pub async fn unsettled(&self) -> u64 {
         self.engine.unsettled().await.unwrap()
     }
+
+    /// Waits until nothing has changed in Redis for `quiet` by Redis's own
+    /// clock: every stream's newest entry (each change emits one) is older.
+    /// What a `--older-than` threshold needs before it sees the orphans.
+    pub async fn wait_quiet(&self, quiet: std::time::Duration) {
+        use fred::prelude::*;
+        let deadline = std::time::Instant::now() + quiet * 10;
+        loop {
+            let now_ms = engine::store::server_time_ms(self.engine.redis())
+                .await
+                .unwrap();
+            let mut newest = 0;
+            for p in 0..self.config.partitions {
+                for topic in engine::keys::Topic::ALL {
+                    let stream = self.engine.keys().stream(p, topic);
+                    let last: Vec<(String, Vec<(String, String)>)> = self
+                        .engine
+                        .redis()
+                        .xrevrange(stream, "+", "-", Some(1))
+                        .await
+                        .unwrap();
+                    if let Some((ms, _)) = last
+                        .first()
+                        .and_then(|(id, _)| engine::streams::parse_entry_id(id))
+                    {
+                        newest = newest.max(ms);
+                    }
+                }
+            }
+            if now_ms - newest >= quiet.as_millis() as i64 {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "Redis never went quiet for {quiet:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
 }
 
 impl Drop for Fixture {

@@ -50,11 +50,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let engine =
         engine::Engine::new(engine::store::connect(&config).await?, config.clone()).await?;
-    let time: Vec<String> = engine
-        .redis()
-        .custom(fred::cmd!("TIME"), Vec::<String>::new())
-        .await?;
-    let now_ms: i64 = time[0].parse::<i64>()? * 1_000 + time[1].parse::<i64>()? / 1_000;
+    let now_ms = engine::store::server_time_ms(engine.redis()).await?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut claimers = Vec::new();
     for _ in 0..args.claimers {

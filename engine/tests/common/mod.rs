@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use engine::Engine;
@@ -12,6 +13,7 @@ use engine::domain::{Order, PlaceOrder};
 use engine::keys::Lane;
 use engine::psp::PspClient;
 use engine::saga::{Role, Worker, WorkerOptions};
+use fred::prelude::*;
 use stack::psp::{Faults, PspSim};
 use stack::{AppendFsync, RedisCluster, RedisOptions, RedisServer};
 
@@ -209,18 +211,48 @@ impl TestEnv {
 
     /// Waits until every saga is settled, or panics after `limit`.
     pub async fn settle(&self, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        loop {
-            let left = self.unsettled().await;
-            if left == 0 {
-                return;
+        until_zero(limit, "sagas still unsettled", || async {
+            self.unsettled().await as i64
+        })
+        .await;
+    }
+
+    /// Entries the saga groups have yet to read or acknowledge, over every
+    /// partition's streams (lag plus pending, from XINFO GROUPS).
+    pub async fn saga_backlog(&self) -> i64 {
+        let mut backlog = 0;
+        for p in 0..PARTITIONS {
+            for role in engine::saga::Role::ALL {
+                for topic in role.topics() {
+                    let stream = self.engine.keys().stream(p, *topic);
+                    let groups: Value = self.engine.redis().xinfo_groups(stream).await.unwrap();
+                    for group in groups.into_array() {
+                        let fields: HashMap<String, Value> = group
+                            .into_array()
+                            .chunks(2)
+                            .filter_map(|kv| Some((kv.first()?.as_string()?, kv.get(1)?.clone())))
+                            .collect();
+                        if fields.get("name").and_then(Value::as_string).as_deref()
+                            != Some(role.group())
+                        {
+                            continue;
+                        }
+                        // A lag Redis cannot compute (nil) counts as outstanding.
+                        backlog += fields.get("lag").and_then(Value::as_i64).unwrap_or(1);
+                        backlog += fields.get("pending").and_then(Value::as_i64).unwrap_or(0);
+                    }
+                }
             }
-            assert!(
-                Instant::now() < deadline,
-                "{left} sagas still unsettled after {limit:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        backlog
+    }
+
+    /// Waits until every saga group read and acknowledged everything.
+    pub async fn drain_groups(&self, limit: Duration) {
+        until_zero(limit, "entries unread or unacknowledged", || {
+            self.saga_backlog()
+        })
+        .await;
     }
 
     /// Every order, by scanning.
@@ -252,5 +284,22 @@ impl Drop for TestEnv {
         for handle in &self.workers {
             handle.abort();
         }
+    }
+}
+
+/// Polls `left` until it reports 0; panics with `what` after `limit`.
+async fn until_zero<F, Fut>(limit: Duration, what: &str, mut left: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = i64>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        let n = left().await;
+        if n == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{n} {what} after {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
