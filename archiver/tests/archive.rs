@@ -22,6 +22,9 @@ struct Env {
 
 async fn env() -> Env {
     let stack = LocalStack::temporary().await.unwrap();
+    archiver::schema::migrate(&stack.postgres_url())
+        .await
+        .unwrap();
     let sim = PspSim::open(
         &stack.home().join("ledger.jsonl"),
         Faults {

@@ -116,6 +116,9 @@ pub async fn start(args: UpArgs) -> anyhow::Result<Running> {
     let stack = LocalStack::start(options)
         .await
         .context("start the local stack")?;
+    archiver::schema::migrate(&stack.postgres_url())
+        .await
+        .context("apply the migrations")?;
     // `lunchrush down` finds this process here.
     let pid_file = super::down::pid_file(&home);
     std::fs::write(&pid_file, format!("{}\n", std::process::id()))

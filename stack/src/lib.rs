@@ -59,8 +59,6 @@ pub enum StackError {
     Redis(String),
     #[error("postgres: {0}")]
     Postgres(#[source] tokio_postgres::Error),
-    #[error("migrations: {0}")]
-    Migrate(#[source] anyhow::Error),
     #[error("cannot {what}: {source}")]
     Io {
         what: String,
@@ -98,8 +96,6 @@ pub struct StackOptions {
     /// `true` for a stack that keeps data (`lunchrush up`): fsync on, real
     /// `initdb`. `false` for tests: fast and disposable.
     pub durable: bool,
-    /// Apply `migrations/` once PostgreSQL answers.
-    pub migrate: bool,
 }
 
 impl StackOptions {
@@ -112,7 +108,6 @@ impl StackOptions {
             redis_port: None,
             postgres_port: None,
             durable: true,
-            migrate: true,
         }
     }
 }
@@ -192,7 +187,6 @@ impl LocalStack {
             redis_port: None,
             postgres_port: None,
             durable: false,
-            migrate: true,
         };
         Self::start_in(options, Some(dir)).await
     }
@@ -223,11 +217,6 @@ impl LocalStack {
             durable: options.durable,
         })
         .await?;
-        if options.migrate {
-            archiver::schema::migrate(&postgres.url())
-                .await
-                .map_err(StackError::Migrate)?;
-        }
         Ok(Self {
             redis,
             postgres,

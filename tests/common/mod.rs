@@ -23,6 +23,9 @@ pub struct Fixture {
 /// Everything but the workers, with 4 partitions.
 pub async fn fixture(faults: Faults) -> Fixture {
     let stack = LocalStack::temporary().await.unwrap();
+    archiver::schema::migrate(&stack.postgres_url())
+        .await
+        .unwrap();
     let sim = PspSim::open(&stack.home().join("ledger.jsonl"), faults).unwrap();
     let psp_url = sim.clone().spawn_local().await.unwrap();
     let config = engine::Config {

@@ -65,6 +65,9 @@ pub async fn spawn_app_full(
     tweak_workers: impl FnOnce(&mut engine::saga::WorkerOptions),
 ) -> TestApp {
     let stack = LocalStack::temporary().await.expect("start the stack");
+    archiver::schema::migrate(&stack.postgres_url())
+        .await
+        .unwrap();
     let dir = stack.home().join("psp");
     let sim = PspSim::open(&dir.join("ledger.jsonl"), Faults::default()).unwrap();
     let psp_url = sim.clone().spawn_local().await.unwrap();

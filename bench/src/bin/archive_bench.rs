@@ -51,6 +51,7 @@ async fn main() -> anyhow::Result<()> {
         std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o755))?;
     }
     let stack = stack::LocalStack::start(stack::StackOptions::durable(home.path())).await?;
+    archiver::schema::migrate(&stack.postgres_url()).await?;
     let config = engine::Config {
         redis_url: stack.redis_url(),
         postgres_url: stack.postgres_url(),

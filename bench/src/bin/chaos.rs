@@ -744,9 +744,9 @@ async fn run_once(args: &Args, seed: u64, bin: &Path) -> anyhow::Result<RunRepor
         redis_port: None,
         postgres_port: None,
         durable: false,
-        migrate: true,
     })
     .await?;
+    archiver::schema::migrate(&stack.postgres_url()).await?;
     let sim = PspSim::open(&home.join("ledger.jsonl"), base_faults())?;
     let psp_url = sim.clone().spawn_local().await?;
     let secret = format!("chaos-secret-{seed:020}-0123456789abcdef");

@@ -76,6 +76,7 @@ async fn memory_usage(client: &Client, key: &str) -> anyhow::Result<i64> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let stack = stack::LocalStack::temporary().await?;
+    archiver::schema::migrate(&stack.postgres_url()).await?;
     let sim = stack::psp::PspSim::open(&stack.home().join("ledger.jsonl"), Default::default())?;
     let psp_url = sim.spawn_local().await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
