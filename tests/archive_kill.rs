@@ -4,21 +4,14 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use engine::domain::PlaceOrder;
-use stack::LocalStack;
 use stack::psp::Faults;
 
-const BIN: &str = env!("CARGO_BIN_EXE_lunchrush");
-
-fn spawn_archiver(stack: &LocalStack) -> Child {
-    Command::new(BIN)
-        .arg("archive")
-        .env("LUNCHRUSH_REDIS_URL", stack.redis_url())
-        .env("LUNCHRUSH_POSTGRES_URL", stack.postgres_url())
-        .env("LUNCHRUSH_PARTITIONS", "4")
+fn spawn_archiver(fx: &common::Fixture) -> Child {
+    common::lunchrush(fx, &["archive"])
         .env("LUNCHRUSH_ARCHIVE_BATCH", "50")
         .env("LUNCHRUSH_ARCHIVER_CONSUMER", "archiver-under-test")
         .stdout(Stdio::null())
@@ -29,10 +22,10 @@ fn spawn_archiver(stack: &LocalStack) -> Child {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_archiver_restarts_and_archives_everything_once() {
-    let fx = common::fixture(Faults::default()).await;
-    fx.start_workers();
+    let mut fx = common::fixture(Faults::default()).await;
+    fx.start_workers("w");
     fx.seed(4, 5_000, 10_000, None).await;
-    let (stack, engine, pool) = (&fx.stack, &fx.engine, &fx.pool);
+    let (engine, pool) = (&fx.engine, fx.pool());
     let mut placed = 0;
     let archived = || async {
         let count: i64 = pool
@@ -47,7 +40,7 @@ async fn a_killed_archiver_restarts_and_archives_everything_once() {
     };
     for _ in 0..3 {
         let before = archived().await;
-        let mut archiver = spawn_archiver(stack);
+        let mut archiver = spawn_archiver(&fx);
         for _ in 0..150 {
             let request = PlaceOrder::parse(
                 &format!("c{placed}"),
@@ -70,7 +63,7 @@ async fn a_killed_archiver_restarts_and_archives_everything_once() {
         archiver.kill().unwrap();
         archiver.wait().unwrap();
     }
-    let mut archiver = spawn_archiver(stack);
+    let mut archiver = spawn_archiver(&fx);
     let deadline = Instant::now() + Duration::from_secs(90);
     let report = loop {
         if engine.unsettled().await.unwrap() == 0 {

@@ -11,7 +11,7 @@ use stack::psp::Faults;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn import_writes_good_lines_on_the_batch_lane_and_refuses_bad_ones() {
     let fx = common::fixture(Faults::default()).await;
-    let file = fx.stack.home().join("menus.jsonl");
+    let file = fx.stack().home().join("menus.jsonl");
     std::fs::write(
         &file,
         [
@@ -25,8 +25,7 @@ async fn import_writes_good_lines_on_the_batch_lane_and_refuses_bad_ones() {
         .join("\n"),
     )
     .unwrap();
-    let output = fx
-        .lunchrush(&["import", file.to_str().unwrap(), "--max-rate", "0"])
+    let output = common::lunchrush(&fx, &["import", file.to_str().unwrap(), "--max-rate", "0"])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);

@@ -4,30 +4,18 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use engine::domain::{OrderStatus, PaymentStatus, PlaceOrder};
 use engine::engine::Actor;
 use engine::keys::{Lane, Topic};
 use fred::prelude::*;
-use stack::LocalStack;
 use stack::psp::Faults;
 
-const BIN: &str = env!("CARGO_BIN_EXE_lunchrush");
-
-fn reconcile(
-    stack: &LocalStack,
-    psp_url: &str,
-    report: &std::path::Path,
-) -> (Output, serde_json::Value) {
-    let output = Command::new(BIN)
-        .args(["reconcile", "--older-than", "2s", "--report"])
+fn reconcile(fx: &common::Fixture, report: &std::path::Path) -> (Output, serde_json::Value) {
+    let output = common::lunchrush(fx, &["reconcile", "--older-than", "2s", "--report"])
         .arg(report)
-        .env("LUNCHRUSH_REDIS_URL", stack.redis_url())
-        .env("LUNCHRUSH_POSTGRES_URL", stack.postgres_url())
-        .env("LUNCHRUSH_PSP_URL", psp_url)
-        .env("LUNCHRUSH_PARTITIONS", "4")
         .output()
         .unwrap();
     let report: serde_json::Value =
@@ -39,7 +27,7 @@ fn reconcile(
 async fn reconcile_finds_and_fixes_every_orphan_kind_once() {
     let fx = common::fixture(Faults::default()).await;
     fx.seed(2, 6_000, 50, Some(5)).await;
-    let (stack, sim, engine, psp, psp_url) = (&fx.stack, &fx.sim, &fx.engine, &fx.psp, &fx.psp_url);
+    let (stack, sim, engine, psp) = (fx.stack(), &fx.sim, &fx.engine, &fx.psp);
     let place = |i: u32| {
         let engine = engine.clone();
         async move {
@@ -144,7 +132,7 @@ async fn reconcile_finds_and_fixes_every_orphan_kind_once() {
         .await
         .unwrap();
     // 7. A deleted archive row: archive everything, then lose one row.
-    let pool = &fx.pool;
+    let pool = fx.pool();
     let archiver = archiver::Archiver::new(
         engine.clone(),
         pool.clone(),
@@ -176,7 +164,7 @@ async fn reconcile_finds_and_fixes_every_orphan_kind_once() {
     let report_path = stack.home().join("report.json");
     // Every orphan is older than the `--older-than 2s` threshold.
     fx.wait_quiet(Duration::from_millis(2_200)).await;
-    let (output, report) = reconcile(stack, psp_url, &report_path);
+    let (output, report) = reconcile(&fx, &report_path);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(
         output.status.code(),
@@ -254,7 +242,7 @@ async fn reconcile_finds_and_fixes_every_orphan_kind_once() {
     assert!(runs >= 7);
 
     // A second run finds nothing to fix.
-    let (output, report) = reconcile(stack, psp_url, &report_path);
+    let (output, report) = reconcile(&fx, &report_path);
     assert_eq!(output.status.code(), Some(0));
     let found: u64 = report["summary"]
         .as_object()
@@ -270,14 +258,14 @@ async fn reconcile_finds_and_fixes_every_orphan_kind_once() {
 /// changes none of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconcile_in_a_loop_beside_traffic_changes_no_healthy_order() {
-    let fx = common::fixture(Faults {
+    let mut fx = common::fixture(Faults {
         decline_rate: 0.1,
         ..Faults::default()
     })
     .await;
-    fx.start_workers();
+    fx.start_workers("w");
     fx.seed(4, 6_000, 100_000, None).await;
-    let (stack, engine, pool, psp_url) = (&fx.stack, &fx.engine, &fx.pool, &fx.psp_url);
+    let (stack, engine, pool) = (fx.stack(), &fx.engine, fx.pool());
     let (_stop, stopped) = tokio::sync::watch::channel(false);
     let archiver = archiver::Archiver::new(
         engine.clone(),
@@ -319,7 +307,7 @@ async fn reconcile_in_a_loop_beside_traffic_changes_no_healthy_order() {
             assert!(std::time::Instant::now() < deadline, "the load stalled");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let (output, report) = reconcile(stack, psp_url, &report_path);
+        let (output, report) = reconcile(&fx, &report_path);
         assert_eq!(
             output.status.code(),
             Some(0),

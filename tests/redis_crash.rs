@@ -36,7 +36,7 @@ fn cut_aof_tail(dir: &std::path::Path, share: f64) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconciliation_repairs_what_a_redis_crash_loses() {
     let mut fx = common::fixture(Faults::default()).await;
-    fx.start_workers();
+    fx.start_workers("w");
     fx.seed(4, 7_000, 100_000, None).await;
     let engine = fx.engine.clone();
     let placed_so_far = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -67,12 +67,12 @@ async fn reconciliation_repairs_what_a_redis_crash_loses() {
         assert!(Instant::now() < deadline, "the load never got going");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    fx.stack.redis.servers_mut()[0].kill();
+    fx.stack_mut().redis.servers_mut()[0].kill();
     // A process crash loses nothing acknowledged (every write reached the OS
     // before its reply). A machine crash loses what everysec had not yet
     // fsynced: cut the AOF's tail, as the lost page cache would.
-    let lost = cut_aof_tail(fx.stack.redis.servers()[0].dir(), 0.25);
-    fx.stack.redis.servers_mut()[0].restart().unwrap();
+    let lost = cut_aof_tail(fx.stack().redis.servers()[0].dir(), 0.25);
+    fx.stack_mut().redis.servers_mut()[0].restart().unwrap();
     eprintln!("cut {lost} bytes off the AOF");
     let _ = load.await.unwrap();
 
@@ -83,8 +83,7 @@ async fn reconciliation_repairs_what_a_redis_crash_loses() {
     }
     // Quiescent (or as settled as a loss allows): reconcile everything,
     // whatever its age.
-    let output = fx
-        .lunchrush(&["reconcile", "--older-than", "0s"])
+    let output = common::lunchrush(&fx, &["reconcile", "--older-than", "0s"])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);

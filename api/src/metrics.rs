@@ -182,7 +182,8 @@ async fn stream_gauges(state: &AppState) -> Result<(), fred::error::Error> {
                 continue;
             }
             for group in engine::streams::group_infos(&state.redis, &stream).await? {
-                *lag.entry((group.name.clone(), topic.as_str())).or_default() += group.lag as f64;
+                *lag.entry((group.name.clone(), topic.as_str())).or_default() +=
+                    group.lag.unwrap_or(0) as f64;
                 *pending.entry((group.name, topic.as_str())).or_default() += group.pending as f64;
             }
         }

@@ -33,141 +33,77 @@ async fn restaurant_and_menu_routes_follow_the_role_matrix() {
     let put_restaurant = json!({"name": "Pho House", "open": true, "auto_approve": false});
 
     // PUT restaurant: admin only.
-    app.call(
-        Method::PUT,
-        "/v1/restaurants/pho",
-        &customer,
-        Some(put_restaurant.clone()),
-    )
-    .await
-    .problem(403, "forbidden");
-    app.call(
-        Method::PUT,
-        "/v1/restaurants/pho",
-        &owner,
-        Some(put_restaurant.clone()),
-    )
-    .await
-    .problem(403, "forbidden");
-    let created = app
-        .call(
-            Method::PUT,
-            "/v1/restaurants/pho",
-            &admin,
-            Some(put_restaurant),
-        )
-        .await;
+    app.put("/v1/restaurants/pho", &customer, put_restaurant.clone())
+        .await
+        .problem(403, "forbidden");
+    app.put("/v1/restaurants/pho", &owner, put_restaurant.clone())
+        .await
+        .problem(403, "forbidden");
+    let created = app.put("/v1/restaurants/pho", &admin, put_restaurant).await;
     assert_eq!(created.ok(200)["name"], "Pho House");
 
     // PATCH restaurant: owner or admin.
-    app.call(
-        Method::PATCH,
-        "/v1/restaurants/pho",
-        &stranger,
-        Some(json!({"open": false})),
-    )
-    .await
-    .problem(403, "forbidden");
-    app.call(
-        Method::PATCH,
-        "/v1/restaurants/pho",
-        &customer,
-        Some(json!({"open": false})),
-    )
-    .await
-    .problem(403, "forbidden");
+    app.patch("/v1/restaurants/pho", &stranger, json!({"open": false}))
+        .await
+        .problem(403, "forbidden");
+    app.patch("/v1/restaurants/pho", &customer, json!({"open": false}))
+        .await
+        .problem(403, "forbidden");
     let patched = app
-        .call(
-            Method::PATCH,
-            "/v1/restaurants/pho",
-            &owner,
-            Some(json!({"auto_approve": true})),
-        )
+        .patch("/v1/restaurants/pho", &owner, json!({"auto_approve": true}))
         .await;
     assert_eq!(patched.ok(200)["auto_approve"], true);
-    app.call(
-        Method::PATCH,
-        "/v1/restaurants/nope",
-        &admin,
-        Some(json!({"open": false})),
-    )
-    .await
-    .problem(404, "restaurant_not_found");
+    app.patch("/v1/restaurants/nope", &admin, json!({"open": false}))
+        .await
+        .problem(404, "restaurant_not_found");
 
     // Menu items: owner or admin.
     let item = json!({"name": "Pho bo", "price": 11000, "stock": 20, "available": true, "max_per_customer": 5});
-    app.call(
-        Method::PUT,
-        "/v1/restaurants/pho/menu/bo",
-        &stranger,
-        Some(item.clone()),
-    )
-    .await
-    .problem(403, "forbidden");
-    app.call(
-        Method::PUT,
-        "/v1/restaurants/pho/menu/bo",
-        &customer,
-        Some(item.clone()),
-    )
-    .await
-    .problem(403, "forbidden");
-    let put = app
-        .call(
-            Method::PUT,
-            "/v1/restaurants/pho/menu/bo",
-            &owner,
-            Some(item),
-        )
-        .await;
+    app.put("/v1/restaurants/pho/menu/bo", &stranger, item.clone())
+        .await
+        .problem(403, "forbidden");
+    app.put("/v1/restaurants/pho/menu/bo", &customer, item.clone())
+        .await
+        .problem(403, "forbidden");
+    let put = app.put("/v1/restaurants/pho/menu/bo", &owner, item).await;
     assert_eq!(put.ok(200)["max_per_customer"], 5);
     let patched = app
-        .call(
-            Method::PATCH,
+        .patch(
             "/v1/restaurants/pho/menu/bo",
             &admin,
-            Some(json!({"price": 12000, "stock_delta": -5})),
+            json!({"price": 12000, "stock_delta": -5}),
         )
         .await;
     assert_eq!(patched.ok(200)["price"], 12000);
     assert_eq!(patched.ok(200)["stock"], 15);
-    app.call(
-        Method::PATCH,
+    app.patch(
         "/v1/restaurants/pho/menu/bo",
         &owner,
-        Some(json!({"stock_delta": -16})),
+        json!({"stock_delta": -16}),
     )
     .await
     .problem(409, "stock_below_held");
-    app.call(
-        Method::PATCH,
-        "/v1/restaurants/pho/menu/ga",
-        &owner,
-        Some(json!({"price": 1})),
-    )
-    .await
-    .problem(404, "item_not_found");
-    app.call(
-        Method::PUT,
+    app.patch("/v1/restaurants/pho/menu/ga", &owner, json!({"price": 1}))
+        .await
+        .problem(404, "item_not_found");
+    app.put(
         "/v1/restaurants/nope/menu/x",
         &admin,
-        Some(json!({"name": "x", "price": 1, "stock": 1, "available": true})),
+        json!({"name": "x", "price": 1, "stock": 1, "available": true}),
     )
     .await
     .problem(404, "restaurant_not_found");
-    app.call(
-        Method::PUT,
+    app.put(
         "/v1/restaurants/pho/menu/bad",
         &owner,
-        Some(json!({"name": "x", "price": -1, "stock": 1, "available": true})),
+        json!({"name": "x", "price": -1, "stock": 1, "available": true}),
     )
     .await
     .problem(422, "invalid_field");
-    app.call(
-        Method::PUT,
+    app.put(
         "/v1/restaurants/bad%20id",
         &admin,
-        Some(json!({"name": "x", "open": true, "auto_approve": true})),
+        json!({"name": "x", "open": true, "auto_approve": true}),
     )
     .await
     .problem(400, "invalid_path");
@@ -526,22 +462,20 @@ async fn bad_input_gets_a_precise_problem_and_changes_nothing() {
             assert_eq!(reply.body["current_total"], 5_000);
         }
     }
-    app.call(
-        Method::PATCH,
+    app.patch(
         "/v1/restaurants/bistro",
         &app.admin(),
-        Some(json!({"open": false})),
+        json!({"open": false}),
     )
     .await
     .ok(200);
     app.place(&customer, "closed", good.clone())
         .await
         .problem(409, "restaurant_closed");
-    app.call(
-        Method::PATCH,
+    app.patch(
         "/v1/restaurants/bistro",
         &app.admin(),
-        Some(json!({"open": true})),
+        json!({"open": true}),
     )
     .await
     .ok(200);

@@ -451,7 +451,7 @@ async fn a_dead_letter_is_retried_from_the_page_and_the_action_is_audited() {
     assert!(actions.iter().all(|a| a["actor"] == "ops"
         && a["action"] == "retry"
         && a["reason"] == "notice service restored, INC-42"));
-    let client = app.postgres.get().await.unwrap();
+    let client = app.pool().get().await.unwrap();
     let audited: i64 = client
         .query_one(
             "SELECT count(*) FROM operator_actions WHERE order_id = $1::text::uuid",

@@ -357,11 +357,10 @@ async fn limits_hold_everywhere() {
     app.seed("deli", true, &[("bagel", 1_000, 0)]).await;
     let admin = app.admin();
     let patch = |delta: i64| {
-        app.call(
-            Method::PATCH,
+        app.patch(
             "/v1/restaurants/deli/menu/bagel",
             &admin,
-            Some(json!({ "stock_delta": delta })),
+            json!({ "stock_delta": delta }),
         )
     };
     assert_eq!(patch(10_000_000).await.ok(200)["stock"], 10_000_000);
@@ -380,11 +379,10 @@ async fn limits_hold_everywhere() {
         assert_raw_problem(&answer, 400, "invalid_path");
     }
     for name in ["two\nlines", "esc\u{1b}[2J", "nul\u{0}"] {
-        app.call(
-            Method::PUT,
+        app.put(
             "/v1/restaurants/deli/menu/bagel",
             &admin,
-            Some(json!({"name": name, "price": 1, "stock": 1, "available": true})),
+            json!({"name": name, "price": 1, "stock": 1, "available": true}),
         )
         .await
         .problem(422, "invalid_field");

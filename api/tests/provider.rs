@@ -171,7 +171,7 @@ async fn an_api_only_process_pushes_back_on_an_announced_circuit() {
     app.seed("wok", true, &[("noodles", 8_000, 100)]).await;
     let api_only = api::AppState::new(
         app.engine.clone(),
-        app.postgres.clone(),
+        app.pool().clone(),
         helpers::SECRET.as_bytes(),
         Limits::default(),
     );

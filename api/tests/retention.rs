@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use api::admission::Limits;
 use fred::prelude::*;
 use helpers::{TestApp, spawn_app_configured};
-use reqwest::Method;
 use serde_json::{Value, json};
 
 const RETENTION: Duration = Duration::from_secs(2);
@@ -48,12 +47,7 @@ async fn settled_orders_leave_redis_and_read_back_unchanged() {
     let admin = app.admin();
     app.seed("ret-auto", true, &[("soup", 7_000, 100)]).await;
     app.seed("ret-manual", false, &[("rice", 5_000, 100)]).await;
-    app.call(
-        Method::PUT,
-        "/v1/restaurants/ret-auto/menu/limited",
-        &admin,
-        Some(json!({"name": "limited", "price": 1_000, "stock": 50, "available": true, "max_per_customer": 3})),
-    )
+    app.put("/v1/restaurants/ret-auto/menu/limited", &admin, json!({"name": "limited", "price": 1_000, "stock": 50, "available": true, "max_per_customer": 3}))
     .await
     .ok(200);
 
@@ -215,7 +209,7 @@ async fn settled_orders_leave_redis_and_read_back_unchanged() {
     // without an order.
     let reconciler = engine::reconcile::Reconciler::new(app.engine.clone(), app.psp.clone())
         .with_archive(std::sync::Arc::new(api::archive::PgArchive::new(
-            app.postgres.clone(),
+            app.pool().clone(),
         )));
     let options = engine::reconcile::Options {
         older_than: Duration::ZERO,
@@ -373,7 +367,7 @@ async fn settled_orders_leave_redis_and_read_back_unchanged() {
     }
     let check = engine::check::check(&app.engine, true).await.unwrap();
     assert!(check.passed(), "{check}");
-    let audit = archiver::audit::audit(&app.engine, &app.postgres)
+    let audit = archiver::audit::audit(&app.engine, app.pool())
         .await
         .unwrap();
     assert!(audit.passed(), "{audit}");

@@ -85,7 +85,7 @@ impl Archiver {
             .await?
             .into_iter()
             .find(|g| g.name == GROUP)
-            .map(|g| g.lag))
+            .and_then(|g| g.lag))
     }
 
     pub(crate) async fn groups(&self, stream: &str) -> Result<Vec<GroupInfo>, ArchiveError> {

@@ -6,85 +6,22 @@ use std::time::{Duration, Instant};
 
 use archiver::{Archiver, ArchiverOptions};
 use engine::domain::PlaceOrder;
-use engine::engine::ItemPut;
-use engine::keys::Lane;
 use fred::prelude::*;
-use stack::LocalStack;
-use stack::psp::{Faults, PspSim};
+use stack::psp::Faults;
 
-struct Env {
-    stack: LocalStack,
-    engine: engine::Engine,
-    pool: deadpool_postgres::Pool,
-    sim: PspSim,
-    stop: tokio::sync::watch::Sender<bool>,
-}
+type Env = fixture::Fixture;
 
+/// Workers running, restaurants `r0..r7` with `meal`, a fifth of the
+/// payments declined.
 async fn env() -> Env {
-    let stack = LocalStack::temporary().await.unwrap();
-    archiver::schema::migrate(&stack.postgres_url())
-        .await
-        .unwrap();
-    let sim = PspSim::open(
-        &stack.home().join("ledger.jsonl"),
-        Faults {
-            decline_rate: 0.2,
-            ..Faults::default()
-        },
-    )
-    .unwrap();
-    let psp_url = sim.clone().spawn_local().await.unwrap();
-    let config = engine::Config {
-        redis_url: stack.redis_url(),
-        postgres_url: stack.postgres_url(),
-        psp_url: psp_url.clone(),
-        partitions: 4,
-        ..engine::Config::default()
+    let faults = Faults {
+        decline_rate: 0.2,
+        ..Faults::default()
     };
-    let redis = engine::store::connect(&config).await.unwrap();
-    let engine = engine::Engine::new(redis, config.clone()).await.unwrap();
-    engine::saga::ensure_groups(
-        &engine,
-        &engine::saga::Role::ALL.map(|r| (r.group(), r.topics())),
-    )
-    .await
-    .unwrap();
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let mut options = engine::saga::WorkerOptions::new("w");
-    options.idle_poll_max = Duration::from_millis(10);
-    engine::saga::spawn_workers(
-        &engine,
-        &engine::psp::PspClient::new(&psp_url),
-        std::sync::Arc::new(engine::notify::LogNotifier),
-        &options,
-        &stopped,
-    );
-    for r in 0..8 {
-        let rid = format!("r{r}");
-        engine
-            .put_restaurant(&rid, &rid, true, true, Lane::Online)
-            .await
-            .unwrap();
-        let put = ItemPut {
-            name: "meal".into(),
-            price: 8_000,
-            stock: 100_000,
-            available: true,
-            max_per_customer: None,
-        };
-        engine
-            .put_item(&rid, "meal", &put, Lane::Online)
-            .await
-            .unwrap();
-    }
-    let pool = api::postgres_pool(&config.postgres_url).unwrap();
-    Env {
-        stack,
-        engine,
-        pool,
-        sim,
-        stop,
-    }
+    let mut env = Env::archive(faults).await;
+    env.start_workers("w");
+    env.seed(8, 8_000, 100_000, None).await;
+    env
 }
 
 fn archiver(env: &Env) -> Archiver {
@@ -93,7 +30,7 @@ fn archiver(env: &Env) -> Archiver {
     options.idle_poll_max = Duration::from_millis(20);
     options.trim_every = Duration::from_millis(100);
     options.backoff_max = Duration::from_millis(500);
-    Archiver::new(env.engine.clone(), env.pool.clone(), options)
+    Archiver::new(env.engine.clone(), env.pool().clone(), options)
 }
 
 async fn place(env: &Env, from: usize, to: usize) {
@@ -120,7 +57,7 @@ async fn wait_archived(env: &Env) -> archiver::audit::AuditReport {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         if unsettled(&env.engine).await == 0 {
-            let report = archiver::audit::audit(&env.engine, &env.pool)
+            let report = archiver::audit::audit(&env.engine, env.pool())
                 .await
                 .unwrap();
             if report.passed() && report.stream_entries == 0 {
@@ -137,7 +74,7 @@ async fn wait_archived(env: &Env) -> archiver::audit::AuditReport {
 }
 
 async fn count(env: &Env, sql: &str) -> i64 {
-    env.pool
+    env.pool()
         .get()
         .await
         .unwrap()
@@ -216,7 +153,6 @@ async fn every_event_is_archived_once_and_streams_are_trimmed() {
         count(&env, "SELECT count(*) FROM saga_events").await,
         before
     );
-    let _ = env.stop.send(true);
 }
 
 /// PostgreSQL stops for 20 s during the load: the online path keeps
@@ -230,7 +166,7 @@ async fn a_postgres_outage_loses_nothing() {
     let (_stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(archiver.clone().run(stopped));
     place(&env, 0, 100).await;
-    env.stack.postgres.stop();
+    env.stack_mut().postgres.stop();
     let outage = Instant::now();
     let mut placed = 100;
     while outage.elapsed() < Duration::from_secs(20) {
@@ -250,10 +186,9 @@ async fn a_postgres_outage_loses_nothing() {
         held += n;
     }
     assert!(held > 0, "events wait in Redis while PostgreSQL is down");
-    env.stack.postgres.restart().await.unwrap();
+    env.stack_mut().postgres.restart().await.unwrap();
     let report = wait_archived(&env).await;
     assert_eq!(report.orders, placed as u64);
-    let _ = env.stop.send(true);
 }
 
 /// A stream behind its archive (Redis lost a tail) is reported loudly and
@@ -281,5 +216,4 @@ async fn a_stream_behind_its_archive_is_reported() {
         .await,
         1
     );
-    let _ = env.stop.send(true);
 }

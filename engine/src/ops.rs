@@ -243,7 +243,9 @@ pub async fn group_lags(engine: &Engine) -> Result<Vec<GroupLag>, EngineError> {
                         pending: 0,
                         oldest_ms: None,
                     });
-                lag.lag += info.lag;
+                // Unknown lag (a rewound group) shows as none here; the
+                // oldest unacknowledged entry below still tells its age.
+                lag.lag += info.lag.unwrap_or(0);
                 lag.pending += info.pending;
                 lag.oldest_ms = match (lag.oldest_ms, oldest) {
                     (Some(a), Some(b)) => Some(a.min(b)),
@@ -268,7 +270,7 @@ async fn oldest_unacknowledged(
             .and_then(|p| streams::parse_entry_id(&p.id))
             .map(|(ms, _)| ms));
     }
-    if info.lag == 0 {
+    if info.lag == Some(0) {
         return Ok(None);
     }
     let (ms, seq) = info.last_delivered;

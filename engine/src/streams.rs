@@ -23,8 +23,9 @@ pub struct GroupInfo {
     pub name: String,
     /// Entries delivered and not yet acknowledged.
     pub pending: u64,
-    /// Entries not yet delivered (0 when Redis cannot tell).
-    pub lag: u64,
+    /// Entries not yet delivered; `None` when Redis cannot tell (after a
+    /// group's position was set by hand, or entries were deleted).
+    pub lag: Option<u64>,
     pub last_delivered: (i64, i64),
 }
 
@@ -52,7 +53,7 @@ pub async fn group_infos(
             GroupInfo {
                 name: text("name").unwrap_or_default(),
                 pending: number("pending"),
-                lag: number("lag"),
+                lag: map.get("lag").and_then(Value::as_u64),
                 last_delivered: text("last-delivered-id")
                     .as_deref()
                     .and_then(parse_entry_id)

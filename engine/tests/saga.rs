@@ -376,13 +376,8 @@ async fn replaying_every_event_changes_nothing() {
 async fn survives_script_flush(env: TestEnv) {
     env.restaurant("r-flush", true, "tea", 3_000, 10).await;
     let flush = |port: u16| stack::redis::command_once(port, &["SCRIPT", "FLUSH"]).unwrap();
-    match &env.redis {
-        common::Redis::Standalone(server) => assert_eq!(flush(server.port()), "OK"),
-        common::Redis::Cluster(cluster) => {
-            for node in cluster.nodes() {
-                assert_eq!(flush(node.port()), "OK");
-            }
-        }
+    for node in env.servers.redis_nodes() {
+        assert_eq!(flush(node.port()), "OK");
     }
     let request = env.request("c1", "r-flush", &[("tea", 2)], 6_000, "k1");
     let placed = env.engine.place_order(&request).await.unwrap();

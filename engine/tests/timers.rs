@@ -83,7 +83,7 @@ async fn timers_of(env: &TestEnv, order: &engine::domain::Order) -> Vec<String> 
 /// exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notice_and_auto_confirm_fire_once_each_across_two_engines() {
-    let mut env = TestEnv::start_with(false, quick()).await;
+    let mut env = common::with_timers(false, quick()).await;
     env.restaurant("r-auto", true, "dish", 10_000, 100).await;
     env.start_workers("engine-1");
     // A second engine process: its own connection, scripts, workers, claimer.
@@ -175,7 +175,7 @@ async fn notice_and_auto_confirm_fire_once_each_across_two_engines() {
 /// an admin may confirm an order that was never dispatched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn confirmations_cancel_the_pending_timers() {
-    let mut env = TestEnv::start_with(false, quick()).await;
+    let mut env = common::with_timers(false, quick()).await;
     env.restaurant("r-auto", true, "dish", 10_000, 100).await;
     env.start_workers("engine-1");
     let early = place(&env, "r-auto", 1).await;
@@ -284,7 +284,7 @@ async fn confirmations_cancel_the_pending_timers() {
 /// timeout: rejected, authorization voided, stock back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_approval_timeout_compensates() {
-    let mut env = TestEnv::start_with(
+    let mut env = common::with_timers(
         false,
         engine::Timers {
             approval_timeout: Duration::from_secs(1),
@@ -312,7 +312,7 @@ async fn the_approval_timeout_compensates() {
 /// window closes, and its stock comes back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_payment_window_compensates() {
-    let mut env = TestEnv::start_with(
+    let mut env = common::with_timers(
         false,
         engine::Timers {
             payment_window: Duration::from_secs(1),
@@ -347,7 +347,7 @@ async fn the_payment_window_compensates() {
 /// claim — late, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timer_due_while_every_engine_was_down_fires_late_once() {
-    let mut env = TestEnv::start_with(
+    let mut env = common::with_timers(
         false,
         engine::Timers {
             approval_timeout: Duration::from_secs(1),

@@ -120,6 +120,30 @@ pub enum RedisDeployment {
 }
 
 impl RedisDeployment {
+    /// Starts `mode` with its data under `dir` (`redis/` or
+    /// `redis-cluster/`), on `preferred_port` if it is free (standalone).
+    pub fn start(
+        mode: RedisMode,
+        dir: &Path,
+        appendfsync: AppendFsync,
+        preferred_port: Option<u16>,
+    ) -> Result<Self, StackError> {
+        Ok(match mode {
+            RedisMode::Standalone => {
+                RedisDeployment::Standalone(RedisServer::start(RedisOptions {
+                    dir: dir.join("redis"),
+                    preferred_port,
+                    appendfsync,
+                })?)
+            }
+            RedisMode::Cluster { masters } => RedisDeployment::Cluster(RedisCluster::start(
+                &dir.join("redis-cluster"),
+                masters,
+                appendfsync,
+            )?),
+        })
+    }
+
     /// A URL lunchrush's configuration accepts (`redis://` or `redis-cluster://`).
     pub fn url(&self) -> String {
         match self {
@@ -197,20 +221,12 @@ impl LocalStack {
     ) -> Result<Self, StackError> {
         std::fs::create_dir_all(&options.home)
             .map_err(|e| StackError::io(format!("create {}", options.home.display()), e))?;
-        let redis = match options.redis {
-            RedisMode::Standalone => {
-                RedisDeployment::Standalone(RedisServer::start(RedisOptions {
-                    dir: options.home.join("redis"),
-                    preferred_port: options.redis_port,
-                    appendfsync: options.appendfsync,
-                })?)
-            }
-            RedisMode::Cluster { masters } => RedisDeployment::Cluster(RedisCluster::start(
-                &options.home.join("redis-cluster"),
-                masters,
-                options.appendfsync,
-            )?),
-        };
+        let redis = RedisDeployment::start(
+            options.redis,
+            &options.home,
+            options.appendfsync,
+            options.redis_port,
+        )?;
         let postgres = Postgres::start(PostgresOptions {
             dir: options.home.join("postgres"),
             preferred_port: options.postgres_port,

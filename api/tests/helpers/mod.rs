@@ -10,22 +10,24 @@ use api::admission::Limits;
 use api::auth::{Keys, Role};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use stack::LocalStack;
-use stack::psp::{Faults, PspSim};
 
 pub const SECRET: &str = "test-secret-test-secret-test-secret!";
 
 pub struct TestApp {
     pub url: String,
-    pub postgres: deadpool_postgres::Pool,
-    pub engine: engine::Engine,
-    pub sim: PspSim,
-    /// The saga workers' provider client (its breaker is the API's).
-    pub psp: engine::psp::PspClient,
     pub http: reqwest::Client,
     keys: Keys,
-    stop: tokio::sync::watch::Sender<bool>,
-    pub stack: LocalStack,
+    /// The servers, the engine, the simulator and the workers' provider
+    /// client (its breaker is the API's).
+    pub fx: fixture::Fixture,
+}
+
+impl std::ops::Deref for TestApp {
+    type Target = fixture::Fixture;
+
+    fn deref(&self) -> &fixture::Fixture {
+        &self.fx
+    }
 }
 
 /// A placement body: `(item, qty)` lines and the total the client expects.
@@ -64,49 +66,27 @@ pub async fn spawn_app_full(
     notifier: std::sync::Arc<dyn engine::notify::Notifier>,
     tweak_workers: impl FnOnce(&mut engine::saga::WorkerOptions),
 ) -> TestApp {
-    let stack = LocalStack::temporary().await.expect("start the stack");
-    archiver::schema::migrate(&stack.postgres_url())
-        .await
-        .unwrap();
-    let dir = stack.home().join("psp");
-    let sim = PspSim::open(&dir.join("ledger.jsonl"), Faults::default()).unwrap();
-    let psp_url = sim.clone().spawn_local().await.unwrap();
+    let mut fx = fixture::Fixture::start(fixture::Options::archive(), tweak).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let config = engine::Config {
-        redis_url: stack.redis_url(),
-        postgres_url: stack.postgres_url(),
-        psp_url: psp_url.clone(),
-        partitions: 4,
-        ..engine::Config::default()
-    };
-    let mut config = config;
-    tweak(&mut config);
-    config.validate().unwrap();
-    let redis = engine::store::connect(&config).await.unwrap();
-    let engine = engine::Engine::new(redis, config.clone()).await.unwrap();
-    let roles = engine::saga::Role::ALL.map(|r| (r.group(), r.topics()));
-    engine::saga::ensure_groups(&engine, &roles).await.unwrap();
-    let psp = engine::psp::PspClient::new(&psp_url);
-    let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut options = engine::saga::WorkerOptions::new("api-test");
     options.idle_poll_max = Duration::from_millis(10);
     // Entries a provider failure left pending are taken again soon.
     options.reclaim_idle = Duration::from_secs(2);
     options.reclaim_every = Duration::from_millis(500);
     tweak_workers(&mut options);
-    engine::saga::spawn_workers(&engine, &psp, notifier.clone(), &options, &stopped);
+    fx.start_workers_notifying(options, notifier.clone());
+    let (engine, config, psp) = (&fx.engine, &fx.config, &fx.psp);
     if config
         .live_retention
         .is_some_and(|r| r < Duration::from_secs(3600))
     {
-        let pool = api::postgres_pool(&config.postgres_url).unwrap();
         let mut archiver_options = archiver::ArchiverOptions::new("api-test-archiver");
         archiver_options.idle_poll_max = Duration::from_millis(20);
         // Entries stay in the streams (a test may redeliver them).
         archiver_options.trim_every = Duration::from_secs(3600);
-        let archiver = archiver::Archiver::new(engine.clone(), pool, archiver_options);
+        let archiver = archiver::Archiver::new(engine.clone(), fx.pool().clone(), archiver_options);
         archiver.prepare().await.unwrap();
-        tokio::spawn(archiver.run(stopped.clone()));
+        tokio::spawn(archiver.run(fx.stopped()));
     }
     let state = api::AppState::new(
         engine.clone(),
@@ -120,20 +100,9 @@ pub async fn spawn_app_full(
     tokio::spawn(api::serve(listener, state, std::future::pending()));
     TestApp {
         url,
-        postgres: api::postgres_pool(&config.postgres_url).unwrap(),
-        engine,
-        sim,
-        psp,
         http: reqwest::Client::new(),
         keys: Keys::new(SECRET.as_bytes()),
-        stop,
-        stack,
-    }
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
+        fx,
     }
 }
 
@@ -242,6 +211,14 @@ impl TestApp {
 
     pub async fn post(&self, path: &str, token: &str, body: Option<Value>) -> Reply {
         self.call(Method::POST, path, token, body).await
+    }
+
+    pub async fn put(&self, path: &str, token: &str, body: Value) -> Reply {
+        self.call(Method::PUT, path, token, Some(body)).await
+    }
+
+    pub async fn patch(&self, path: &str, token: &str, body: Value) -> Reply {
+        self.call(Method::PATCH, path, token, Some(body)).await
     }
 
     /// The text of `GET /metrics` (no token).
