@@ -35,13 +35,13 @@ end
 if not from_ok then return reply('err', o, 'illegal') end
 local now = now_ms()
 o.status = target
-save(order_key, inflight, o, {'status'}, now)
+save(inflight, o, {'status'}, now)
 if target == 'DISPATCHED' then
   timer_set(timers, 'confirm_notice', o.id, now + notice_after)
 else
   timer_clear(timers, 'confirm_notice', o.id)
   timer_clear(timers, 'auto_confirm', o.id)
 end
-emit(order_stream, order_key, o, target == 'DISPATCHED' and 'OrderDispatched' or 'OrderConfirmed',
+emit(order_stream, o, target == 'DISPATCHED' and 'OrderDispatched' or 'OrderConfirmed',
   {by = actor}, now)
 return reply('ok', o)

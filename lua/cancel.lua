@@ -30,5 +30,5 @@ if stale(o, expected) then return reply('err', o, 'stale') end
 if actor ~= 'admin' and ((o.status ~= 'PENDING' and o.status ~= 'PAID') or o.decision ~= '') then
   return reply('err', o, 'too_late')
 end
-reject(order_key, inflight, timers, order_stream, o, 'cancelled', LINE_KEYS, now_ms())
+reject(inflight, timers, order_stream, o, 'cancelled', LINE_KEYS, now_ms())
 return reply('ok', o)

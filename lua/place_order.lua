@@ -91,17 +91,19 @@ for i = 1, n do
   if line[4] == 1 then rcall('HINCRBY', pc_key, customer, line[2]) end
 end
 local now = now_ms()
-local o = {id = order_id, saga = saga, cust = customer, rid = rid, status = 'PENDING',
+local o = track({id = order_id, saga = saga, cust = customer, rid = rid, status = 'PENDING',
   reason = '', pay = 'NONE', total = tostring(total), lines = cjson.encode(lines),
-  ver = '0', seq = '0', created = tostring(now), decision = '', psp = '', evs = ''}
-rcall('HSET', order_key, 'id', o.id, 'saga', o.saga, 'cust', o.cust, 'rid', o.rid,
-  'status', o.status, 'reason', o.reason, 'pay', o.pay, 'total', o.total,
-  'lines', o.lines, 'seq', o.seq, 'created', o.created, 'decision', '', 'psp', '', 'evs', '')
-save(order_key, inflight, o, {}, now)
+  ver = '0', seq = '0', created = tostring(now), decision = '', psp = '', evs = ''}, order_key)
+for _, f in ipairs({'id', 'saga', 'cust', 'rid', 'status', 'reason', 'pay', 'total', 'lines',
+    'seq', 'created', 'decision', 'psp', 'evs'}) do
+  touch(o, f)
+end
+save(inflight, o, {}, now)
 timer_set(timers, 'payment_window', order_id, now + payment_window)
 rcall('SET', idem_key, cjson.encode({fp = fingerprint, order = order_id, total = total}),
   'PX', idem_ttl)
 local placed = {}
 for i = 1, n do placed[i] = {lines[i][1], lines[i][2], lines[i][3]} end
-emit(stream, order_key, o, 'OrderPlaced', {c = customer, r = rid, t = total, l = placed}, now)
+emit(stream, o, 'OrderPlaced', {c = customer, r = rid, t = total, l = placed}, now)
+flush(o)
 return {'ok', order_id, tostring(total), 'PENDING'}

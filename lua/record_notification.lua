@@ -24,7 +24,9 @@ if not o then return {'err', 'not_found'} end
 local field = 'sent:' .. kind
 if o[field] then return {'noop'} end
 local now = now_ms()
-rcall('HSET', order_key, field, tostring(now))
-emit(stream, order_key, o, 'NotificationSent',
+o[field] = tostring(now)
+touch(o, field)
+emit(stream, o, 'NotificationSent',
   {kind = kind, key = key, channel = channel, attempts = attempts}, now)
+flush(o)
 return {'ok'}

@@ -58,29 +58,29 @@ if outcome == 'capture_failed' then data.failed = 'capture' end
 
 if target == 'AUTHORIZED' and o.status == 'PENDING' then
   o.status = 'PAID'
-  save(order_key, inflight, o, {'pay', 'psp', 'status'}, now)
+  save(inflight, o, {'pay', 'psp', 'status'}, now)
   timer_clear(timers, 'payment_window', o.id)
   timer_set(timers, 'approval_timeout', o.id, now + approval_timeout)
-  emit(pay_stream, order_key, o, event, data, now)
+  emit(pay_stream, o, event, data, now)
 elseif target == 'DECLINED' and o.status == 'PENDING' then
-  save(order_key, inflight, o, {'pay', 'psp'}, now)
-  emit(pay_stream, order_key, o, event, data, now)
-  reject(order_key, inflight, timers, order_stream, o, 'payment_declined', LINE_KEYS, now)
+  save(inflight, o, {'pay', 'psp'}, now)
+  emit(pay_stream, o, event, data, now)
+  reject(inflight, timers, order_stream, o, 'payment_declined', LINE_KEYS, now)
 elseif target == 'CAPTURED' and o.status == 'PAID' then
   o.status = 'APPROVED'
-  save(order_key, inflight, o, {'pay', 'psp', 'status'}, now)
-  emit(pay_stream, order_key, o, event, data, now)
-  emit(order_stream, order_key, o, 'OrderApproved', {}, now)
+  save(inflight, o, {'pay', 'psp', 'status'}, now)
+  emit(pay_stream, o, event, data, now)
+  emit(order_stream, o, 'OrderApproved', {}, now)
 elseif (target == 'VOIDED' or target == 'REFUNDED') and o.status ~= 'REJECTED' then
-  save(order_key, inflight, o, {'pay', 'psp'}, now)
+  save(inflight, o, {'pay', 'psp'}, now)
   if outcome == 'corrected' then data.corrected = true end
-  emit(pay_stream, order_key, o, event, data, now)
-  reject(order_key, inflight, timers, order_stream, o,
+  emit(pay_stream, o, event, data, now)
+  reject(inflight, timers, order_stream, o,
     outcome == 'corrected' and 'reconciled' or 'capture_failed', LINE_KEYS, now)
 else
   -- The order already moved on (e.g. rejected while the provider worked):
   -- record the fact; the payment worker settles what it implies.
-  save(order_key, inflight, o, {'pay', 'psp'}, now)
-  emit(pay_stream, order_key, o, event, data, now)
+  save(inflight, o, {'pay', 'psp'}, now)
+  emit(pay_stream, o, event, data, now)
 end
 return reply('ok', o)

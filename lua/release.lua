@@ -27,5 +27,5 @@ if o.status == 'REJECTED' then return reply('noop', o) end
 if stale(o, expected) then return reply('err', o, 'stale') end
 if o.status ~= 'PENDING' and o.status ~= 'PAID' then return reply('err', o, 'finished') end
 if o.decision == 'approved' then return reply('err', o, 'decided') end
-reject(order_key, inflight, timers, order_stream, o, reason, LINE_KEYS, now_ms())
+reject(inflight, timers, order_stream, o, reason, LINE_KEYS, now_ms())
 return reply('ok', o)

@@ -13,7 +13,8 @@
     decision: Decision    approve | reject
     note: str             the restaurant's note (reject only; free text, kept in the event)
     expected: version?    expected order version (none = any)
-    require_open: flag    approve only while the restaurant is open (auto-approval)
+    automatic: flag       the restaurant's automatic approval: only while it is
+                          open and approves automatically
   Reply: Transition
   Output:
     {'ok'|'noop'|'err', status, pay, version, decision, reason, detail}
@@ -21,7 +22,8 @@
     'err' detail: not_found, stale (version moved), not_paid (still PENDING:
     the restaurant sees an order only once it is paid), already_decided
     (the other decision was taken), finished (rejected or past approval),
-    restaurant_closed (auto-approval of a closed restaurant).
+    restaurant_closed (automatic approval of a closed restaurant), manual
+    (automatic approval of a restaurant that answers itself).
   Events: RestaurantApproved on rest_stream (the payment worker then captures);
     RestaurantRejected (with the note) on rest_stream and OrderRejected
     (reason restaurant_rejected) on order_stream: stock released here; the payment
@@ -40,17 +42,19 @@ if o.status ~= 'PAID' then return reply('err', o, 'finished') end
 
 local now = now_ms()
 if decision == 'approve' then
-  if require_open == '1' and rcall('HGET', restaurant_key, 'open') ~= '1' then
-    return reply('err', o, 'restaurant_closed')
+  if automatic == '1' then
+    local r = rcall('HMGET', restaurant_key, 'open', 'auto')
+    if r[2] ~= '1' then return reply('err', o, 'manual') end
+    if r[1] ~= '1' then return reply('err', o, 'restaurant_closed') end
   end
   o.decision = 'approved'
-  save(order_key, inflight, o, {'decision'}, now)
+  save(inflight, o, {'decision'}, now)
   timer_clear(timers, 'approval_timeout', o.id)
-  emit(rest_stream, order_key, o, 'RestaurantApproved', {}, now)
+  emit(rest_stream, o, 'RestaurantApproved', {}, now)
 else
   o.decision = 'rejected'
-  save(order_key, inflight, o, {'decision'}, now)
-  emit(rest_stream, order_key, o, 'RestaurantRejected', {note = note}, now)
-  reject(order_key, inflight, timers, order_stream, o, 'restaurant_rejected', LINE_KEYS, now)
+  save(inflight, o, {'decision'}, now)
+  emit(rest_stream, o, 'RestaurantRejected', {note = note}, now)
+  reject(inflight, timers, order_stream, o, 'restaurant_rejected', LINE_KEYS, now)
 end
 return reply('ok', o)

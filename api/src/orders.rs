@@ -328,6 +328,10 @@ async fn transition_response(
                 Refusal::RestaurantClosed => {
                     ("restaurant_closed", "the restaurant is closed".to_string())
                 }
+                Refusal::Manual => (
+                    "refused",
+                    "the restaurant answers its orders itself".to_string(),
+                ),
                 Refusal::Decided => (
                     "refused",
                     "the restaurant accepted: the capture settles this order".to_string(),

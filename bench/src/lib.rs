@@ -59,6 +59,52 @@ pub async fn redis_info_number(
         .unwrap_or(0))
 }
 
+/// Calls per command (`INFO commandstats`; a script's inner calls count
+/// too).
+pub async fn command_calls(
+    redis: &fred::prelude::Client,
+) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
+    use fred::prelude::ClientLike;
+    let info: String = redis
+        .info(Some(fred::types::InfoKind::CommandStats))
+        .await?;
+    Ok(info
+        .lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((name.to_string(), calls))
+        })
+        .collect())
+}
+
+/// Each command's calls between two [`command_calls`] readings, per unit
+/// of work, most first: `hgetall 3.0, xadd 2.0, …`.
+pub fn command_mix(
+    before: &std::collections::BTreeMap<String, u64>,
+    after: &std::collections::BTreeMap<String, u64>,
+    units: f64,
+) -> String {
+    let mut mix: Vec<(String, f64)> = after
+        .iter()
+        .map(|(name, calls)| {
+            let delta = calls - before.get(name).copied().unwrap_or(0);
+            (name.clone(), delta as f64 / units)
+        })
+        .filter(|(_, per)| *per >= 0.05)
+        .collect();
+    mix.sort_by(|a, b| b.1.total_cmp(&a.1));
+    mix.iter()
+        .map(|(name, per)| format!("{name} {per:.1}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// How a load tool reaches a running lunchrush: the variables
 /// `lunchrush up` writes to `stack.env`.
 #[derive(Debug, Clone, clap::Args)]

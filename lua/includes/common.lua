@@ -19,30 +19,41 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- Reads the order hash into a table, or nil when it does not exist.
+-- Starts tracking the changes made to `o`, the order at `key`: `flush`
+-- writes them in one HSET (and moves the in-flight index once).
+local function track(o, key)
+  o._key, o._fields, o._dirty = key, {}, {}
+  return o
+end
+
+-- Marks a field of `o` changed.
+local function touch(o, field)
+  if not o._dirty[field] then
+    o._dirty[field] = true
+    o._fields[#o._fields + 1] = field
+  end
+end
+
+-- Reads the order hash into a tracked table, or nil when it does not exist.
 local function load_order(key)
   local flat = rcall('HGETALL', key)
   if #flat == 0 then return nil end
   local o = {}
   for i = 1, #flat, 2 do o[flat[i]] = flat[i + 1] end
-  return o
-end
-
--- The reply every order transition gives: code, then the order's state.
-local function reply(code, o, detail)
-  return {code, o.status, o.pay, tostring(o.ver), o.decision or '', o.reason or '', detail or ''}
+  return track(o, key)
 end
 
 -- Appends one saga event to `stream` and records where it went on the order
 -- (order events carry a per-order sequence number: gaps or repeats in the
--- archive prove a bug).
-local function emit(stream, order_key, o, etype, data, now)
-  local seq = rcall('HINCRBY', order_key, 'seq', 1)
+-- archive prove a bug). Written with the order's other changes by `flush`.
+local function emit(stream, o, etype, data, now)
+  o.seq = tonumber(o.seq) + 1
   local id = rcall('XADD', stream, '*',
     'v', '1', 'type', etype, 'order', o.id, 'saga', o.saga,
-    'seq', tostring(seq), 'ts', tostring(now), 'data', cjson.encode(data))
-  rcall('HSET', order_key, 'evs', (o.evs or '') .. stream .. '|' .. id .. ' ')
+    'seq', tostring(o.seq), 'ts', tostring(now), 'data', cjson.encode(data))
   o.evs = (o.evs or '') .. stream .. '|' .. id .. ' '
+  touch(o, 'seq')
+  touch(o, 'evs')
   return id
 end
 
@@ -57,22 +68,42 @@ local function settled(status, pay)
   return false
 end
 
--- Writes the changed fields, bumps the version and keeps the in-flight index
--- (orders whose saga is not settled, scored by last change) current.
-local function save(order_key, inflight_key, o, fields, now)
+-- Records a change of `fields`: bumps the version and the last-change time;
+-- `flush` writes them and keeps the in-flight index (orders whose saga is not
+-- settled, scored by last change) current.
+local function save(inflight_key, o, fields, now)
   o.ver = tonumber(o.ver) + 1
   o.updated = now
-  local flat = {'ver', tostring(o.ver), 'updated', tostring(now)}
-  for _, f in ipairs(fields) do
+  touch(o, 'ver')
+  touch(o, 'updated')
+  for _, f in ipairs(fields) do touch(o, f) end
+  o._inflight = inflight_key
+end
+
+-- Writes every change made to `o` in one HSET, and the in-flight index once.
+local function flush(o)
+  if #o._fields == 0 then return end
+  local flat = {}
+  for _, f in ipairs(o._fields) do
     flat[#flat + 1] = f
-    flat[#flat + 1] = o[f]
+    flat[#flat + 1] = tostring(o[f])
   end
-  rcall('HSET', order_key, unpack(flat))
-  if settled(o.status, o.pay) then
-    rcall('ZREM', inflight_key, o.id)
-  else
-    rcall('ZADD', inflight_key, now, o.id)
+  rcall('HSET', o._key, unpack(flat))
+  if o._inflight then
+    if settled(o.status, o.pay) then
+      rcall('ZREM', o._inflight, o.id)
+    else
+      rcall('ZADD', o._inflight, o.updated, o.id)
+    end
   end
+  o._fields, o._dirty, o._inflight = {}, {}, nil
+end
+
+-- The reply every order transition gives: code, then the order's state
+-- (its changes written first).
+local function reply(code, o, detail)
+  flush(o)
+  return {code, o.status, o.pay, tostring(o.ver), o.decision or '', o.reason or '', detail or ''}
 end
 
 -- Puts every line's units back on hand and undoes the per-customer counts.
@@ -114,13 +145,13 @@ end
 
 -- Moves a not-yet-rejected order to REJECTED with `reason`, releasing its
 -- stock, cancelling every timer it had, and emits OrderRejected to `stream`.
-local function reject(order_key, inflight_key, timers_key, stream, o, reason, first_line_key, now)
+local function reject(inflight_key, timers_key, stream, o, reason, first_line_key, now)
   local released = release_lines(o, first_line_key)
   timers_clear_all(timers_key, o.id)
   o.status = 'REJECTED'
   o.reason = reason
-  save(order_key, inflight_key, o, {'status', 'reason'}, now)
-  emit(stream, order_key, o, 'OrderRejected', {reason = reason, pay = o.pay, released = released}, now)
+  save(inflight_key, o, {'status', 'reason'}, now)
+  emit(stream, o, 'OrderRejected', {reason = reason, pay = o.pay, released = released}, now)
 end
 
 -- Compare-and-set on the order version: '' accepts any version.

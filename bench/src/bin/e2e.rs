@@ -187,26 +187,6 @@ impl Load {
     }
 }
 
-/// Calls per command (`INFO commandstats`).
-async fn command_calls(redis: &Client) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
-    let info: String = redis
-        .info(Some(fred::types::InfoKind::CommandStats))
-        .await?;
-    Ok(info
-        .lines()
-        .filter_map(|l| {
-            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = rest
-                .strip_prefix("calls=")?
-                .split(',')
-                .next()?
-                .parse()
-                .ok()?;
-            Some((name.to_string(), calls))
-        })
-        .collect())
-}
-
 fn percentile(sorted: &[u32], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -251,7 +231,7 @@ async fn run_step(
     )
     .await?;
     let cpu0: Vec<f64> = watched.iter().map(Watched::cpu).collect();
-    let calls0 = command_calls(redis).await?;
+    let calls0 = bench::command_calls(redis).await?;
     let started = Instant::now();
     let total = (rate * length.as_secs_f64()).round() as u64;
     let mut tasks = Vec::with_capacity(total as usize);
@@ -305,7 +285,7 @@ async fn run_step(
         "total_commands_processed",
     )
     .await?;
-    let calls1 = command_calls(redis).await?;
+    let calls1 = bench::command_calls(redis).await?;
     let mut latencies = load.latencies_us.lock().unwrap().clone();
     latencies.sort_unstable();
     let months: Vec<std::time::SystemTime> = ids.iter().map(engine::ids::created_at).collect();

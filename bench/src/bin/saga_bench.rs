@@ -138,6 +138,7 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let before = commands_processed(&client).await?;
+    let mix_before = bench::command_calls(&client).await?;
     let redis_pid = redis.pid().unwrap_or(0);
     let cpu_before = (
         bench::cpu_seconds(redis_pid),
@@ -152,6 +153,11 @@ async fn main() -> anyhow::Result<()> {
     let cpu_redis = bench::cpu_seconds(redis_pid) - cpu_before.0;
     let cpu_rest = bench::cpu_seconds(std::process::id()) - cpu_before.1;
     let saga_ops = commands_processed(&client).await? - before;
+    let mix = bench::command_mix(
+        &mix_before,
+        &bench::command_calls(&client).await?,
+        args.orders as f64,
+    );
     let _ = stop.send(true);
     for handle in handles {
         let _ = handle.await;
@@ -179,6 +185,7 @@ async fn main() -> anyhow::Result<()> {
         "  redis commands per full saga      {:>10.1}",
         saga_ops as f64 / n
     );
+    println!("  per saga: {mix}");
     println!(
         "  redis-server CPU µs per saga      {:>10.0}",
         cpu_redis * 1e6 / n

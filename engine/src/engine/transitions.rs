@@ -86,14 +86,15 @@ impl Engine {
     }
 
     /// The restaurant's answer (see `lua/restaurant_decision.lua`);
-    /// `require_open` approves only while the restaurant is open.
+    /// `automatic`: the restaurant's automatic approval, only while it is
+    /// open and approves automatically.
     pub async fn decide(
         &self,
         order: &Order,
         decision: Decision,
         note: &str,
         expected: Option<u64>,
-        require_open: bool,
+        automatic: bool,
         lane: Lane,
     ) -> Result<Transition, EngineError> {
         let keys = self.keys();
@@ -116,7 +117,7 @@ impl Engine {
                     decision,
                     note: note.into(),
                     expected,
-                    require_open,
+                    automatic,
                 },
             )
             .await?;
@@ -125,25 +126,12 @@ impl Engine {
     }
 
     /// Approves a paid order at the version read if its restaurant approves
-    /// automatically and is open; `None` when it does not auto-approve.
-    pub async fn auto_approve(
-        &self,
-        order: &Order,
-        lane: Lane,
-    ) -> Result<Option<Transition>, EngineError> {
-        let keys = self.keys();
-        let auto: Option<String> = self
-            .redis()
-            .hget(keys.restaurant(order.partition, &order.restaurant), "auto")
-            .await?;
-        if auto.as_deref() != Some("1") {
-            return Ok(None);
-        }
+    /// automatically and is open (refused `manual` or `restaurant_closed`
+    /// otherwise): one script call, no read of the restaurant first.
+    pub async fn auto_approve(&self, order: &Order, lane: Lane) -> Result<Transition, EngineError> {
         let expected = Some(order.version);
-        let t = self
-            .decide(order, Decision::Approve, "", expected, true, lane)
-            .await?;
-        Ok(Some(t))
+        self.decide(order, Decision::Approve, "", expected, true, lane)
+            .await
     }
 
     /// Compensation: rejects a PENDING/PAID order and releases its stock.

@@ -248,7 +248,7 @@ impl Reconciler {
                         .engine
                         .auto_approve(&order, Lane::Batch)
                         .await?
-                        .is_some_and(|t| t.is_done());
+                        .is_done();
                     if approved {
                         actions.push("approve");
                     } else {
