@@ -200,9 +200,21 @@ impl Archiver {
         )
         .await?;
         insert_dead_letters(tx, &dead).await?;
-        insert_menu_history(tx, &events, &payloads).await?;
-        insert_delayed_task_history(tx, &events, &payloads).await?;
-        insert_order_items(tx, &events, &payloads).await?;
+        let typed: Vec<Option<Payload>> = events
+            .iter()
+            .zip(&payloads)
+            .map(|(event, data)| match Payload::from_value(event.kind, data) {
+                Ok(payload) => Some(payload),
+                Err(error) => {
+                    tracing::error!(stream = %event.stream, id = %event.id, %error,
+                        "An event's data does not decode; archived as written, kept out of the history tables.");
+                    None
+                }
+            })
+            .collect();
+        insert_menu_history(tx, &events, &typed).await?;
+        insert_delayed_task_history(tx, &events, &typed).await?;
+        insert_order_items(tx, &events, &typed).await?;
         let resting = refold_orders(tx, &events).await?;
         advance_watermarks(tx, entries).await?;
         transaction.commit().await?;

@@ -48,7 +48,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use engine::Engine;
-use engine::events::Event;
+use engine::events::{Event, Payload};
 use engine::keys::Topic;
 use fred::prelude::*;
 use serde_json::{Value, json};

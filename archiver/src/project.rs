@@ -4,7 +4,7 @@
 
 use std::time::SystemTime;
 
-use serde_json::Value;
+use engine::events::{EventKind, Payload};
 use uuid::Uuid;
 
 /// One archived event of an order, as the fold reads it.
@@ -13,8 +13,7 @@ pub struct Archived {
     pub order_id: Uuid,
     pub saga_id: Option<Uuid>,
     pub seq: i64,
-    pub kind: String,
-    pub payload: Value,
+    pub payload: Payload,
     pub at: SystemTime,
 }
 
@@ -94,45 +93,38 @@ impl OrderRow {
     /// Applies the order's next event.
     pub fn apply(&mut self, event: &Archived) {
         debug_assert_eq!(event.order_id, self.order_id);
-        let text = |k: &str| {
-            event
-                .payload
-                .get(k)
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        };
-        match event.kind.as_str() {
-            "OrderPlaced" => {
-                self.customer = text("c");
-                self.restaurant_id = text("r");
-                self.total = event.payload.get("t").and_then(Value::as_i64);
+        match &event.payload {
+            Payload::OrderPlaced(placed) => {
+                self.customer = Some(placed.customer.clone());
+                self.restaurant_id = Some(placed.restaurant.clone());
+                self.total = Some(placed.total);
                 self.created_at = Some(event.at);
             }
-            "PaymentAuthorized" => {
+            Payload::PaymentAuthorized(_) => {
                 self.payment_status = "AUTHORIZED".into();
                 if self.status == "PENDING" {
                     self.status = "PAID".into();
                 }
             }
-            "PaymentDeclined" => self.payment_status = "DECLINED".into(),
-            "PaymentCaptured" => self.payment_status = "CAPTURED".into(),
-            "PaymentVoided" => self.payment_status = "VOIDED".into(),
-            "PaymentRefunded" => self.payment_status = "REFUNDED".into(),
-            "OrderApproved" => self.status = "APPROVED".into(),
-            "OrderRejected" => {
+            Payload::PaymentDeclined(_) => self.payment_status = "DECLINED".into(),
+            Payload::PaymentCaptured(_) => self.payment_status = "CAPTURED".into(),
+            Payload::PaymentVoided(_) => self.payment_status = "VOIDED".into(),
+            Payload::PaymentRefunded(_) => self.payment_status = "REFUNDED".into(),
+            Payload::OrderApproved => self.status = "APPROVED".into(),
+            Payload::OrderRejected(rejected) => {
                 self.status = "REJECTED".into();
-                self.reason = text("reason");
+                self.reason = Some(rejected.reason.clone());
             }
-            "OrderDispatched" => self.status = "DISPATCHED".into(),
-            "OrderConfirmed" => self.status = "CONFIRMED".into(),
-            "RestaurantApproved" => self.decision = Some("approved".into()),
-            "RestaurantRejected" => self.decision = Some("rejected".into()),
+            Payload::OrderDispatched(_) => self.status = "DISPATCHED".into(),
+            Payload::OrderConfirmed(_) => self.status = "CONFIRMED".into(),
+            Payload::RestaurantApproved => self.decision = Some("approved".into()),
+            Payload::RestaurantRejected(_) => self.decision = Some("rejected".into()),
             _ => {}
         }
-        if event.kind.starts_with("Payment")
-            && let Some(reference) = text("ref").filter(|r| !r.is_empty())
+        if let Some(fact) = event.payload.payment()
+            && !fact.reference.is_empty()
         {
-            self.provider_ref = Some(reference);
+            self.provider_ref = Some(fact.reference.clone());
         }
         if self.saga_id.is_none() {
             self.saga_id = event.saga_id;
@@ -140,23 +132,28 @@ impl OrderRow {
         self.last_seq = self.last_seq.max(event.seq);
         self.events += 1;
         // A notification changes no state: Redis's `updated` stays too.
-        if event.kind != "NotificationSent" {
+        if !matches!(event.payload, Payload::NotificationSent(_)) {
             self.updated_at = Some(event.at);
         }
     }
+}
+
+/// The event kind of an archived row, and its payload decoded.
+pub fn decode(kind: &str, payload: &serde_json::Value) -> Result<Payload, String> {
+    let kind = EventKind::parse(kind).ok_or_else(|| format!("unknown event type {kind:?}"))?;
+    Payload::from_value(kind, payload).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn event(order: Uuid, seq: i64, kind: &str, payload: Value) -> Archived {
+    fn event(order: Uuid, seq: i64, kind: &str, payload: serde_json::Value) -> Archived {
         Archived {
             order_id: order,
             saga_id: None,
             seq,
-            kind: kind.into(),
-            payload,
+            payload: decode(kind, &payload).unwrap(),
             at: std::time::UNIX_EPOCH + std::time::Duration::from_millis(seq as u64),
         }
     }
@@ -171,7 +168,7 @@ mod tests {
                 id,
                 1,
                 "OrderPlaced",
-                serde_json::json!({"c": "c", "r": "r", "t": 10}),
+                serde_json::json!({"c": "c", "r": "r", "t": 10, "l": [["x", 1, 10]]}),
             ),
             event(
                 id,

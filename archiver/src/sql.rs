@@ -2,6 +2,7 @@
 //! projections refolded, the watermarks; prepared once per connection.
 
 use super::*;
+use crate::project::decode;
 
 /// The partition time of an event (see `migrations/V2__archive.sql`).
 pub(crate) fn part_time(event: &Event) -> SystemTime {
@@ -77,7 +78,7 @@ pub(crate) async fn copy_events(
                 &order,
                 &saga,
                 &(event.seq as i64),
-                &event.kind,
+                &event.kind.as_str(),
                 &(event.version as i32),
                 &Json(payload),
                 &ms_time(event.ts_ms),
@@ -115,38 +116,35 @@ pub(crate) async fn insert_dead_letters(tx: &Tx<'_>, dead: &[&Entry]) -> Result<
 pub(crate) async fn insert_menu_history(
     tx: &Tx<'_>,
     events: &[Event],
-    payloads: &[Value],
+    payloads: &[Option<Payload>],
 ) -> Result<(), ArchiveError> {
-    for (event, data) in events.iter().zip(payloads) {
-        let text = |k: &str| data.get(k).and_then(Value::as_str).map(str::to_string);
-        let number = |k: &str| data.get(k).and_then(Value::as_i64);
-        let flag = |k: &str| data.get(k).and_then(Value::as_bool);
+    for (event, payload) in events.iter().zip(payloads) {
         let at = ms_time(event.ts_ms);
         let seq = event.seq as i64;
-        match event.kind.as_str() {
-            "RestaurantUpserted" => {
+        match payload {
+            Some(Payload::RestaurantUpserted(r)) => {
                 execute(tx,
                     "INSERT INTO restaurant_history (restaurant_id, seq, name, open, auto_approve, at) \
                      VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-                    &[&text("r"), &seq, &text("name"), &flag("open"), &flag("auto"), &at],
+                    &[&r.restaurant, &seq, &r.name, &r.open, &r.auto, &at],
                 )
                 .await?;
             }
-            "MenuItemUpserted" => {
+            Some(Payload::MenuItemUpserted(i)) => {
                 execute(tx,
                     "INSERT INTO menu_item_history (restaurant_id, seq, item, name, price, stock, delta, \
                      available, max_per_customer, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
                      ON CONFLICT DO NOTHING",
                     &[
-                        &text("r"),
+                        &i.restaurant,
                         &seq,
-                        &text("i"),
-                        &text("name"),
-                        &number("price"),
-                        &number("stock"),
-                        &number("delta"),
-                        &flag("available"),
-                        &number("max_pc"),
+                        &i.item,
+                        &i.name,
+                        &i.price,
+                        &i.stock,
+                        &i.delta,
+                        &i.available,
+                        &i.max_pc,
                         &at,
                     ],
                 )
@@ -162,29 +160,23 @@ pub(crate) async fn insert_menu_history(
 pub(crate) async fn insert_delayed_task_history(
     tx: &Tx<'_>,
     events: &[Event],
-    payloads: &[Value],
+    payloads: &[Option<Payload>],
 ) -> Result<(), ArchiveError> {
-    for (event, data) in events.iter().zip(payloads) {
-        let text = |k: &str| data.get(k).and_then(Value::as_str).map(str::to_string);
-        let number = |k: &str| data.get(k).and_then(Value::as_i64);
-        match event.kind.as_str() {
-            "TimerFired" => {
-                let (Some(order), Some(kind), Some(due), Some(fired)) = (
-                    text("o").and_then(|o| o.parse::<Uuid>().ok()),
-                    text("k"),
-                    number("due"),
-                    number("fired"),
-                ) else {
+    for (event, payload) in events.iter().zip(payloads) {
+        match payload {
+            Some(Payload::TimerFired(fired)) => {
+                let Ok(order) = fired.order.parse::<Uuid>() else {
                     continue;
                 };
+                let (due, at) = (fired.due, fired.fired);
                 execute(tx,
                     "INSERT INTO timer_history (order_id, kind, due_at, fired_at, lateness_ms, outcome) \
                      VALUES ($1, $2, $3, $4, $5, 'fired') ON CONFLICT DO NOTHING",
-                    &[&order, &kind, &ms_time(due), &ms_time(fired), &(fired - due).max(0)],
+                    &[&order, &fired.kind, &ms_time(due), &ms_time(at), &(at - due).max(0)],
                 )
                 .await?;
             }
-            "NotificationSent" => {
+            Some(Payload::NotificationSent(sent)) => {
                 let Some(order) = event.order_id() else {
                     continue;
                 };
@@ -193,10 +185,10 @@ pub(crate) async fn insert_delayed_task_history(
                      VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
                     &[
                         &order,
-                        &text("kind").unwrap_or_default(),
-                        &text("key").unwrap_or_default(),
-                        &text("channel").unwrap_or_default(),
-                        &(number("attempts").unwrap_or(1) as i32),
+                        &sent.kind,
+                        &sent.key,
+                        &sent.channel,
+                        &(sent.attempts as i32),
                         &ms_time(event.ts_ms),
                     ],
                 )
@@ -211,35 +203,19 @@ pub(crate) async fn insert_delayed_task_history(
 pub(crate) async fn insert_order_items(
     tx: &Tx<'_>,
     events: &[Event],
-    payloads: &[Value],
+    payloads: &[Option<Payload>],
 ) -> Result<(), ArchiveError> {
     let (mut orders, mut items, mut qtys, mut prices) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for (event, data) in events
-        .iter()
-        .zip(payloads)
-        .filter(|(e, _)| e.kind == "OrderPlaced")
-    {
-        let Some(order) = event.order_id() else {
+    for (event, payload) in events.iter().zip(payloads) {
+        let (Some(order), Some(Payload::OrderPlaced(placed))) = (event.order_id(), payload) else {
             continue;
         };
-        for line in data
-            .get("l")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let (Some(item), Some(qty), Some(price)) = (
-                line.get(0).and_then(Value::as_str),
-                line.get(1).and_then(Value::as_i64),
-                line.get(2).and_then(Value::as_i64),
-            ) else {
-                continue;
-            };
+        for (item, qty, price) in &placed.lines {
             orders.push(order);
-            items.push(item.to_string());
-            qtys.push(qty as i32);
-            prices.push(price);
+            items.push(item.clone());
+            qtys.push(*qty as i32);
+            prices.push(*price);
         }
     }
     if orders.is_empty() {
@@ -352,12 +328,20 @@ pub(crate) async fn refold_from_archive(
     let mut folded = Vec::with_capacity(ids.len());
     let mut current: Vec<Archived> = Vec::new();
     for row in rows {
+        let (kind, payload): (String, Json<Value>) = (row.get(3), row.get(4));
+        let payload = match decode(&kind, &payload.0) {
+            Ok(payload) => payload,
+            Err(reason) => {
+                // Counted by the audit as a gap; never folded as a guess.
+                tracing::error!(%reason, "An archived event does not decode; left out of its projection.");
+                continue;
+            }
+        };
         let event = Archived {
             order_id: row.get(0),
             saga_id: row.get(1),
             seq: row.get(2),
-            kind: row.get(3),
-            payload: row.get::<_, Json<Value>>(4).0,
+            payload,
             at: row.get(5),
         };
         if current.last().is_some_and(|e| e.order_id != event.order_id) {

@@ -7,34 +7,15 @@
 
 use std::collections::HashMap;
 
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::keys::Topic;
+
 /// The schema version scripts write.
 pub const SCHEMA_VERSION: u32 = 1;
 /// The oldest version consumers still accept.
 pub const SCHEMA_VERSION_MIN: u32 = SCHEMA_VERSION.saturating_sub(1);
-
-/// Every event type, with the topic it is written to in the online lane.
-pub const CATALOGUE: &[(&str, crate::keys::Topic)] = {
-    use crate::keys::Topic::*;
-    &[
-        ("OrderPlaced", Orders),
-        ("OrderApproved", Orders),
-        ("OrderRejected", Orders),
-        ("OrderDispatched", Orders),
-        ("OrderConfirmed", Orders),
-        ("PaymentAuthorized", Payments),
-        ("PaymentDeclined", Payments),
-        ("PaymentCaptured", Payments),
-        ("PaymentVoided", Payments),
-        ("PaymentRefunded", Payments),
-        ("RestaurantApproved", Restaurant),
-        ("RestaurantRejected", Restaurant),
-        ("RestaurantUpserted", Menu),
-        ("MenuItemUpserted", Menu),
-        ("NotificationSent", Orders),
-        ("StockReclaimed", Batch),
-        ("TimerFired", Timers),
-    ]
-};
 
 /// One stream entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,7 +23,7 @@ pub struct Event {
     pub stream: String,
     pub id: String,
     pub version: u32,
-    pub kind: String,
+    pub kind: EventKind,
     /// Empty for menu events.
     pub order: String,
     pub saga: String,
@@ -60,6 +41,8 @@ pub enum EventError {
         "schema version {0} is not supported (accepted: {SCHEMA_VERSION_MIN}..={SCHEMA_VERSION})"
     )]
     Version(u32),
+    #[error("the data of a {kind} event is malformed: {reason}")]
+    Payload { kind: EventKind, reason: String },
 }
 
 impl Event {
@@ -85,7 +68,7 @@ impl Event {
             stream: stream.to_string(),
             id: id.to_string(),
             version,
-            kind: take("type")?,
+            kind: EventKind::parse(&take("type")?).ok_or(EventError::Field("type"))?,
             order: take("order")?,
             saga: take("saga")?,
             seq: take("seq")?.parse().map_err(|_| EventError::Field("seq"))?,
@@ -94,16 +77,284 @@ impl Event {
         })
     }
 
+    /// The typed `data`.
+    pub fn payload(&self) -> Result<Payload, EventError> {
+        Payload::parse(self.kind, &self.data)
+    }
+
     /// The order id, for order events.
     pub fn order_id(&self) -> Option<uuid::Uuid> {
         self.order.parse().ok()
     }
 }
 
+crate::domain::string_enum!(
+    /// Every event type lunchrush writes (`type` of a stream entry).
+    EventKind {
+        OrderPlaced = "OrderPlaced",
+        OrderApproved = "OrderApproved",
+        OrderRejected = "OrderRejected",
+        OrderDispatched = "OrderDispatched",
+        OrderConfirmed = "OrderConfirmed",
+        PaymentAuthorized = "PaymentAuthorized",
+        PaymentDeclined = "PaymentDeclined",
+        PaymentCaptured = "PaymentCaptured",
+        PaymentVoided = "PaymentVoided",
+        PaymentRefunded = "PaymentRefunded",
+        RestaurantApproved = "RestaurantApproved",
+        RestaurantRejected = "RestaurantRejected",
+        RestaurantUpserted = "RestaurantUpserted",
+        MenuItemUpserted = "MenuItemUpserted",
+        NotificationSent = "NotificationSent",
+        StockReclaimed = "StockReclaimed",
+        TimerFired = "TimerFired",
+    }
+);
+
+impl EventKind {
+    /// The stream it is written to in the online lane.
+    pub fn topic(self) -> Topic {
+        use EventKind::*;
+        match self {
+            OrderPlaced | OrderApproved | OrderRejected | OrderDispatched | OrderConfirmed
+            | NotificationSent => Topic::Orders,
+            PaymentAuthorized | PaymentDeclined | PaymentCaptured | PaymentVoided
+            | PaymentRefunded => Topic::Payments,
+            RestaurantApproved | RestaurantRejected => Topic::Restaurant,
+            RestaurantUpserted | MenuItemUpserted => Topic::Menu,
+            StockReclaimed => Topic::Batch,
+            TimerFired => Topic::Timers,
+        }
+    }
+
+    /// A payment fact (`PaymentAuthorized` … `PaymentRefunded`).
+    pub fn is_payment(self) -> bool {
+        self.topic() == Topic::Payments
+    }
+}
+
+/// `OrderPlaced`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placed {
+    #[serde(rename = "c")]
+    pub customer: String,
+    #[serde(rename = "r")]
+    pub restaurant: String,
+    #[serde(rename = "t")]
+    pub total: i64,
+    /// `[item, qty, price]` per line.
+    #[serde(rename = "l", deserialize_with = "list")]
+    pub lines: Vec<(String, i64, i64)>,
+}
+
+/// `OrderRejected`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejected {
+    pub reason: String,
+    /// The payment state when the order was rejected.
+    pub pay: String,
+    /// `[item, qty]` put back on hand.
+    #[serde(default, deserialize_with = "list")]
+    pub released: Vec<(String, i64)>,
+}
+
+/// `OrderDispatched`, `OrderConfirmed`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Advanced {
+    /// Who moved it (restaurant, customer, admin, timer).
+    pub by: String,
+}
+
+/// A payment fact.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentFact {
+    /// The provider's reference ('' before it gave one).
+    #[serde(rename = "ref", default)]
+    pub reference: String,
+    pub amount: i64,
+    /// `capture` when a void follows a refused capture.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
+    /// Reconciliation's correction of a capture the provider does not hold.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub corrected: bool,
+}
+
+/// `RestaurantRejected`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestaurantNote {
+    #[serde(default)]
+    pub note: String,
+}
+
+/// `RestaurantUpserted`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestaurantState {
+    #[serde(rename = "r")]
+    pub restaurant: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    pub open: bool,
+    pub auto: bool,
+}
+
+/// `MenuItemUpserted`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ItemState {
+    #[serde(rename = "r")]
+    pub restaurant: String,
+    #[serde(rename = "i")]
+    pub item: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub price: Option<i64>,
+    #[serde(default)]
+    pub stock: Option<i64>,
+    /// The stock change of a patch.
+    #[serde(default)]
+    pub delta: Option<i64>,
+    pub available: bool,
+    #[serde(default)]
+    pub max_pc: Option<i64>,
+}
+
+/// `NotificationSent`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notified {
+    pub kind: String,
+    /// The idempotency key the notifier used.
+    pub key: String,
+    pub channel: String,
+    pub attempts: i64,
+}
+
+/// `StockReclaimed`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reclaimed {
+    #[serde(rename = "r")]
+    pub restaurant: String,
+    #[serde(rename = "i")]
+    pub item: String,
+    pub units: i64,
+    pub stock: i64,
+}
+
+/// `TimerFired` (not an order event: the order is in the payload).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fired {
+    #[serde(rename = "o")]
+    pub order: String,
+    #[serde(rename = "k")]
+    pub kind: String,
+    /// Due and fired, ms of Redis time.
+    pub due: i64,
+    pub fired: i64,
+}
+
+/// An event's `data`, typed by its `type`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Payload {
+    OrderPlaced(Placed),
+    OrderApproved,
+    OrderRejected(Rejected),
+    OrderDispatched(Advanced),
+    OrderConfirmed(Advanced),
+    PaymentAuthorized(PaymentFact),
+    PaymentDeclined(PaymentFact),
+    PaymentCaptured(PaymentFact),
+    PaymentVoided(PaymentFact),
+    PaymentRefunded(PaymentFact),
+    RestaurantApproved,
+    RestaurantRejected(RestaurantNote),
+    RestaurantUpserted(RestaurantState),
+    MenuItemUpserted(ItemState),
+    NotificationSent(Notified),
+    StockReclaimed(Reclaimed),
+    TimerFired(Fired),
+}
+
+impl Payload {
+    /// Decodes the `data` of an event of `kind`.
+    pub fn parse(kind: EventKind, data: &str) -> Result<Self, EventError> {
+        let value: Value = serde_json::from_str(data).map_err(|e| payload_error(kind, e))?;
+        Self::from_value(kind, &value)
+    }
+
+    /// Decodes an already parsed `data` (the archive's JSON column).
+    pub fn from_value(kind: EventKind, data: &Value) -> Result<Self, EventError> {
+        fn typed<'a, T: Deserialize<'a>>(
+            kind: EventKind,
+            data: &'a Value,
+        ) -> Result<T, EventError> {
+            T::deserialize(data).map_err(|e| payload_error(kind, e))
+        }
+        use EventKind as K;
+        Ok(match kind {
+            K::OrderPlaced => Payload::OrderPlaced(typed(kind, data)?),
+            K::OrderApproved => Payload::OrderApproved,
+            K::OrderRejected => Payload::OrderRejected(typed(kind, data)?),
+            K::OrderDispatched => Payload::OrderDispatched(typed(kind, data)?),
+            K::OrderConfirmed => Payload::OrderConfirmed(typed(kind, data)?),
+            K::PaymentAuthorized => Payload::PaymentAuthorized(typed(kind, data)?),
+            K::PaymentDeclined => Payload::PaymentDeclined(typed(kind, data)?),
+            K::PaymentCaptured => Payload::PaymentCaptured(typed(kind, data)?),
+            K::PaymentVoided => Payload::PaymentVoided(typed(kind, data)?),
+            K::PaymentRefunded => Payload::PaymentRefunded(typed(kind, data)?),
+            K::RestaurantApproved => Payload::RestaurantApproved,
+            K::RestaurantRejected => Payload::RestaurantRejected(typed(kind, data)?),
+            K::RestaurantUpserted => Payload::RestaurantUpserted(typed(kind, data)?),
+            K::MenuItemUpserted => Payload::MenuItemUpserted(typed(kind, data)?),
+            K::NotificationSent => Payload::NotificationSent(typed(kind, data)?),
+            K::StockReclaimed => Payload::StockReclaimed(typed(kind, data)?),
+            K::TimerFired => Payload::TimerFired(typed(kind, data)?),
+        })
+    }
+
+    /// The payment fact of a payment event.
+    pub fn payment(&self) -> Option<&PaymentFact> {
+        match self {
+            Payload::PaymentAuthorized(p)
+            | Payload::PaymentDeclined(p)
+            | Payload::PaymentCaptured(p)
+            | Payload::PaymentVoided(p)
+            | Payload::PaymentRefunded(p) => Some(p),
+            _ => None,
+        }
+    }
+}
+
+fn payload_error(kind: EventKind, error: serde_json::Error) -> EventError {
+    EventError::Payload {
+        kind,
+        reason: error.to_string(),
+    }
+}
+
+/// A list the scripts may have written as `{}`: Lua's cjson cannot tell an
+/// empty array from an empty object.
+fn list<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrEmpty<T> {
+        List(Vec<T>),
+        Empty(std::collections::BTreeMap<String, Value>),
+    }
+    match ListOrEmpty::deserialize(deserializer)? {
+        ListOrEmpty::List(list) => Ok(list),
+        ListOrEmpty::Empty(map) if map.is_empty() => Ok(Vec::new()),
+        ListOrEmpty::Empty(_) => Err(serde::de::Error::custom("expected a list")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     /// `docs/events.md` lists exactly the events of
-    /// [`super::CATALOGUE`], each on its online stream, and every script in
+    /// [`super::EventKind`], each on its online stream, and every script in
     /// `lua/` has a row in `docs/scripts.md`.
     #[test]
     fn the_documented_catalogue_matches_the_code() {
@@ -121,9 +372,9 @@ mod tests {
                     .then(|| (event.to_string(), stream.to_string()))
             })
             .collect();
-        let code: Vec<(String, String)> = super::CATALOGUE
+        let code: Vec<(String, String)> = super::EventKind::ALL
             .iter()
-            .map(|(e, t)| (e.to_string(), t.as_str().to_string()))
+            .map(|e| (e.to_string(), e.topic().as_str().to_string()))
             .collect();
         assert_eq!(documented, code);
         // Every event type a script writes is in the catalogue.
@@ -147,7 +398,7 @@ mod tests {
                     && quoted.chars().all(|c| c.is_ascii_alphabetic());
                 if looks_like_event {
                     assert!(
-                        super::CATALOGUE.iter().any(|(e, _)| *e == quoted),
+                        super::EventKind::parse(quoted).is_some(),
                         "{:?} writes {quoted}, which the catalogue lacks",
                         entry.file_name()
                     );

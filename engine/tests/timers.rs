@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use common::TestEnv;
 use engine::domain::{OrderStatus, PaymentStatus};
 use engine::engine::Actor;
+use engine::events::EventKind;
 use engine::keys::{Lane, Topic};
 use fred::prelude::*;
 use stack::psp::Faults;
@@ -131,7 +132,7 @@ async fn notice_and_auto_confirm_fire_once_each_across_two_engines() {
         let at = |kind: &str| {
             events
                 .iter()
-                .filter(|e| e.kind == kind)
+                .filter(|e| e.kind.as_str() == kind)
                 .map(|e| e.ts_ms)
                 .collect::<Vec<_>>()
         };
@@ -153,7 +154,10 @@ async fn notice_and_auto_confirm_fire_once_each_across_two_engines() {
             confirmed[0] - notified[0] >= 1_000,
             "auto-confirmation waits 1 s after the notice"
         );
-        let confirmed_event = events.iter().find(|e| e.kind == "OrderConfirmed").unwrap();
+        let confirmed_event = events
+            .iter()
+            .find(|e| e.kind == EventKind::OrderConfirmed)
+            .unwrap();
         assert!(
             confirmed_event.data.contains("\"timer\""),
             "{}",
@@ -260,7 +264,7 @@ async fn confirmations_cancel_the_pending_timers() {
         let events = env.engine.order_events(&order).await.unwrap();
         let confirmations: Vec<&str> = events
             .iter()
-            .filter(|e| e.kind == "OrderConfirmed")
+            .filter(|e| e.kind == EventKind::OrderConfirmed)
             .map(|e| e.data.as_str())
             .collect();
         assert_eq!(confirmations.len(), 1, "{id}: {events:?}");

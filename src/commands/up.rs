@@ -97,14 +97,15 @@ impl Running {
 
 /// Starts the local stack, the simulator, the archiver, the workers and the
 /// API, writes stack.env and prints the READY line.
-pub async fn start(args: UpArgs) -> anyhow::Result<Running> {
-    std::fs::create_dir_all(&args.home)
-        .with_context(|| format!("create {}", args.home.display()))?;
-    let home = std::fs::canonicalize(&args.home)?;
-    let previous = read_env_file(&home.join("stack.env"));
+/// The local servers under `home`, on the ports of the previous run when
+/// they are free, with the migrations applied.
+async fn start_stack(
+    args: &UpArgs,
+    home: &std::path::Path,
+    previous: &HashMap<String, String>,
+) -> anyhow::Result<LocalStack> {
     let previous_port = |key: &str| previous.get(key).and_then(|url| port_of(url));
-
-    let mut options = StackOptions::durable(&home);
+    let mut options = StackOptions::durable(home);
     options.appendfsync = args.appendfsync;
     options.redis = match args.cluster_masters {
         Some(masters) if masters >= 1 => RedisMode::Cluster { masters },
@@ -119,6 +120,16 @@ pub async fn start(args: UpArgs) -> anyhow::Result<Running> {
     archiver::schema::migrate(&stack.postgres_url())
         .await
         .context("apply the migrations")?;
+    Ok(stack)
+}
+
+pub async fn start(args: UpArgs) -> anyhow::Result<Running> {
+    std::fs::create_dir_all(&args.home)
+        .with_context(|| format!("create {}", args.home.display()))?;
+    let home = std::fs::canonicalize(&args.home)?;
+    let previous = read_env_file(&home.join("stack.env"));
+    let previous_port = |key: &str| previous.get(key).and_then(|url| port_of(url));
+    let stack = start_stack(&args, &home, &previous).await?;
     // `lunchrush down` finds this process here.
     let pid_file = super::down::pid_file(&home);
     std::fs::write(&pid_file, format!("{}\n", std::process::id()))

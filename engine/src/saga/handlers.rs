@@ -4,6 +4,7 @@
 use super::*;
 use crate::domain::{RejectReason, TimerKind};
 use crate::engine::Refusal;
+use crate::events::{EventKind, Payload};
 
 /// Drives one order's payment until no step is owed (see [`payment_action`]).
 pub async fn drive_payment(
@@ -127,15 +128,6 @@ pub async fn auto_approve(
     Ok(())
 }
 
-/// A fired timer's payload.
-#[derive(Debug, serde::Deserialize)]
-struct TimerData {
-    o: String,
-    k: String,
-    due: i64,
-    fired: i64,
-}
-
 /// Attempts to act on a timer when the order moves underneath (version CAS).
 const TIMER_RETRIES_MAX: usize = 3;
 
@@ -147,14 +139,17 @@ pub async fn on_timer(
     event: &Event,
     lane: Lane,
 ) -> Result<(), WorkError> {
-    let data: TimerData =
-        serde_json::from_str(&event.data).map_err(|e| WorkError::Timer(e.to_string()))?;
+    let data = match event.payload() {
+        Ok(Payload::TimerFired(fired)) => fired,
+        Ok(other) => return Err(WorkError::Timer(format!("not a timer: {other:?}"))),
+        Err(error) => return Err(WorkError::Timer(error.to_string())),
+    };
     let id: uuid::Uuid = data
-        .o
+        .order
         .parse()
-        .map_err(|_| WorkError::Timer(format!("order {:?}", data.o)))?;
+        .map_err(|_| WorkError::Timer(format!("order {:?}", data.order)))?;
     let lateness = (data.fired - data.due).max(0) as f64 / 1_000.0;
-    let kind = TimerKind::parse(&data.k);
+    let kind = TimerKind::parse(&data.kind);
     let label = kind.map_or("other", TimerKind::as_str);
     metrics::histogram!("lunchrush_timer_lateness_seconds", "kind" => label).record(lateness);
     for _ in 0..TIMER_RETRIES_MAX {
@@ -248,18 +243,21 @@ pub async fn handle_event(
     event: &Event,
     lane: Lane,
 ) -> Result<(), WorkError> {
-    if role == Role::Order && event.kind == "TimerFired" {
+    if role == Role::Order && event.kind == EventKind::TimerFired {
         return on_timer(engine, notifier, event, lane).await;
     }
     let Some(order_id) = event.order_id() else {
         return Ok(());
     };
-    match (role, event.kind.as_str()) {
+    match (role, event.kind) {
         (
             Role::Payment | Role::Batch,
-            "OrderPlaced" | "OrderRejected" | "RestaurantApproved" | "RestaurantRejected",
+            EventKind::OrderPlaced
+            | EventKind::OrderRejected
+            | EventKind::RestaurantApproved
+            | EventKind::RestaurantRejected,
         ) => drive_payment(engine, psp, &order_id, lane).await,
-        (Role::Restaurant | Role::Batch, "PaymentAuthorized") => {
+        (Role::Restaurant | Role::Batch, EventKind::PaymentAuthorized) => {
             auto_approve(engine, &order_id, lane).await
         }
         _ => Ok(()),
