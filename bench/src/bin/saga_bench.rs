@@ -24,6 +24,10 @@ use engine::keys::Lane;
 use fred::prelude::*;
 use futures::StreamExt;
 
+/// The allocator `lunchrush` runs with, so the engine is measured as it runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 struct Args {
     /// Orders per phase.
