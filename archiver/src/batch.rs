@@ -25,7 +25,7 @@ impl Archiver {
             .await
             .expect("the semaphore is never closed");
         let started = Instant::now();
-        let resting = self.write_batch(&entries).await?;
+        let resting = self.write_batch(&entries, Projection::Incremental).await?;
         let mut by_stream: HashMap<&str, Vec<&str>> = HashMap::new();
         for entry in &entries {
             by_stream.entry(&entry.stream).or_default().push(&entry.id);
@@ -95,7 +95,8 @@ impl Archiver {
             }));
         }
         if !entries.is_empty() {
-            self.write_batch(&entries).await?;
+            // Repair: the projection may be what is wrong; fold it anew.
+            self.write_batch(&entries, Projection::Refold).await?;
         }
         Ok(entries.len())
     }
@@ -150,6 +151,7 @@ impl Archiver {
     pub(crate) async fn write_batch(
         &self,
         entries: &[Entry],
+        projection: Projection,
     ) -> Result<Vec<(Uuid, i64)>, ArchiveError> {
         let mut events = Vec::with_capacity(entries.len());
         let mut dead = Vec::new();
@@ -215,7 +217,7 @@ impl Archiver {
         insert_menu_history(tx, &events, &typed).await?;
         insert_delayed_task_history(tx, &events, &typed).await?;
         insert_order_items(tx, &events, &typed).await?;
-        let resting = refold_orders(tx, &events).await?;
+        let resting = project_orders(tx, &events, &typed, projection).await?;
         advance_watermarks(tx, entries).await?;
         transaction.commit().await?;
         Ok(resting)

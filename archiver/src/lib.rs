@@ -6,7 +6,8 @@
 //! - [`project`]: folding an order's events into its projection rows.
 //! - [`audit`]: the archive audit (every event once, projections = Redis).
 //! - `batch`: reading a batch and writing it in one transaction.
-//! - `sql`: the batch's SQL (COPY, inserts, projections, watermarks).
+//! - `sql`: the batch's SQL (COPY, inserts, watermarks); `projections`:
+//!   the projection tables moved on by a batch (incremental, or refolded).
 //! - `trim`: trimming to what every group acknowledged and the archive holds.
 //!
 //! # How a batch is archived
@@ -36,9 +37,11 @@ pub mod repair;
 pub mod schema;
 
 mod batch;
+mod projections;
 mod sql;
 mod trim;
 
+use projections::*;
 use sql::*;
 pub use sql::{SAGA_EVENT_TYPES, civil_month};
 use trim::*;

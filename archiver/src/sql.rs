@@ -2,7 +2,6 @@
 //! projections refolded, the watermarks; prepared once per connection.
 
 use super::*;
-use crate::project::decode;
 
 /// The partition time of an event (see `migrations/V2__archive.sql`).
 pub(crate) fn part_time(event: &Event) -> SystemTime {
@@ -230,130 +229,6 @@ pub(crate) async fn insert_order_items(
     Ok(())
 }
 
-/// Brings the projection of every order the batch touched up to date,
-/// refolded from its whole archived history (which the same transaction
-/// just extended); returns those now at a final pair, with their last
-/// change (ms).
-pub(crate) async fn refold_orders(
-    tx: &Tx<'_>,
-    events: &[Event],
-) -> Result<Vec<(Uuid, i64)>, ArchiveError> {
-    let ids: BTreeSet<Uuid> = events.iter().filter_map(Event::order_id).collect();
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let ids: Vec<Uuid> = ids.into_iter().collect();
-    let folded = refold_from_archive(tx, &ids).await?;
-    if folded.is_empty() {
-        return Ok(Vec::new());
-    }
-    macro_rules! column {
-        ($field:ident) => {
-            folded.iter().map(|r| r.$field.clone()).collect::<Vec<_>>()
-        };
-    }
-    execute(tx,
-        "INSERT INTO orders (order_id, saga_id, customer, restaurant_id, status, reason, payment_status, \
-         decision, total, created_at, updated_at, last_seq, events) \
-         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], \
-         $7::text[], $8::text[], $9::int8[], $10::timestamptz[], $11::timestamptz[], $12::int8[], $13::int4[]) \
-         ON CONFLICT (order_id) DO UPDATE SET saga_id = EXCLUDED.saga_id, customer = EXCLUDED.customer, \
-         restaurant_id = EXCLUDED.restaurant_id, status = EXCLUDED.status, reason = EXCLUDED.reason, \
-         payment_status = EXCLUDED.payment_status, decision = EXCLUDED.decision, total = EXCLUDED.total, \
-         created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at, last_seq = EXCLUDED.last_seq, \
-         events = EXCLUDED.events",
-        &[
-            &column!(order_id),
-            &column!(saga_id),
-            &column!(customer),
-            &column!(restaurant_id),
-            &column!(status),
-            &column!(reason),
-            &column!(payment_status),
-            &column!(decision),
-            &column!(total),
-            &column!(created_at),
-            &column!(updated_at),
-            &column!(last_seq),
-            &column!(events),
-        ],
-    )
-    .await?;
-    let paid: Vec<_> = folded
-        .iter()
-        .filter(|r| r.payment_status != "NONE")
-        .collect();
-    if !paid.is_empty() {
-        let ids: Vec<Uuid> = paid.iter().map(|r| r.order_id).collect();
-        let statuses: Vec<String> = paid.iter().map(|r| r.payment_status.clone()).collect();
-        let refs: Vec<Option<String>> = paid.iter().map(|r| r.provider_ref.clone()).collect();
-        let amounts: Vec<Option<i64>> = paid.iter().map(|r| r.total).collect();
-        let times: Vec<Option<SystemTime>> = paid.iter().map(|r| r.updated_at).collect();
-        execute(tx,
-            "INSERT INTO payments (order_id, status, provider_ref, amount, updated_at) \
-             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int8[], $5::timestamptz[]) \
-             ON CONFLICT (order_id) DO UPDATE SET status = EXCLUDED.status, \
-             provider_ref = EXCLUDED.provider_ref, amount = EXCLUDED.amount, updated_at = EXCLUDED.updated_at",
-            &[&ids, &statuses, &refs, &amounts, &times],
-        )
-        .await?;
-    }
-    Ok(folded
-        .iter()
-        .filter(|r| r.is_final())
-        .map(|r| {
-            let at = r
-                .updated_at
-                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                .map(|d| d.as_millis() as i64)
-                .unwrap_or(0);
-            (r.order_id, at)
-        })
-        .collect())
-}
-
-/// Folds the orders `ids` from their whole archived history.
-pub(crate) async fn refold_from_archive(
-    tx: &Tx<'_>,
-    ids: &[Uuid],
-) -> Result<Vec<OrderRow>, ArchiveError> {
-    let months: Vec<SystemTime> = ids.iter().map(uuid_time).collect();
-    let rows = query(
-        tx,
-        "SELECT order_id, saga_id, seq, type, payload, event_time FROM saga_events \
-             WHERE order_id = ANY($1) AND part_time = ANY($2) ORDER BY order_id, seq",
-        &[&ids, &months],
-    )
-    .await?;
-    let mut folded = Vec::with_capacity(ids.len());
-    let mut current: Vec<Archived> = Vec::new();
-    for row in rows {
-        let (kind, payload): (String, Json<Value>) = (row.get(3), row.get(4));
-        let payload = match decode(&kind, &payload.0) {
-            Ok(payload) => payload,
-            Err(reason) => {
-                // Counted by the audit as a gap; never folded as a guess.
-                tracing::error!(%reason, "An archived event does not decode; left out of its projection.");
-                continue;
-            }
-        };
-        let event = Archived {
-            order_id: row.get(0),
-            saga_id: row.get(1),
-            seq: row.get(2),
-            payload,
-            at: row.get(5),
-        };
-        if current.last().is_some_and(|e| e.order_id != event.order_id) {
-            folded.extend(fold(&current));
-            current.clear();
-        }
-        current.push(event);
-    }
-    folded.extend(fold(&current));
-    Ok(folded)
-}
-
 pub(crate) async fn advance_watermarks(tx: &Tx<'_>, entries: &[Entry]) -> Result<(), ArchiveError> {
     let mut highest: HashMap<&str, (i64, i64)> = HashMap::new();
     for entry in entries {
@@ -379,7 +254,7 @@ pub(crate) async fn advance_watermarks(tx: &Tx<'_>, entries: &[Entry]) -> Result
 
 /// The transaction every batch writes in (its statements are prepared once
 /// per connection and cached).
-type Tx<'a> = deadpool_postgres::Transaction<'a>;
+pub(crate) type Tx<'a> = deadpool_postgres::Transaction<'a>;
 
 pub(crate) async fn execute(
     tx: &Tx<'_>,
