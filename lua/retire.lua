@@ -28,12 +28,16 @@
       (not a final pair: dropped from the index, the archiver adds it again
       when it rests), young (rested less than the retention), timers (a
       delayed task is set), in_flight, unarchived (an event not yet
-      committed to the archive), lines (the keys do not match its lines).
+      committed to the archive), unhandled (an event a saga group has not
+      handled yet: e.g. the payment hop still owes the provider lookup of an
+      order rejected without a recorded payment), lines (the keys do not
+      match its lines).
   Final pairs: CONFIRMED with CAPTURED; REJECTED with NONE, DECLINED,
   VOIDED or REFUNDED.
-  Archived: for every event the order wrote, the archiver group of its
-  stream has delivered past it and does not hold it pending (it
-  acknowledges only after the batch committed in PostgreSQL).
+  Archived and handled: for every event the order wrote, every consumer
+  group of its stream (the archiver, which acknowledges only after the batch
+  committed in PostgreSQL, and the saga groups) has delivered past it and
+  does not hold it pending.
   Effects: the order hash is deleted. For an order that kept its stock
   (not rejected) each line's units leave `supplied` and join `retired`
   (`sv` bumped), so supplied = on hand + units held by live orders still
@@ -82,38 +86,45 @@ local streams = {}
 for _, stream in ipairs({orders_stream, payments_stream, rest_stream, batch_stream}) do
   streams[stream] = false
 end
--- Per stream, read once: the archiver's last-delivered id and the lowest id
+-- Per stream, read once: each group's last-delivered id and the lowest id
 -- it holds pending ('' when none).
-local function group_state(stream)
+local function group_states(stream)
   if streams[stream] == false then
-    local state = {delivered = '', lowest_pending = ''}
+    local states = {}
     local ok, groups = pcall(rcall, 'XINFO', 'GROUPS', stream)
     if ok then
       for _, g in ipairs(groups) do
         local info = {}
         for j = 1, #g, 2 do info[g[j]] = g[j + 1] end
-        if info['name'] == group then
-          state.delivered = info['last-delivered-id']
-          if tonumber(info['pending']) > 0 then
-            state.lowest_pending = rcall('XPENDING', stream, group)[2]
-          end
+        local state = {name = info['name'], delivered = info['last-delivered-id'], lowest_pending = ''}
+        if tonumber(info['pending']) > 0 then
+          state.lowest_pending = rcall('XPENDING', stream, state.name)[2]
         end
+        states[#states + 1] = state
       end
     end
-    streams[stream] = state
+    streams[stream] = states
   end
   return streams[stream]
+end
+-- Whether `state`'s group has delivered `id` and holds it no longer pending.
+local function done_with(stream, state, id)
+  if state.delivered == '' or not id_le(id, state.delivered) then return false end
+  -- Pending entries all lie at or above the lowest: only then ask for this one.
+  return not (state.lowest_pending ~= '' and id_le(state.lowest_pending, id)
+    and #rcall('XPENDING', stream, state.name, id, id, 1) > 0)
 end
 for ev in string.gmatch(o.evs or '', '%S+') do
   local stream, id = string.match(ev, '^(.*)|(%d+%-%d+)$')
   if not stream or streams[stream] == nil then return later('unarchived') end
-  local state = group_state(stream)
-  if state.delivered == '' or not id_le(id, state.delivered) then return later('unarchived') end
-  -- Pending entries all lie at or above the lowest: only then ask for this one.
-  if state.lowest_pending ~= '' and id_le(state.lowest_pending, id)
-      and #rcall('XPENDING', stream, group, id, id, 1) > 0 then
-    return later('unarchived')
+  local archived = false
+  for _, state in ipairs(group_states(stream)) do
+    if not done_with(stream, state, id) then
+      return later(state.name == group and 'unarchived' or 'unhandled')
+    end
+    archived = archived or state.name == group
   end
+  if not archived then return later('unarchived') end
 end
 
 local lines = cjson.decode(o.lines)

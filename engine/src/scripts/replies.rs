@@ -351,7 +351,7 @@ pub enum Retired {
         pay: PaymentStatus,
     },
     /// Still live, and why (`gone`, `moved`, `young`, `timers`,
-    /// `in_flight`, `unarchived`, `lines`).
+    /// `in_flight`, `unarchived`, `unhandled`, `lines`).
     Kept(String),
 }
 
