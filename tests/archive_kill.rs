@@ -55,11 +55,15 @@ async fn a_killed_archiver_restarts_and_archives_everything_once() {
         }
         // Killed once it has committed some of this round's events: in the
         // middle of its work, not after a guessed time.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while archived().await <= before {
-            assert!(Instant::now() < deadline, "the archiver never committed");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        fixture::eventually(Duration::from_secs(30), "a committed batch", || async {
+            let now = archived().await;
+            if now > before {
+                Ok(())
+            } else {
+                Err(format!("{now} events archived"))
+            }
+        })
+        .await;
         archiver.kill().unwrap();
         archiver.wait().unwrap();
     }

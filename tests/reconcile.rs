@@ -302,11 +302,15 @@ async fn reconcile_in_a_loop_beside_traffic_changes_no_healthy_order() {
     // Three runs, each after another 150 placements: some orders of each
     // run are older than its threshold, many are in flight.
     for run in 1..=3 {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while placed_so_far.load(std::sync::atomic::Ordering::Relaxed) < run * 150 {
-            assert!(std::time::Instant::now() < deadline, "the load stalled");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        fixture::eventually(Duration::from_secs(30), "150 more placements", || async {
+            let placed = placed_so_far.load(std::sync::atomic::Ordering::Relaxed);
+            if placed >= run * 150 {
+                Ok(())
+            } else {
+                Err(format!("{placed} placed"))
+            }
+        })
+        .await;
         let (output, report) = reconcile(&fx, &report_path);
         assert_eq!(
             output.status.code(),

@@ -119,11 +119,15 @@ async fn an_outage_opens_the_circuit_and_pushes_back_at_the_edge() {
     // (each after a cool-down), no other call reaches it.
     let breaker = app.psp.breaker();
     let (calls_before, probes_before) = (app.sim.stats().received, breaker.probes());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while breaker.probes() < probes_before + 2 {
-        assert!(Instant::now() < deadline, "no probe while open");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    fixture::eventually(Duration::from_secs(20), "two probes while open", || async {
+        let probes = breaker.probes() - probes_before;
+        if probes >= 2 {
+            Ok(())
+        } else {
+            Err(format!("{probes} probes"))
+        }
+    })
+    .await;
     let calls = app.sim.stats().received - calls_before;
     let probes = breaker.probes() - probes_before;
     assert!(

@@ -217,7 +217,7 @@ impl Archiver {
         insert_menu_history(tx, &events, &typed).await?;
         insert_delayed_task_history(tx, &events, &typed).await?;
         insert_order_items(tx, &events, &typed).await?;
-        let resting = project_orders(tx, &events, &typed, projection).await?;
+        let resting = project_orders(tx, &events, typed, projection).await?;
         advance_watermarks(tx, entries).await?;
         transaction.commit().await?;
         Ok(resting)

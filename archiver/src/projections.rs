@@ -45,7 +45,7 @@ pub(crate) async fn lock_projections(tx: &Tx<'_>, ids: &[Uuid]) -> Result<(), Ar
 /// The batch's events of each order it touched, in sequence, once each.
 pub(crate) fn order_events(
     events: &[Event],
-    payloads: &[Option<Payload>],
+    payloads: Vec<Option<Payload>>,
 ) -> std::collections::BTreeMap<Uuid, Vec<Archived>> {
     let mut by_order: std::collections::BTreeMap<Uuid, Vec<Archived>> = Default::default();
     for (event, payload) in events.iter().zip(payloads) {
@@ -54,7 +54,7 @@ pub(crate) fn order_events(
                 order_id,
                 saga_id: event.saga.parse().ok(),
                 seq: event.seq as i64,
-                payload: payload.clone(),
+                payload,
                 at: ms_time(event.ts_ms),
             });
         }
@@ -125,7 +125,7 @@ async fn current_rows(tx: &Tx<'_>, ids: &[Uuid]) -> Result<HashMap<Uuid, OrderRo
 pub(crate) async fn project_orders(
     tx: &Tx<'_>,
     events: &[Event],
-    payloads: &[Option<Payload>],
+    payloads: Vec<Option<Payload>>,
     mode: Projection,
 ) -> Result<Vec<(Uuid, i64)>, ArchiveError> {
     let by_order = order_events(events, payloads);

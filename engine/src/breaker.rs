@@ -161,7 +161,10 @@ impl Breaker {
     pub fn permit(&self) -> Permit {
         let permit = self.decide();
         match permit {
-            Permit::Denied => self.denied.fetch_add(1, Ordering::Relaxed),
+            Permit::Denied => {
+                metrics::counter!("lunchrush_psp_calls_denied_total").increment(1);
+                self.denied.fetch_add(1, Ordering::Relaxed)
+            }
             Permit::Probe => self.probes.fetch_add(1, Ordering::Relaxed),
             Permit::Call => 0,
         };

@@ -143,7 +143,6 @@ impl PspClient {
     ) -> Attempt {
         let permit = self.breaker.permit();
         if permit == Permit::Denied {
-            metrics::counter!("lunchrush_psp_calls_denied_total").increment(1);
             return Attempt::Denied;
         }
         self.pacer.wait(kind).await;

@@ -29,6 +29,15 @@ pub struct GroupInfo {
     pub last_delivered: (i64, i64),
 }
 
+/// One XINFO record (a flat `[name, value, …]` array) by field name.
+fn fields(record: Value) -> HashMap<String, Value> {
+    record
+        .into_array()
+        .chunks(2)
+        .filter_map(|kv| Some((kv.first()?.as_string()?, kv.get(1)?.clone())))
+        .collect()
+}
+
 /// The consumer groups of a stream (empty when the stream does not exist).
 pub async fn group_infos(
     redis: &Client,
@@ -43,11 +52,7 @@ pub async fn group_infos(
         .into_array()
         .into_iter()
         .map(|group| {
-            let map: HashMap<String, Value> = group
-                .into_array()
-                .chunks(2)
-                .filter_map(|kv| Some((kv.first()?.as_string()?, kv.get(1)?.clone())))
-                .collect();
+            let map = fields(group);
             let text = |k: &str| map.get(k).and_then(Value::as_string);
             let number = |k: &str| map.get(k).and_then(Value::as_u64).unwrap_or(0);
             GroupInfo {
@@ -82,11 +87,7 @@ pub async fn consumer_infos(
         .into_array()
         .into_iter()
         .filter_map(|consumer| {
-            let map: HashMap<String, Value> = consumer
-                .into_array()
-                .chunks(2)
-                .filter_map(|kv| Some((kv.first()?.as_string()?, kv.get(1)?.clone())))
-                .collect();
+            let map = fields(consumer);
             Some(ConsumerInfo {
                 name: map.get("name")?.as_string()?,
                 pending: map.get("pending")?.as_u64()?,

@@ -733,13 +733,19 @@ async fn during_an_outage_a_compensation_waits_for_the_circuit() {
     // failing event may use before it is parked.
     let denied_at_open = env.psp.breaker().denied();
     let rounds = engine::saga::WorkerOptions::new("x").deliveries_max + 2;
-    while env.psp.breaker().denied() < denied_at_open + rounds {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the void was not retried while the circuit was open"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    fixture::eventually(
+        deadline.saturating_duration_since(std::time::Instant::now()),
+        "the void retried while the circuit was open",
+        || async {
+            let denied = env.psp.breaker().denied() - denied_at_open;
+            if denied >= rounds {
+                Ok(())
+            } else {
+                Err(format!("{denied} refusals"))
+            }
+        },
+    )
+    .await;
     let keys = env.engine.keys();
     for topic in [engine::keys::Topic::Parked, engine::keys::Topic::Dead] {
         let len: u64 = env
