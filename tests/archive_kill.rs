@@ -5,9 +5,8 @@
 mod common;
 
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use engine::domain::PlaceOrder;
 use stack::psp::Faults;
 
 fn spawn_archiver(fx: &common::Fixture) -> Child {
@@ -42,14 +41,7 @@ async fn a_killed_archiver_restarts_and_archives_everything_once() {
         let before = archived().await;
         let mut archiver = spawn_archiver(&fx);
         for _ in 0..150 {
-            let request = PlaceOrder::parse(
-                &format!("c{placed}"),
-                &format!("r{}", placed % 4),
-                &[("meal".into(), 1)],
-                5_000,
-                &format!("k{placed}"),
-            )
-            .unwrap();
+            let request = fixture::meal_order(placed, &format!("r{}", placed % 4), 5_000);
             engine.place_order(&request).await.unwrap();
             placed += 1;
         }
@@ -68,21 +60,7 @@ async fn a_killed_archiver_restarts_and_archives_everything_once() {
         archiver.wait().unwrap();
     }
     let mut archiver = spawn_archiver(&fx);
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let report = loop {
-        if engine.unsettled().await.unwrap() == 0 {
-            let report = archiver::audit::audit(engine, pool).await.unwrap();
-            if report.passed() && report.stream_entries == 0 {
-                break report;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "archive never caught up: {report}"
-            );
-        }
-        assert!(Instant::now() < deadline, "sagas never settled");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let report = fx.wait_archived(Duration::from_secs(90)).await;
     assert_eq!(report.orders, placed);
     // SAFETY: signalling our own child.
     unsafe { libc::kill(archiver.id() as i32, libc::SIGTERM) };

@@ -27,6 +27,16 @@ fn pids_mentioning(needle: &str) -> Vec<u32> {
         .collect()
 }
 
+/// `out`, once asserted to be a success (its stderr otherwise).
+fn succeeded(out: std::process::Output) -> std::process::Output {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 fn port_of(url: &str) -> u16 {
     url.rsplit_once(':')
         .unwrap()
@@ -54,12 +64,7 @@ fn sourced(home: &std::path::Path, names: &[&str]) -> Vec<String> {
         .arg(home.join("stack.env"))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
+    String::from_utf8(succeeded(out).stdout)
         .unwrap()
         .lines()
         .map(str::to_string)
@@ -241,11 +246,7 @@ fn down_purge_stops_up_and_leaves_nothing() {
         .arg(&home)
         .output()
         .unwrap();
-    assert!(
-        down.status.success(),
-        "{}",
-        String::from_utf8_lossy(&down.stderr)
-    );
+    succeeded(down);
     assert!(child.wait().unwrap().success(), "up stopped cleanly");
     assert!(!home.exists(), "the home is gone");
     if let Some(data) = note {

@@ -5,7 +5,6 @@
 mod common;
 
 use engine::keys::Topic;
-use fred::prelude::*;
 use stack::psp::Faults;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -65,24 +64,8 @@ async fn import_writes_good_lines_on_the_batch_lane_and_refuses_bad_ones() {
     assert!(fx.engine.menu("imp-3").await.unwrap().is_none());
     assert!(fx.engine.menu("imp-5").await.unwrap().is_none());
     // The writes' events went to the batch lane, none to the online menu stream.
-    let keys = fx.engine.keys();
-    let (mut batch, mut online) = (0u64, 0u64);
-    for p in 0..keys.partitions() {
-        let b: u64 = fx
-            .engine
-            .redis()
-            .xlen(keys.stream(p, Topic::Batch))
-            .await
-            .unwrap();
-        let o: u64 = fx
-            .engine
-            .redis()
-            .xlen(keys.stream(p, Topic::Menu))
-            .await
-            .unwrap();
-        batch += b;
-        online += o;
-    }
+    let batch = fx.stream_entries(Topic::Batch).await;
+    let online = fx.stream_entries(Topic::Menu).await;
     assert_eq!(online, 0);
     assert_eq!(
         batch,

@@ -7,7 +7,7 @@ mod common;
 use std::process::Output;
 use std::time::Duration;
 
-use engine::domain::{OrderStatus, PaymentStatus, PlaceOrder};
+use engine::domain::{OrderStatus, PaymentStatus};
 use engine::engine::Actor;
 use engine::keys::{Lane, Topic};
 use fred::prelude::*;
@@ -31,41 +31,35 @@ async fn reconcile_finds_and_fixes_every_orphan_kind_once() {
     let place = |i: u32| {
         let engine = engine.clone();
         async move {
-            let request = PlaceOrder::parse(
-                &format!("c{i}"),
-                "r1",
-                &[("meal".into(), 1)],
-                6_000,
-                &format!("k{i}"),
-            )
-            .unwrap();
+            let request = fixture::meal_order(i, "r1", 6_000);
             engine.place_order(&request).await.unwrap().order_id
         }
     };
     let p = engine.keys().partition_of_restaurant("r1");
+    // What a bug or a hand could leave: an order's hash gone, or its entry
+    // among those in flight.
+    let delete_hash = async |id: &uuid::Uuid| {
+        let _: i64 = engine
+            .redis()
+            .del(engine.keys().order(p, id))
+            .await
+            .unwrap();
+    };
+    let delete_inflight = async |id: &uuid::Uuid| {
+        let inflight = engine.keys().inflight(p);
+        let _: i64 = engine.redis().zrem(inflight, id.to_string()).await.unwrap();
+    };
 
     // 1. A saga stuck PENDING with stock held (no worker ever ran).
     let stuck = place(1).await;
     // 2. Stock held by an order that no longer exists.
     let vanished = place(2).await;
-    let _: i64 = engine
-        .redis()
-        .del(engine.keys().order(p, &vanished))
-        .await
-        .unwrap();
-    let _: i64 = engine
-        .redis()
-        .zrem(engine.keys().inflight(p), vanished.to_string())
-        .await
-        .unwrap();
+    delete_hash(&vanished).await;
+    delete_inflight(&vanished).await;
     // 2b. An in-flight entry whose order hash is gone (deleted by hand):
     // reported as its own kind and removed; its stock is reclaimed too.
     let dangling = place(8).await;
-    let _: i64 = engine
-        .redis()
-        .del(engine.keys().order(p, &dangling))
-        .await
-        .unwrap();
+    delete_hash(&dangling).await;
     // 3. A provider charge with no order at all.
     let ghost = engine::ids::new_order_id(p);
     psp.authorize(&ghost.to_string(), 9_999).await.unwrap();
@@ -87,11 +81,7 @@ async fn reconcile_finds_and_fixes_every_orphan_kind_once() {
         )
         .await
         .unwrap();
-    let _: i64 = engine
-        .redis()
-        .zrem(engine.keys().inflight(p), claimed.to_string())
-        .await
-        .unwrap();
+    delete_inflight(&claimed).await;
     // 5. A pending entry of a consumer that died (it read, never acked).
     let orphaned = place(5).await;
     let taken = engine::saga::read_group(
@@ -282,14 +272,7 @@ async fn reconcile_in_a_loop_beside_traffic_changes_no_healthy_order() {
             let started = std::time::Instant::now();
             let mut i: u64 = 0;
             while started.elapsed() < Duration::from_secs(10) {
-                let request = PlaceOrder::parse(
-                    &format!("c{i}"),
-                    &format!("r{}", i % 4),
-                    &[("meal".into(), 1)],
-                    6_000,
-                    &format!("k{i}"),
-                )
-                .unwrap();
+                let request = fixture::meal_order(i, &format!("r{}", i % 4), 6_000);
                 engine.place_order(&request).await.unwrap();
                 i += 1;
                 placed_so_far.store(i, std::sync::atomic::Ordering::Relaxed);

@@ -8,7 +8,6 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use engine::domain::PlaceOrder;
 use stack::psp::Faults;
 
 /// Truncates the newest incremental AOF file by `share` of its length;
@@ -44,14 +43,7 @@ async fn reconciliation_repairs_what_a_redis_crash_loses() {
     let load = tokio::spawn(async move {
         let mut placed = 0;
         for i in 0..2_000 {
-            let request = PlaceOrder::parse(
-                &format!("c{i}"),
-                &format!("r{}", i % 4),
-                &[("meal".into(), 1)],
-                7_000,
-                &format!("k{i}"),
-            )
-            .unwrap();
+            let request = fixture::meal_order(i, &format!("r{}", i % 4), 7_000);
             // Placements fail while Redis is down; that is the point.
             if engine.place_order(&request).await.is_ok() {
                 placed += 1;

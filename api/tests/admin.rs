@@ -4,11 +4,11 @@
 
 mod helpers;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use api::admission::Limits;
 use fred::prelude::*;
-use helpers::{TestApp, order_body};
+use helpers::{Reply, TestApp, order_body, strings};
 use serde_json::{Value, json};
 
 async fn app() -> TestApp {
@@ -22,10 +22,9 @@ async fn app() -> TestApp {
 /// An order paid and waiting for a restaurant that does not auto-approve.
 async fn awaiting_decision(app: &TestApp, key: &str) -> String {
     let customer = app.customer("dora");
-    let placed = app
-        .place(&customer, key, order_body("slow", &[("soup", 2)], 1_600))
+    let id = app
+        .place_ok(&customer, key, order_body("slow", &[("soup", 2)], 1_600))
         .await;
-    let id = placed.ok(202)["order_id"].as_str().unwrap().to_string();
     app.wait_for(&id, &customer, |o| o["status"] == "PAID")
         .await;
     id
@@ -68,11 +67,7 @@ async fn a_stuck_saga_is_listed_with_its_step_and_compensated_only_at_the_versio
     assert_eq!(stock(&app).await, 8);
     let admin = app.admin();
 
-    let stuck = app
-        .get("/v1/admin/stuck?older_than=0s", &admin)
-        .await
-        .ok(200)
-        .clone();
+    let stuck = app.get_ok("/v1/admin/stuck?older_than=0s", &admin).await;
     let saga = stuck["sagas"]
         .as_array()
         .unwrap()
@@ -82,11 +77,7 @@ async fn a_stuck_saga_is_listed_with_its_step_and_compensated_only_at_the_versio
         .clone();
     assert_eq!(saga["waiting_on"], "restaurant decision", "{saga}");
     let version = saga["version"].as_u64().unwrap();
-    let none = app
-        .get("/v1/admin/stuck?older_than=1h", &admin)
-        .await
-        .ok(200)
-        .clone();
+    let none = app.get_ok("/v1/admin/stuck?older_than=1h", &admin).await;
     assert!(none["sagas"].as_array().unwrap().is_empty(), "{none}");
 
     // Refusals change nothing and record nothing.
@@ -97,46 +88,27 @@ async fn a_stuck_saga_is_listed_with_its_step_and_compensated_only_at_the_versio
         }
         body
     };
-    app.post(
-        "/v1/admin/sagas",
-        &admin,
-        Some(act("compensate", version, None)),
-    )
-    .await
-    .problem(422, "reason_required");
-    app.post(
-        "/v1/admin/sagas",
-        &admin,
-        Some(act("compensate", version, Some("  "))),
-    )
-    .await
-    .problem(422, "reason_required");
-    app.post(
-        "/v1/admin/sagas",
-        &admin,
-        Some(json!({"action": "compensate", "orders": [], "reason": "x"})),
-    )
-    .await
-    .problem(422, "invalid_batch");
-    app.post(
-        "/v1/admin/sagas",
-        &admin,
-        Some(act("explode", version, Some("x"))),
-    )
-    .await
-    .problem(400, "invalid_body");
+    let sagas = |body: Value| app.post("/v1/admin/sagas", &admin, Some(body));
+    // The first order's result of a batch answered 200.
+    let first_result = |reply: Reply| reply.ok(200)["results"][0].clone();
+    let empty_batch = json!({"action": "compensate", "orders": [], "reason": "x"});
+    for (body, status, code) in [
+        (act("compensate", version, None), 422, "reason_required"),
+        (
+            act("compensate", version, Some("  ")),
+            422,
+            "reason_required",
+        ),
+        (empty_batch, 422, "invalid_batch"),
+        (act("explode", version, Some("x")), 400, "invalid_body"),
+    ] {
+        sagas(body).await.problem(status, code);
+    }
     assert_eq!(stock(&app).await, 8);
 
     // Re-drive takes only a step the saga owes: this one waits on the
     // restaurant's own decision, so it is refused and nothing changes.
-    let waiting = app
-        .post(
-            "/v1/admin/sagas",
-            &admin,
-            Some(act("redrive", version, Some("nudge it"))),
-        )
-        .await;
-    let result = waiting.ok(200)["results"][0].clone();
+    let result = first_result(sagas(act("redrive", version, Some("nudge it"))).await);
     assert_eq!(result["code"], "not_redrivable", "{result}");
     assert_eq!(
         (result["status"].as_str(), result["version"].as_u64()),
@@ -145,14 +117,7 @@ async fn a_stuck_saga_is_listed_with_its_step_and_compensated_only_at_the_versio
     assert_eq!(stock(&app).await, 8);
 
     // Seen at an older version: refused, not forced.
-    let moved = app
-        .post(
-            "/v1/admin/sagas",
-            &admin,
-            Some(act("compensate", version - 1, Some("customer called"))),
-        )
-        .await;
-    let result = moved.ok(200)["results"][0].clone();
+    let result = first_result(sagas(act("compensate", version - 1, Some("customer called"))).await);
     assert_eq!(
         (result["outcome"].as_str(), result["code"].as_str()),
         (Some("refused"), Some("order_moved")),
@@ -161,14 +126,7 @@ async fn a_stuck_saga_is_listed_with_its_step_and_compensated_only_at_the_versio
     assert_eq!(result["status"], "PAID");
     assert_eq!(stock(&app).await, 8);
 
-    let done = app
-        .post(
-            "/v1/admin/sagas",
-            &admin,
-            Some(act("compensate", version, Some("customer called"))),
-        )
-        .await;
-    let result = done.ok(200)["results"][0].clone();
+    let result = first_result(sagas(act("compensate", version, Some("customer called"))).await);
     assert_eq!(result["outcome"], "done", "{result}");
     let order = app
         .wait_for(&id, &admin, |o| o["payment"]["status"] == "VOIDED")
@@ -177,56 +135,38 @@ async fn a_stuck_saga_is_listed_with_its_step_and_compensated_only_at_the_versio
     assert_eq!(stock(&app).await, 10, "the stock came back");
 
     // A settled order is not re-driven.
-    let now = app
-        .get(&format!("/v1/admin/orders/{id}"), &admin)
-        .await
-        .ok(200)["order"]["version"]
+    let now = app.get_ok(&format!("/v1/admin/orders/{id}"), &admin).await["order"]["version"]
         .as_u64()
         .unwrap();
-    let again = app
-        .post(
-            "/v1/admin/sagas",
-            &admin,
-            Some(act("redrive", now, Some("again"))),
-        )
-        .await;
-    assert_eq!(again.ok(200)["results"][0]["code"], "order_settled");
+    let again = first_result(sagas(act("redrive", now, Some("again"))).await);
+    assert_eq!(again["code"], "order_settled");
 
     // Every action, refused or not, is in the audit trail, newest first.
     let audit = app
-        .get(&format!("/v1/admin/actions?order={id}"), &admin)
-        .await
-        .ok(200)
-        .clone();
-    let rows: Vec<(String, String)> = audit["actions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| {
-            (
-                a["action"].as_str().unwrap().to_string(),
-                a["outcome"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
+        .get_ok(&format!("/v1/admin/actions?order={id}"), &admin)
+        .await;
     let expected = [
         ("redrive", "refused"),
         ("compensate", "done"),
         ("compensate", "refused"),
         ("redrive", "refused"),
     ];
-    assert_eq!(
-        rows,
-        expected.map(|(a, o)| (a.to_string(), o.to_string())),
-        "{audit}"
-    );
+    assert_eq!(actions_and_outcomes(&audit), expected, "{audit}");
     assert!(
-        audit["actions"]
-            .as_array()
-            .unwrap()
+        strings(&audit["actions"], "actor")
             .iter()
-            .all(|a| a["actor"] == "ops")
+            .all(|a| *a == "ops")
     );
+}
+
+/// `(action, outcome)` of every action an audit answer lists.
+fn actions_and_outcomes(audit: &Value) -> Vec<(&str, &str)> {
+    let actions = &audit["actions"];
+    let outcomes = strings(actions, "outcome");
+    strings(actions, "action")
+        .into_iter()
+        .zip(outcomes)
+        .collect()
 }
 
 #[tokio::test]
@@ -236,83 +176,43 @@ async fn orders_are_found_by_id_customer_restaurant_and_status() {
     let id = awaiting_decision(&app, "find-1").await;
     let admin = app.admin();
     let by_id = app
-        .get(&format!("/v1/admin/orders?id={id}"), &admin)
-        .await
-        .ok(200)
-        .clone();
+        .get_ok(&format!("/v1/admin/orders?id={id}"), &admin)
+        .await;
     assert_eq!(by_id["orders"][0]["order_id"], id.as_str());
     assert_eq!(by_id["orders"][0]["source"], "live");
     // The projections trail Redis by the archiver's lag.
-    let started = Instant::now();
-    loop {
-        let found = app
-            .get(
-                "/v1/admin/orders?customer=dora&restaurant=slow&status=paid",
-                &admin,
-            )
-            .await
-            .ok(200)
-            .clone();
-        if found["orders"].as_array().unwrap().len() == 1 {
-            assert_eq!(found["orders"][0]["order_id"], id.as_str());
-            break;
+    let search = "/v1/admin/orders?customer=dora&restaurant=slow&status=paid";
+    let found = fixture::eventually(Duration::from_secs(30), "found", || async {
+        let found = app.get_ok(search, &admin).await;
+        match found["orders"].as_array().unwrap().len() {
+            1 => Ok(found),
+            _ => Err(format!("never found: {found}")),
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "never found: {found}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let nobody = app
-        .get("/v1/admin/orders?customer=nobody", &admin)
-        .await
-        .ok(200)
-        .clone();
+    })
+    .await;
+    assert_eq!(found["orders"][0]["order_id"], id.as_str());
+    let nobody = app.get_ok("/v1/admin/orders?customer=nobody", &admin).await;
     assert_eq!(nobody["orders"], json!([]));
-    app.get("/v1/admin/orders?status=LOST", &admin)
-        .await
-        .problem(400, "invalid_query");
-    app.get("/v1/admin/orders?older_than=soon", &admin)
-        .await
-        .problem(400, "invalid_query");
-    app.get("/v1/admin/stuck?older_than=100000d", &admin)
-        .await
-        .problem(400, "invalid_query");
-    app.get("/v1/admin/orders?colour=red", &admin)
-        .await
-        .problem(400, "invalid_query");
-    app.get("/v1/admin/orders?limit=-5x", &admin)
-        .await
-        .problem(400, "invalid_query");
-    let missing = uuid::Uuid::now_v7();
-    app.get(&format!("/v1/admin/orders/{missing}"), &admin)
-        .await
-        .problem(404, "order_not_found");
-    app.get("/v1/admin/orders/not-an-id", &admin)
-        .await
-        .problem(404, "order_not_found");
+    let missing = format!("/v1/admin/orders/{}", uuid::Uuid::now_v7());
+    for (path, status, code) in [
+        ("/v1/admin/orders?status=LOST", 400, "invalid_query"),
+        ("/v1/admin/orders?older_than=soon", 400, "invalid_query"),
+        ("/v1/admin/stuck?older_than=100000d", 400, "invalid_query"),
+        ("/v1/admin/orders?colour=red", 400, "invalid_query"),
+        ("/v1/admin/orders?limit=-5x", 400, "invalid_query"),
+        (missing.as_str(), 404, "order_not_found"),
+        ("/v1/admin/orders/not-an-id", 404, "order_not_found"),
+    ] {
+        app.get(path, &admin).await.problem(status, code);
+    }
 
-    let detail = app
-        .get(&format!("/v1/admin/orders/{id}"), &admin)
-        .await
-        .ok(200)
-        .clone();
+    let detail = app.get_ok(&format!("/v1/admin/orders/{id}"), &admin).await;
     assert_eq!(detail["order"]["waiting_on"], "restaurant decision");
     assert_eq!(detail["payment"]["provider"]["state"], "authorized");
     assert_eq!(detail["payment"]["agrees"], true);
-    let kinds: Vec<&str> = detail["timers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["kind"].as_str().unwrap())
-        .collect();
+    let kinds = strings(&detail["timers"], "kind");
     assert_eq!(kinds, ["approval_timeout"], "{detail}");
-    let types: Vec<&str> = detail["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["type"].as_str().unwrap())
-        .collect();
+    let types = strings(&detail["events"], "type");
     assert_eq!(types, ["OrderPlaced", "PaymentAuthorized"]);
 }
 
@@ -339,11 +239,7 @@ async fn a_dead_letter_is_resolved_with_a_note() {
         .xadd(&dead, false, None, "*", fields)
         .await
         .unwrap();
-    let letters = app
-        .get("/v1/admin/dead-letters", &admin)
-        .await
-        .ok(200)
-        .clone();
+    let letters = app.get_ok("/v1/admin/dead-letters", &admin).await;
     let listed = &letters["letters"][0];
     assert_eq!(
         (listed["id"].as_str(), listed["reason"].as_str()),
@@ -353,71 +249,37 @@ async fn a_dead_letter_is_resolved_with_a_note() {
     assert_eq!(listed["partition"], 2);
 
     let path = format!("/v1/admin/dead-letters/dead/2/{id}");
-    app.post(&format!("{path}/resolve"), &admin, Some(json!({})))
+    let (resolve, retry) = (format!("{path}/resolve"), format!("{path}/retry"));
+    let with_reason = |path: &str, reason: &str| {
+        let (path, body) = (path.to_string(), json!({ "reason": reason }));
+        let (app, admin) = (&app, &admin);
+        async move { app.post(&path, admin, Some(body)).await }
+    };
+    app.post(&resolve, &admin, Some(json!({})))
         .await
         .problem(422, "reason_required");
     // A retry of an entry no handler can read fails and keeps it.
-    app.post(
-        &format!("{path}/retry"),
-        &admin,
-        Some(json!({"reason": "try"})),
-    )
-    .await
-    .problem(409, "retry_failed");
-    assert_eq!(
-        app.get("/v1/admin/dead-letters", &admin).await.ok(200)["letters"]
-            .as_array()
-            .unwrap()
-            .len(),
-        1
-    );
-    let resolved = app
-        .post(
-            &format!("{path}/resolve"),
-            &admin,
-            Some(json!({"reason": "bad producer, fixed in 1.4"})),
-        )
-        .await;
+    with_reason(&retry, "try")
+        .await
+        .problem(409, "retry_failed");
+    let listed = app.get_ok("/v1/admin/dead-letters", &admin).await;
+    assert_eq!(listed["letters"].as_array().unwrap().len(), 1);
+    let resolved = with_reason(&resolve, "bad producer, fixed in 1.4").await;
     assert_eq!(resolved.ok(200)["resolved"], true);
-    assert_eq!(
-        app.get("/v1/admin/dead-letters", &admin).await.ok(200)["letters"],
-        json!([])
-    );
-    app.post(
-        &format!("{path}/resolve"),
-        &admin,
-        Some(json!({"reason": "twice"})),
-    )
-    .await
-    .problem(404, "letter_not_found");
-    app.post(
-        "/v1/admin/dead-letters/dead/2/99-0/retry",
-        &admin,
-        Some(json!({"reason": "x"})),
-    )
-    .await
-    .problem(404, "letter_not_found");
-    app.post(
-        "/v1/admin/dead-letters/ghost/2/1-0/retry",
-        &admin,
-        Some(json!({"reason": "x"})),
-    )
-    .await
-    .problem(404, "letter_not_found");
-    app.post(
-        "/v1/admin/dead-letters/dead/999/1-0/retry",
-        &admin,
-        Some(json!({"reason": "x"})),
-    )
-    .await
-    .problem(404, "letter_not_found");
-    app.post(
-        "/v1/admin/dead-letters/dead/x/1-0/retry",
-        &admin,
-        Some(json!({"reason": "x"})),
-    )
-    .await
-    .problem(400, "invalid_path");
+    let listed = app.get_ok("/v1/admin/dead-letters", &admin).await;
+    assert_eq!(listed["letters"], json!([]));
+    with_reason(&resolve, "twice")
+        .await
+        .problem(404, "letter_not_found");
+    for (letter, status, code) in [
+        ("dead/2/99-0", 404, "letter_not_found"),
+        ("ghost/2/1-0", 404, "letter_not_found"),
+        ("dead/999/1-0", 404, "letter_not_found"),
+        ("dead/x/1-0", 400, "invalid_path"),
+    ] {
+        let retry = format!("/v1/admin/dead-letters/{letter}/retry");
+        with_reason(&retry, "x").await.problem(status, code);
+    }
 
     // Nothing holds the entry any more: the operator group acknowledged it.
     let groups = engine::streams::group_infos(app.engine.redis(), &dead)
@@ -430,22 +292,14 @@ async fn a_dead_letter_is_resolved_with_a_note() {
     assert_eq!(operator.pending, 0);
     assert!(operator.last_delivered >= engine::streams::parse_entry_id(&id).unwrap());
 
-    let audit = app.get("/v1/admin/actions", &admin).await.ok(200).clone();
-    let actions: Vec<Value> = audit["actions"].as_array().unwrap().clone();
-    let summary: Vec<(&str, &str)> = actions
-        .iter()
-        .map(|a| {
-            (
-                a["action"].as_str().unwrap(),
-                a["outcome"].as_str().unwrap(),
-            )
-        })
-        .collect();
+    let audit = app.get_ok("/v1/admin/actions", &admin).await;
+    let summary = actions_and_outcomes(&audit);
     assert_eq!(
         summary,
         [("resolve", "done"), ("retry", "failed")],
         "{audit}"
     );
-    assert_eq!(actions[0]["subject"], format!("dead/2/{id}"));
-    assert_eq!(actions[0]["reason"], "bad producer, fixed in 1.4");
+    let newest = &audit["actions"][0];
+    assert_eq!(newest["subject"], format!("dead/2/{id}"));
+    assert_eq!(newest["reason"], "bad producer, fixed in 1.4");
 }

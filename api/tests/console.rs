@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use api::admission::Limits;
 use fantoccini::{Client, ClientBuilder, Locator};
-use helpers::{TestApp, order_body};
+use helpers::{TestApp, order_body, strings};
 use serde_json::{Value, json};
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -103,6 +103,11 @@ impl Browser {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// The text of `selector` once it contains `needle`.
+    async fn text_containing(&self, selector: &str, needle: &str) -> String {
+        self.text_when(selector, |t| t.contains(needle)).await
     }
 
     /// Clicks `selector`, again if the page re-rendered it meanwhile.
@@ -276,9 +281,7 @@ async fn the_overview_moves_under_load_and_an_order_shows_its_whole_story() {
     for event in ["PaymentAuthorized", "RestaurantApproved", "OrderApproved"] {
         assert!(timeline.contains(event), "{event} missing from {timeline}");
     }
-    let payment = browser
-        .text_when("#order-payment", |t| t.contains("captured"))
-        .await;
+    let payment = browser.text_containing("#order-payment", "captured").await;
     assert!(payment.contains("CAPTURED"), "{payment}");
     browser.text_when("#order-agrees", |t| t == "yes").await;
     browser
@@ -289,7 +292,7 @@ async fn the_overview_moves_under_load_and_an_order_shows_its_whole_story() {
     // The same page from a deep link.
     browser.open(&app.url, &format!("/ops/orders/{id}")).await;
     browser
-        .text_when("#timeline", |t| t.contains("PaymentCaptured"))
+        .text_containing("#timeline", "PaymentCaptured")
         .await;
     browser.close().await;
 }
@@ -338,14 +341,13 @@ async fn a_dead_letter_is_retried_from_the_page_and_the_action_is_audited() {
     .await;
     app.seed("deli", true, &[("bagel", 500, 100)]).await;
     let customer = app.customer("carol");
-    let placed = app
-        .place(
+    let id = app
+        .place_ok(
             &customer,
             "dead-1",
             order_body("deli", &[("bagel", 1)], 500),
         )
         .await;
-    let id = placed.ok(202)["order_id"].as_str().unwrap().to_string();
     app.wait_for(&id, &customer, |o| o["payment"]["status"] == "CAPTURED")
         .await;
     app.post(
@@ -375,9 +377,7 @@ async fn a_dead_letter_is_retried_from_the_page_and_the_action_is_audited() {
         .goto(&format!("{}/ops/#token={}", app.url, customer))
         .await
         .unwrap();
-    browser
-        .text_when("#login-error", |t| t.contains("admins"))
-        .await;
+    browser.text_containing("#login-error", "admins").await;
     assert!(
         !browser
             .client
@@ -405,49 +405,30 @@ async fn a_dead_letter_is_retried_from_the_page_and_the_action_is_audited() {
         .type_into("#letters-reason", "notice service restored, INC-42")
         .await;
     browser.click("#letters-table button.retry").await;
+    browser.text_containing("#letters-result", "failed").await;
     browser
-        .text_when("#letters-result", |t| t.contains("failed"))
-        .await;
-    browser
-        .text_when("#letters-table", |t| t.contains("TimerFired"))
+        .text_containing("#letters-table", "TimerFired")
         .await;
 
     notifier.failing.store(false, Ordering::Relaxed);
     browser.click("#letters-table button.retry").await;
-    browser
-        .text_when("#letters-result", |t| t.contains("done"))
-        .await;
+    browser.text_containing("#letters-result", "done").await;
     browser
         .text_when("#letters-table", |t| !t.contains("TimerFired"))
         .await;
 
     // The notice went out and the saga moved on (the auto-confirmation is set).
-    let detail = app
-        .get(&format!("/v1/admin/orders/{id}"), &admin)
-        .await
-        .ok(200)
-        .clone();
-    let notices: Vec<&str> = detail["notifications"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n["kind"].as_str().unwrap())
-        .collect();
+    let detail = app.get_ok(&format!("/v1/admin/orders/{id}"), &admin).await;
+    let notices = strings(&detail["notifications"], "kind");
     assert_eq!(notices, ["confirm_notice"], "{detail}");
+    let timers = detail["timers"].as_array().unwrap();
     assert!(
-        detail["timers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|t| t["kind"] == "auto_confirm"),
+        timers.iter().any(|t| t["kind"] == "auto_confirm"),
         "{detail}"
     );
-    let actions = detail["actions"].as_array().unwrap();
-    let outcomes: Vec<&str> = actions
-        .iter()
-        .map(|a| a["outcome"].as_str().unwrap())
-        .collect();
+    let outcomes = strings(&detail["actions"], "outcome");
     assert_eq!(outcomes, ["done", "failed"], "newest first: {detail}");
+    let actions = detail["actions"].as_array().unwrap();
     assert!(actions.iter().all(|a| a["actor"] == "ops"
         && a["action"] == "retry"
         && a["reason"] == "notice service restored, INC-42"));
@@ -464,16 +445,14 @@ async fn a_dead_letter_is_retried_from_the_page_and_the_action_is_audited() {
 
     // The order's page shows the action on its timeline.
     browser.open(&app.url, &format!("/ops/orders/{id}")).await;
-    browser
-        .text_when("#order-actions", |t| t.contains("INC-42"))
-        .await;
+    browser.text_containing("#order-actions", "INC-42").await;
     // Its delayed tasks: the notice's timer fired late (it was dead-lettered
     // in between) and the notice went out through the notifier.
     browser
-        .text_when("#order-timers-fired", |t| t.contains("confirm_notice"))
+        .text_containing("#order-timers-fired", "confirm_notice")
         .await;
     browser
-        .text_when("#order-notifications", |t| t.contains("flaky"))
+        .text_containing("#order-notifications", "flaky")
         .await;
     browser.close().await;
 }
@@ -490,10 +469,9 @@ async fn stuck_sagas_are_compensated_in_bulk_except_one_that_moved() {
     let customer = app.customer("frank");
     let mut ids = Vec::new();
     for key in ["stuck-a", "stuck-b"] {
-        let placed = app
-            .place(&customer, key, order_body("slow", &[("soup", 1)], 800))
+        let id = app
+            .place_ok(&customer, key, order_body("slow", &[("soup", 1)], 800))
             .await;
-        let id = placed.ok(202)["order_id"].as_str().unwrap().to_string();
         app.wait_for(&id, &customer, |o| o["status"] == "PAID")
             .await;
         ids.push(id);
@@ -529,7 +507,7 @@ async fn stuck_sagas_are_compensated_in_bulk_except_one_that_moved() {
         .await;
     browser.click("#stuck-compensate").await;
     let result = browser
-        .text_when("#stuck-result", |t| t.contains("compensate:"))
+        .text_containing("#stuck-result", "compensate:")
         .await;
     assert!(result.contains("1 done, 1 refused"), "{result}");
     browser.screenshot("stuck").await;
@@ -547,10 +525,8 @@ async fn stuck_sagas_are_compensated_in_bulk_except_one_that_moved() {
     assert_eq!(menu.items[0].stock, 9, "one unit back, one sold");
     for (id, outcome) in [(&ids[0], "done"), (&ids[1], "refused")] {
         let audit = app
-            .get(&format!("/v1/admin/actions?order={id}"), &admin)
-            .await
-            .ok(200)
-            .clone();
+            .get_ok(&format!("/v1/admin/actions?order={id}"), &admin)
+            .await;
         assert_eq!(audit["actions"][0]["action"], "compensate", "{audit}");
         assert_eq!(audit["actions"][0]["outcome"], outcome, "{audit}");
         assert_eq!(audit["actions"][0]["reason"], "kitchen offline, INC-7");

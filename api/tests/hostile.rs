@@ -8,24 +8,31 @@ use std::time::{Duration, Instant};
 
 use api::admission::Limits;
 use fred::prelude::*;
-use helpers::{TestApp, spawn_app_with};
+use helpers::{TestApp, roomy, spawn_app_with};
 use rand::{Rng, SeedableRng};
 use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Limits generous enough that the fuzzing itself is never rate-limited.
-fn roomy() -> Limits {
-    Limits {
-        rate_per_sec: 100_000.0,
-        burst: 100_000.0,
-        ..Limits::default()
-    }
+/// The API with [`roomy`] limits and restaurant `rid` selling one item
+/// `(item, price, stock)`.
+async fn app_with(rid: &str, auto_approve: bool, item: (&str, i64, i64)) -> TestApp {
+    let app = spawn_app_with(roomy()).await;
+    app.seed(rid, auto_approve, &[item]).await;
+    app
 }
 
-async fn dbsize(app: &TestApp) -> u64 {
-    app.engine.redis().dbsize().await.unwrap()
+/// What a refused request must not change: every key in Redis, and the
+/// orders and stock of restaurant `rid`.
+async fn footprint(app: &TestApp, rid: &str) -> (u64, (usize, Vec<(String, i64)>)) {
+    let keys: u64 = app.engine.redis().dbsize().await.unwrap();
+    (keys, app.footprint(rid).await)
+}
+
+async fn assert_unchanged(app: &TestApp, rid: &str, before: (u64, (usize, Vec<(String, i64)>))) {
+    let after = footprint(app, rid).await;
+    assert_eq!(after, before, "refused requests changed nothing");
 }
 
 /// Sends raw bytes on a fresh connection and reads until the server closes
@@ -108,9 +115,8 @@ fn adversarial_bodies(rng: &mut rand::rngs::StdRng) -> Vec<Vec<u8>> {
 /// exactly what it held before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_body_crashes_the_process_or_changes_anything() {
-    let app = spawn_app_with(roomy()).await;
-    app.seed("fort", true, &[("bread", 1_000, 5)]).await;
-    let before = (dbsize(&app).await, app.footprint("fort").await);
+    let app = app_with("fort", true, ("bread", 1_000, 5)).await;
+    let before = footprint(&app, "fort").await;
     let admin = app.admin();
     let customer = app.customer("mallory");
     let seed = std::env::var("LUNCHRUSH_FUZZ_SEED")
@@ -160,11 +166,7 @@ async fn no_body_crashes_the_process_or_changes_anything() {
     }
     let healthz = app.raw(Method::GET, "/healthz", None, &[], None).await;
     assert_eq!(healthz.status, 200, "the process still answers");
-    assert_eq!(
-        (dbsize(&app).await, app.footprint("fort").await),
-        before,
-        "refused requests changed nothing"
-    );
+    assert_unchanged(&app, "fort", before).await;
 }
 
 /// Made-up methods and restaurant ids never become metric series: after
@@ -172,8 +174,7 @@ async fn no_body_crashes_the_process_or_changes_anything() {
 /// made-up restaurant is named. (`hostile-bench` shows the size stays flat.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn odd_methods_and_made_up_ids_do_not_grow_the_metrics() {
-    let app = spawn_app_with(roomy()).await;
-    app.seed("real", true, &[("tea", 1_000, 1_000)]).await;
+    let app = app_with("real", true, ("tea", 1_000, 1_000)).await;
     let customer = app.customer("c");
     let metrics = || app.metrics_text();
     let hostile_round = |i: usize| {
@@ -353,8 +354,7 @@ async fn protocol_refusals_are_problem_documents() {
 /// Idempotency-Key per request. Nothing refused changes anything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_hold_everywhere() {
-    let app = spawn_app_with(roomy()).await;
-    app.seed("deli", true, &[("bagel", 1_000, 0)]).await;
+    let app = app_with("deli", true, ("bagel", 1_000, 0)).await;
     let admin = app.admin();
     let patch = |delta: i64| {
         app.patch(
@@ -364,7 +364,7 @@ async fn limits_hold_everywhere() {
         )
     };
     assert_eq!(patch(10_000_000).await.ok(200)["stock"], 10_000_000);
-    let before = (dbsize(&app).await, app.footprint("deli").await);
+    let before = footprint(&app, "deli").await;
     patch(10_000_000).await.problem(409, "stock_too_high");
     patch(1).await.problem(409, "stock_too_high");
     for rid in [".", ".."] {
@@ -405,11 +405,7 @@ async fn limits_hold_everywhere() {
     )
     .await
     .problem(400, "invalid_idempotency_key");
-    assert_eq!(
-        (dbsize(&app).await, app.footprint("deli").await),
-        before,
-        "refused requests changed nothing"
-    );
+    assert_unchanged(&app, "deli", before).await;
 }
 
 /// Once the restaurant's accept answered 200, the customer's cancel is
@@ -417,8 +413,7 @@ async fn limits_hold_everywhere() {
 /// times in parallel, no accepted order ends cancelled by its customer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_customer_cannot_cancel_what_the_restaurant_accepted() {
-    let app = spawn_app_with(roomy()).await;
-    app.seed("race", false, &[("dish", 1_000, 1_000)]).await;
+    let app = app_with("race", false, ("dish", 1_000, 1_000)).await;
     let kitchen = app.restaurant("race");
     let mut orders = Vec::new();
     for i in 0..30 {

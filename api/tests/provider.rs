@@ -39,18 +39,7 @@ fn rand_suffix() -> String {
 }
 
 async fn dead_letters(app: &TestApp) -> u64 {
-    let keys = app.engine.keys();
-    let mut total = 0;
-    for p in 0..keys.partitions() {
-        let len: u64 = app
-            .engine
-            .redis()
-            .xlen(keys.stream(p, Topic::Dead))
-            .await
-            .unwrap();
-        total += len;
-    }
-    total
+    app.stream_entries(Topic::Dead).await
 }
 
 /// The provider fails everything: within seconds placements answer 503
@@ -61,12 +50,7 @@ async fn dead_letters(app: &TestApp) -> u64 {
 /// dead-lettered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_opens_the_circuit_and_pushes_back_at_the_edge() {
-    let app = spawn_app_with(Limits {
-        rate_per_sec: 100_000.0,
-        burst: 100_000.0,
-        ..Limits::default()
-    })
-    .await;
+    let app = spawn_app_with(helpers::roomy()).await;
     app.seed("wok", true, &[("noodles", 8_000, 100_000)]).await;
     let customer = app.customer("hungry");
     let mut accepted = Vec::new();

@@ -5,7 +5,6 @@
 use std::time::{Duration, Instant};
 
 use archiver::{Archiver, ArchiverOptions};
-use engine::domain::PlaceOrder;
 use fred::prelude::*;
 use stack::psp::Faults;
 
@@ -35,41 +34,8 @@ fn archiver(env: &Env) -> Archiver {
 
 async fn place(env: &Env, from: usize, to: usize) {
     for i in from..to {
-        let request = PlaceOrder::parse(
-            &format!("c{i}"),
-            &format!("r{}", i % 8),
-            &[("meal".to_string(), 1)],
-            8_000,
-            &format!("k{i}"),
-        )
-        .unwrap();
+        let request = fixture::meal_order(i, &format!("r{}", i % 8), 8_000);
         env.engine.place_order(&request).await.unwrap();
-    }
-}
-
-async fn unsettled(engine: &engine::Engine) -> u64 {
-    engine.unsettled().await.unwrap()
-}
-
-/// Waits until every saga is settled, the archive audit passes and the
-/// streams are trimmed empty.
-async fn wait_archived(env: &Env) -> archiver::audit::AuditReport {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        if unsettled(&env.engine).await == 0 {
-            let report = archiver::audit::audit(&env.engine, env.pool())
-                .await
-                .unwrap();
-            if report.passed() && report.stream_entries == 0 {
-                return report;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "archive never caught up: {report}"
-            );
-        }
-        assert!(Instant::now() < deadline, "sagas never settled");
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -95,7 +61,7 @@ async fn every_event_is_archived_once_and_streams_are_trimmed() {
     let (_stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(archiver.clone().run(stopped));
     place(&env, 0, 300).await;
-    let report = wait_archived(&env).await;
+    let report = env.wait_archived(Duration::from_secs(90)).await;
     assert_eq!(report.orders, 300);
     let order_events: i64 = {
         let mut total = 0i64;
@@ -187,7 +153,7 @@ async fn a_postgres_outage_loses_nothing() {
     }
     assert!(held > 0, "events wait in Redis while PostgreSQL is down");
     env.stack_mut().postgres.restart().await.unwrap();
-    let report = wait_archived(&env).await;
+    let report = env.wait_archived(Duration::from_secs(90)).await;
     assert_eq!(report.orders, placed as u64);
 }
 

@@ -42,6 +42,41 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     ticks as f64 / hz
 }
 
+/// An engine on `config`, over a connection of its own.
+pub async fn connect_engine(config: &engine::Config) -> anyhow::Result<engine::Engine> {
+    let client = engine::store::connect(config).await?;
+    Ok(engine::Engine::new(client, config.clone()).await?)
+}
+
+/// A standalone redis-server under `dir/redis` (`appendfsync everysec`) on
+/// a free port.
+pub fn start_redis(dir: &std::path::Path) -> anyhow::Result<stack::RedisServer> {
+    Ok(stack::RedisServer::start(stack::RedisOptions {
+        dir: dir.join("redis"),
+        preferred_port: None,
+        appendfsync: stack::AppendFsync::Everysec,
+    })?)
+}
+
+/// Runs `job(i)` for every `i` in `0..count`, up to `concurrency` at once:
+/// every answer, or an error once all ran.
+pub async fn run_concurrently<T, E, Fut>(
+    count: usize,
+    concurrency: usize,
+    job: impl FnMut(usize) -> Fut,
+) -> Result<Vec<T>, E>
+where
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    use futures::StreamExt;
+    let results: Vec<Result<T, E>> = futures::stream::iter(0..count)
+        .map(job)
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
 /// One numeric field of Redis `INFO <section>` (`used_memory`,
 /// `total_commands_processed`, …); 0 when absent.
 pub async fn redis_info_number(

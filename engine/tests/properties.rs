@@ -163,6 +163,11 @@ async fn run_case(world: &World, ops: Vec<Op>) -> Result<(), TestCaseError> {
     let mut keys = 0u32;
     for op in ops {
         let pick = |n: u8| (!orders.is_empty()).then(|| orders[n as usize % orders.len()]);
+        // The order `n` picks, as it is now (none when none is placed yet).
+        let current = async |n: u8| match pick(n) {
+            Some(id) => engine.order(&id).await.unwrap(),
+            None => None,
+        };
         match op {
             Op::Place {
                 customer,
@@ -222,38 +227,25 @@ async fn run_case(world: &World, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 });
             }
             Op::Decide { order, approve } => {
-                if let Some(id) = pick(order)
-                    && let Some(o) = engine.order(&id).await.unwrap()
-                {
+                if let Some(o) = current(order).await {
+                    let decision = match approve {
+                        true => Decision::Approve,
+                        false => Decision::Reject,
+                    };
                     engine
-                        .decide(
-                            &o,
-                            if approve {
-                                Decision::Approve
-                            } else {
-                                Decision::Reject
-                            },
-                            "",
-                            Some(o.version),
-                            false,
-                            Lane::Online,
-                        )
+                        .decide(&o, decision, "", Some(o.version), false, Lane::Online)
                         .await
                         .unwrap();
                 }
             }
             Op::Cancel { order, admin } => {
-                if let Some(id) = pick(order)
-                    && let Some(o) = engine.order(&id).await.unwrap()
-                {
+                if let Some(o) = current(order).await {
                     let actor = if admin { Actor::Admin } else { Actor::Customer };
                     engine.cancel(&o, actor, None, Lane::Online).await.unwrap();
                 }
             }
             Op::Release { order } => {
-                if let Some(id) = pick(order)
-                    && let Some(o) = engine.order(&id).await.unwrap()
-                {
+                if let Some(o) = current(order).await {
                     engine
                         .release(
                             &o,
@@ -266,9 +258,7 @@ async fn run_case(world: &World, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
             }
             Op::Advance { order, confirm } => {
-                if let Some(id) = pick(order)
-                    && let Some(o) = engine.order(&id).await.unwrap()
-                {
+                if let Some(o) = current(order).await {
                     let target = if confirm {
                         OrderStatus::Confirmed
                     } else {

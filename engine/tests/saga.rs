@@ -15,6 +15,36 @@ use stack::psp::Faults;
 
 const SETTLE: Duration = Duration::from_secs(60);
 
+/// Two `#[$test]`s of `scenario(env)`: `$standalone` on standalone Redis,
+/// `$cluster` on a 3-master Cluster.
+macro_rules! on_both_deployments {
+    (#[$test:meta] $scenario:ident: $standalone:ident, $cluster:ident) => {
+        #[$test]
+        async fn $standalone() {
+            $scenario(TestEnv::standalone().await).await;
+        }
+
+        #[$test]
+        async fn $cluster() {
+            $scenario(TestEnv::cluster().await).await;
+        }
+    };
+}
+
+/// With workers running, `count` customers each order one `item` from the
+/// auto-approving `rid` that sells it (`price`, `stock`); every saga settles.
+async fn settled_orders(
+    env: &mut TestEnv,
+    rid: &str,
+    (item, price, stock): (&str, i64, i64),
+    count: usize,
+) {
+    env.restaurant(rid, true, item, price, stock).await;
+    env.start_workers("w1");
+    env.place_numbered(0..count, rid, &[(item, 1)], price).await;
+    env.settle(SETTLE).await;
+}
+
 /// 1,000 customers race for 100 units of one item: exactly 100 orders are
 /// placed and approved (captured at the provider), 900 are refused
 /// `out_of_stock`, stock ends at 0 and the checker passes.
@@ -23,13 +53,7 @@ async fn flash_sale(mut env: TestEnv) {
     env.start_workers("w1");
     let placements = (0..1_000).map(|i| {
         let engine = env.engine.clone();
-        let request = env.request(
-            &format!("c{i}"),
-            "flash",
-            &[("deal", 1)],
-            9_900,
-            &format!("k{i}"),
-        );
+        let request = fixture::numbered_order(i, "flash", &[("deal", 1)], 9_900);
         tokio::spawn(async move { engine.place_order(&request).await })
     });
     let results = futures::future::join_all(placements).await;
@@ -72,15 +96,11 @@ async fn flash_sale(mut env: TestEnv) {
     env.stop_workers().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn flash_sale_sells_exactly_the_stock_standalone() {
-    flash_sale(TestEnv::standalone().await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn flash_sale_sells_exactly_the_stock_on_a_cluster() {
-    flash_sale(TestEnv::cluster().await).await;
-}
+on_both_deployments!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    flash_sale: flash_sale_sells_exactly_the_stock_standalone,
+    flash_sale_sells_exactly_the_stock_on_a_cluster
+);
 
 /// With 30 % of authorizations declined, every declined order ends
 /// REJECTED/DECLINED (`payment_declined`) with its stock back, every other
@@ -93,16 +113,8 @@ async fn declines(mut env: TestEnv) {
     env.restaurant("r-decl", true, "soup", 5_000, 1_000).await;
     env.item("r-decl", "bread", 1_000, 1_000, None).await;
     env.start_workers("w1");
-    for i in 0..200 {
-        let request = env.request(
-            &format!("c{i}"),
-            "r-decl",
-            &[("soup", 2), ("bread", 1)],
-            11_000,
-            &format!("k{i}"),
-        );
-        env.engine.place_order(&request).await.unwrap();
-    }
+    env.place_numbered(0..200, "r-decl", &[("soup", 2), ("bread", 1)], 11_000)
+        .await;
     env.settle(SETTLE).await;
     let ledger: HashMap<String, String> = env
         .sim
@@ -140,15 +152,11 @@ async fn declines(mut env: TestEnv) {
     env.assert_rule_holds().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn declined_payments_release_their_stock_standalone() {
-    declines(TestEnv::standalone().await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn declined_payments_release_their_stock_on_a_cluster() {
-    declines(TestEnv::cluster().await).await;
-}
+on_both_deployments!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    declines: declined_payments_release_their_stock_standalone,
+    declined_payments_release_their_stock_on_a_cluster
+);
 
 /// Every order's events carry sequence numbers 1..=n with no gap and no
 /// repeat, and no saga step's event appears twice.
@@ -179,16 +187,8 @@ async fn a_crashed_consumers_batch_is_reclaimed_and_applied_once() {
     let mut env = TestEnv::standalone().await;
     env.restaurant("r-crash", true, "noodles", 8_000, 10_000)
         .await;
-    for i in 0..60 {
-        let request = env.request(
-            &format!("c{i}"),
-            "r-crash",
-            &[("noodles", 1)],
-            8_000,
-            &format!("k{i}"),
-        );
-        env.engine.place_order(&request).await.unwrap();
-    }
+    env.place_numbered(0..60, "r-crash", &[("noodles", 1)], 8_000)
+        .await;
     // The doomed consumer reads everything the payment group has, then dies
     // without processing or acknowledging anything.
     let keys = env.engine.keys().clone();
@@ -250,19 +250,7 @@ async fn replaying_every_event_changes_nothing() {
         decline_rate: 0.25,
         ..Faults::default()
     });
-    env.restaurant("r-replay", true, "rice", 7_000, 500).await;
-    env.start_workers("w1");
-    for i in 0..80 {
-        let request = env.request(
-            &format!("c{i}"),
-            "r-replay",
-            &[("rice", 1)],
-            7_000,
-            &format!("k{i}"),
-        );
-        env.engine.place_order(&request).await.unwrap();
-    }
-    env.settle(SETTLE).await;
+    settled_orders(&mut env, "r-replay", ("rice", 7_000, 500), 80).await;
     env.stop_workers().await;
     let before = env.orders().await;
     let stock_before = env.engine.menu("r-replay").await.unwrap().unwrap();
@@ -323,22 +311,8 @@ async fn replaying_every_event_changes_nothing() {
     for p in 0..common::PARTITIONS {
         for role in engine::saga::Role::ALL {
             for topic in role.topics() {
-                let _: () = env
-                    .engine
-                    .redis()
-                    .custom(
-                        fred::cmd!("XGROUP"),
-                        vec![
-                            "SETID".to_string(),
-                            env.engine.keys().stream(p, *topic),
-                            role.group().into(),
-                            "0".into(),
-                            "ENTRIESREAD".into(),
-                            "0".into(),
-                        ],
-                    )
-                    .await
-                    .unwrap();
+                let stream = env.engine.keys().stream(p, *topic);
+                env.rewind_group(&stream, role.group()).await.unwrap();
             }
         }
     }
@@ -347,14 +321,7 @@ async fn replaying_every_event_changes_nothing() {
     env.start_workers("w2");
     // The replay happened: every group read its streams to the end again
     // and acknowledged everything (lag and pending back to 0).
-    let deadline = std::time::Instant::now() + SETTLE;
-    while env.saga_backlog().await > 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the replay never finished"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    env.drain_groups(SETTLE).await;
     env.settle(SETTLE).await;
     env.stop_workers().await;
     assert_eq!(env.orders().await, before, "orders unchanged by redelivery");
@@ -389,15 +356,11 @@ async fn survives_script_flush(env: TestEnv) {
     );
 }
 
-#[tokio::test]
-async fn a_flushed_script_cache_is_reloaded_standalone() {
-    survives_script_flush(TestEnv::standalone().await).await;
-}
-
-#[tokio::test]
-async fn a_flushed_script_cache_is_reloaded_on_a_cluster() {
-    survives_script_flush(TestEnv::cluster().await).await;
-}
+on_both_deployments!(
+    #[tokio::test]
+    survives_script_flush: a_flushed_script_cache_is_reloaded_standalone,
+    a_flushed_script_cache_is_reloaded_on_a_cluster
+);
 
 /// The same Idempotency-Key with the same request returns the first answer
 /// and reserves nothing more; with another request it is refused, even for
@@ -468,19 +431,7 @@ async fn provider_timeouts_after_charging_never_charge_twice() {
         hang_ms: 2_500,
         ..Faults::default()
     });
-    env.restaurant("r-flaky", true, "kimbap", 3_500, 100).await;
-    env.start_workers("w1");
-    for i in 0..30 {
-        let request = env.request(
-            &format!("c{i}"),
-            "r-flaky",
-            &[("kimbap", 1)],
-            3_500,
-            &format!("k{i}"),
-        );
-        env.engine.place_order(&request).await.unwrap();
-    }
-    env.settle(SETTLE).await;
+    settled_orders(&mut env, "r-flaky", ("kimbap", 3_500, 100), 30).await;
     let orders = env.orders().await;
     assert!(
         orders
@@ -608,17 +559,10 @@ async fn the_checker_catches_every_kind_of_violation() {
     env.restaurant("r-check", true, "cake", 5_000, 10).await;
     env.item("r-check", "tart", 4_000, 10, Some(2)).await;
     env.start_workers("w1");
-    let mut ids = Vec::new();
-    for i in 0..3 {
-        let request = env.request(
-            &format!("c{i}"),
-            "r-check",
-            &[("cake", 1), ("tart", 1)],
-            9_000,
-            &format!("k{i}"),
-        );
-        ids.push(env.engine.place_order(&request).await.unwrap().order_id);
-    }
+    let placed = env
+        .place_numbered(0..3, "r-check", &[("cake", 1), ("tart", 1)], 9_000)
+        .await;
+    let ids: Vec<_> = placed.iter().map(|p| p.order_id).collect();
     env.settle(SETTLE).await;
     env.stop_workers().await;
     env.assert_rule_holds().await;

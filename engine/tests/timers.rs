@@ -48,14 +48,29 @@ async fn wait_for(
 }
 
 async fn place(env: &TestEnv, rid: &str, i: usize) -> uuid::Uuid {
-    let request = env.request(
-        &format!("c{i}"),
-        rid,
-        &[("dish", 1)],
-        10_000,
-        &format!("k{i}"),
-    );
+    let request = fixture::numbered_order(i, rid, &[("dish", 1)], 10_000);
     env.engine.place_order(&request).await.unwrap().order_id
+}
+
+/// Moves `order` to `to` as `actor`, online.
+async fn advance(
+    env: &TestEnv,
+    order: &engine::domain::Order,
+    to: OrderStatus,
+    actor: Actor,
+) -> engine::engine::Transition {
+    let engine = &env.engine;
+    engine
+        .advance(order, to, actor, None, Lane::Online)
+        .await
+        .unwrap()
+}
+
+/// A standalone fixture on [`quick`] timers as `tweak` changes them.
+async fn quick_env_with(tweak: impl FnOnce(&mut engine::Timers)) -> TestEnv {
+    let mut timers = quick();
+    tweak(&mut timers);
+    common::with_timers(false, timers).await
 }
 
 async fn timers_of(env: &TestEnv, order: &engine::domain::Order) -> Vec<String> {
@@ -109,17 +124,7 @@ async fn notice_and_auto_confirm_fire_once_each_across_two_engines() {
     }
     for id in &ids {
         let order = wait_for(&env, id, "APPROVED", |o| o.status == OrderStatus::Approved).await;
-        let t = env
-            .engine
-            .advance(
-                &order,
-                OrderStatus::Dispatched,
-                Actor::Restaurant,
-                None,
-                Lane::Online,
-            )
-            .await
-            .unwrap();
+        let t = advance(&env, &order, OrderStatus::Dispatched, Actor::Restaurant).await;
         assert!(t.is_done());
     }
     for id in &ids {
@@ -187,30 +192,12 @@ async fn confirmations_cancel_the_pending_timers() {
     let admin = place(&env, "r-auto", 3).await;
     for id in [&early, &late] {
         let order = wait_for(&env, id, "APPROVED", |o| o.status == OrderStatus::Approved).await;
-        env.engine
-            .advance(
-                &order,
-                OrderStatus::Dispatched,
-                Actor::Restaurant,
-                None,
-                Lane::Online,
-            )
-            .await
-            .unwrap();
+        advance(&env, &order, OrderStatus::Dispatched, Actor::Restaurant).await;
     }
     // Early: confirmed at once; the notice timer goes in the same step.
     let order = env.engine.order(&early).await.unwrap().unwrap();
     assert_eq!(timers_of(&env, &order).await.len(), 1);
-    env.engine
-        .advance(
-            &order,
-            OrderStatus::Confirmed,
-            Actor::Customer,
-            None,
-            Lane::Online,
-        )
-        .await
-        .unwrap();
+    advance(&env, &order, OrderStatus::Confirmed, Actor::Customer).await;
     assert!(timers_of(&env, &order).await.is_empty());
     // Late: confirmed after the notice, before the automatic confirmation.
     let order = wait_for(&env, &late, "notified", |o| !o.notified.is_empty()).await;
@@ -220,16 +207,7 @@ async fn confirmations_cancel_the_pending_timers() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let order = env.engine.order(&late).await.unwrap().unwrap();
-    env.engine
-        .advance(
-            &order,
-            OrderStatus::Confirmed,
-            Actor::Customer,
-            None,
-            Lane::Online,
-        )
-        .await
-        .unwrap();
+    advance(&env, &order, OrderStatus::Confirmed, Actor::Customer).await;
     assert!(
         timers_of(&env, &order).await.is_empty(),
         "the customer's confirmation cancels auto_confirm"
@@ -239,17 +217,7 @@ async fn confirmations_cancel_the_pending_timers() {
         o.status == OrderStatus::Approved
     })
     .await;
-    let t = env
-        .engine
-        .advance(
-            &order,
-            OrderStatus::Confirmed,
-            Actor::Admin,
-            None,
-            Lane::Online,
-        )
-        .await
-        .unwrap();
+    let t = advance(&env, &order, OrderStatus::Confirmed, Actor::Admin).await;
     assert_eq!(t.status, Some(OrderStatus::Confirmed));
 
     // Every timer these orders had fired before its confirmation (if at
@@ -288,14 +256,7 @@ async fn confirmations_cancel_the_pending_timers() {
 /// timeout: rejected, authorization voided, stock back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_approval_timeout_compensates() {
-    let mut env = common::with_timers(
-        false,
-        engine::Timers {
-            approval_timeout: Duration::from_secs(1),
-            ..quick()
-        },
-    )
-    .await;
+    let mut env = quick_env_with(|t| t.approval_timeout = Duration::from_secs(1)).await;
     env.restaurant("r-slow", false, "dish", 10_000, 5).await;
     env.start_workers("engine-1");
     let id = place(&env, "r-slow", 1).await;
@@ -316,14 +277,7 @@ async fn the_approval_timeout_compensates() {
 /// window closes, and its stock comes back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_payment_window_compensates() {
-    let mut env = common::with_timers(
-        false,
-        engine::Timers {
-            payment_window: Duration::from_secs(1),
-            ..quick()
-        },
-    )
-    .await;
+    let mut env = quick_env_with(|t| t.payment_window = Duration::from_secs(1)).await;
     env.sim.set_faults(Faults {
         error_rate: 1.0,
         ..Faults::default()
@@ -351,14 +305,7 @@ async fn the_payment_window_compensates() {
 /// claim — late, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timer_due_while_every_engine_was_down_fires_late_once() {
-    let mut env = common::with_timers(
-        false,
-        engine::Timers {
-            approval_timeout: Duration::from_secs(1),
-            ..quick()
-        },
-    )
-    .await;
+    let mut env = quick_env_with(|t| t.approval_timeout = Duration::from_secs(1)).await;
     env.restaurant("r-slow", false, "dish", 10_000, 5).await;
     let id = place(&env, "r-slow", 1).await;
     engine::saga::drive_payment(&env.engine, &env.psp, &id, Lane::Online)

@@ -39,6 +39,21 @@ pub fn order_body(rid: &str, lines: &[(&str, i64)], total: i64) -> Value {
     })
 }
 
+/// The string `field` of every element of the array `list`.
+pub fn strings<'a>(list: &'a Value, field: &str) -> Vec<&'a str> {
+    let list = list.as_array().unwrap();
+    list.iter().map(|v| v[field].as_str().unwrap()).collect()
+}
+
+/// Limits generous enough that a test's own traffic is never rate-limited.
+pub fn roomy() -> Limits {
+    Limits {
+        rate_per_sec: 100_000.0,
+        burst: 100_000.0,
+        ..Limits::default()
+    }
+}
+
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(Limits::default()).await
 }
@@ -209,6 +224,11 @@ impl TestApp {
         self.call(Method::GET, path, token, None).await
     }
 
+    /// GET `path`, asserting a 200: the body.
+    pub async fn get_ok(&self, path: &str, token: &str) -> Value {
+        self.get(path, token).await.ok(200).clone()
+    }
+
     pub async fn post(&self, path: &str, token: &str, body: Option<Value>) -> Reply {
         self.call(Method::POST, path, token, body).await
     }
@@ -238,6 +258,12 @@ impl TestApp {
             Some(("application/json", bytes)),
         )
         .await
+    }
+
+    /// Places an order, asserting the 202: its id.
+    pub async fn place_ok(&self, token: &str, key: &str, body: Value) -> String {
+        let placed = self.place(token, key, body).await;
+        placed.ok(202)["order_id"].as_str().unwrap().to_string()
     }
 
     /// A restaurant with items `(item, price, stock)`, created through the API.

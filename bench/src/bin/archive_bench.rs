@@ -16,8 +16,8 @@
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use engine::events::EventKind;
 use fred::prelude::*;
-use futures::StreamExt;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::ToSql;
 
@@ -33,13 +33,13 @@ struct Args {
     batch: u64,
 }
 
-const KINDS: [&str; 6] = [
-    "OrderPlaced",
-    "PaymentAuthorized",
-    "RestaurantApproved",
-    "PaymentCaptured",
-    "OrderApproved",
-    "OrderDispatched",
+const KINDS: [EventKind; 6] = [
+    EventKind::OrderPlaced,
+    EventKind::PaymentAuthorized,
+    EventKind::RestaurantApproved,
+    EventKind::PaymentCaptured,
+    EventKind::OrderApproved,
+    EventKind::OrderDispatched,
 ];
 
 #[tokio::main]
@@ -58,8 +58,7 @@ async fn main() -> anyhow::Result<()> {
         partitions: args.partitions,
         ..engine::Config::default()
     };
-    let engine =
-        engine::Engine::new(engine::store::connect(&config).await?, config.clone()).await?;
+    let engine = bench::connect_engine(&config).await?;
     let pool = api::postgres_pool(&config.postgres_url)?;
     let mut options = archiver::ArchiverOptions::new("bench");
     options.batch_size = args.batch;
@@ -68,57 +67,45 @@ async fn main() -> anyhow::Result<()> {
 
     // Events straight into the streams, as the scripts would write them.
     let keys = engine.keys().clone();
-    futures::stream::iter(0..args.orders)
-        .map(|i| {
-            let engine = engine.clone();
-            let keys = keys.clone();
-            async move {
-                let p = (i % args.partitions as usize) as u16;
-                let order = engine::ids::new_order_id(p).to_string();
-                let saga = engine::ids::new_saga_id().to_string();
-                for (seq, kind) in KINDS.iter().enumerate() {
-                    let topic = if kind.starts_with("Payment") {
-                        engine::keys::Topic::Payments
-                    } else if kind.starts_with("Restaurant") {
-                        engine::keys::Topic::Restaurant
-                    } else {
-                        engine::keys::Topic::Orders
-                    };
-                    let data = if seq == 0 {
-                        format!(
-                            r#"{{"c":"c{i}","r":"r{}","t":12000,"l":[["dish",1,12000]]}}"#,
-                            i % 64
-                        )
-                    } else {
-                        r#"{"ref":"psp_1","amount":12000}"#.to_string()
-                    };
-                    let _: String = engine
-                        .redis()
-                        .xadd(
-                            keys.stream(p, topic),
-                            false,
-                            None,
-                            "*",
-                            vec![
-                                ("v", "1".to_string()),
-                                ("type", kind.to_string()),
-                                ("order", order.clone()),
-                                ("saga", saga.clone()),
-                                ("seq", (seq + 1).to_string()),
-                                ("ts", "1764000000000".to_string()),
-                                ("data", data),
-                            ],
-                        )
-                        .await?;
-                }
-                Ok::<_, fred::error::Error>(())
+    bench::run_concurrently(args.orders, 256, |i| {
+        let (engine, keys) = (engine.clone(), keys.clone());
+        async move {
+            let p = (i % args.partitions as usize) as u16;
+            let order = engine::ids::new_order_id(p).to_string();
+            let saga = engine::ids::new_saga_id().to_string();
+            for (seq, kind) in KINDS.iter().enumerate() {
+                let topic = kind.topic();
+                let data = if seq == 0 {
+                    format!(
+                        r#"{{"c":"c{i}","r":"r{}","t":12000,"l":[["dish",1,12000]]}}"#,
+                        i % 64
+                    )
+                } else {
+                    r#"{"ref":"psp_1","amount":12000}"#.to_string()
+                };
+                let _: String = engine
+                    .redis()
+                    .xadd(
+                        keys.stream(p, topic),
+                        false,
+                        None,
+                        "*",
+                        vec![
+                            ("v", "1".to_string()),
+                            ("type", kind.to_string()),
+                            ("order", order.clone()),
+                            ("saga", saga.clone()),
+                            ("seq", (seq + 1).to_string()),
+                            ("ts", "1764000000000".to_string()),
+                            ("data", data),
+                        ],
+                    )
+                    .await?;
             }
-        })
-        .buffer_unordered(256)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()?;
+            Ok::<_, fred::error::Error>(())
+        }
+    })
+    .await?;
     let events = args.orders * KINDS.len();
 
     let started = Instant::now();

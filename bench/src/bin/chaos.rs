@@ -757,8 +757,7 @@ async fn run_once(args: &Args, seed: u64, bin: &Path) -> anyhow::Result<RunRepor
         partitions: PARTITIONS,
         ..engine::Config::default()
     };
-    let engine =
-        engine::Engine::new(engine::store::connect(&config).await?, config.clone()).await?;
+    let engine = bench::connect_engine(&config).await?;
     let menu = Arc::new(Menu::new());
     menu.seed(&engine).await?;
     let env = [

@@ -117,6 +117,14 @@ struct Load {
 }
 
 impl Load {
+    /// PUTs `body` to the API's `path` as `token`; an error unless 2xx.
+    async fn put(&self, path: &str, token: &str, body: &serde_json::Value) -> anyhow::Result<()> {
+        let request = self.http.put(format!("{}{path}", self.api));
+        let response = request.bearer_auth(token).json(body).send().await?;
+        response.error_for_status()?;
+        Ok(())
+    }
+
     async fn seed(&self) -> anyhow::Result<()> {
         let admin = self
             .keys
@@ -126,23 +134,13 @@ impl Load {
             async move {
                 let rid = format!("e2e-{r:03}");
                 let body = json!({"name": rid, "open": true, "auto_approve": true});
-                self.http
-                    .put(format!("{}/v1/restaurants/{rid}", self.api))
-                    .bearer_auth(&admin)
-                    .json(&body)
-                    .send()
-                    .await?
-                    .error_for_status()?;
+                self.put(&format!("/v1/restaurants/{rid}"), &admin, &body)
+                    .await?;
                 for d in 0..DISHES {
                     let body = json!({"name": format!("dish {d}"), "price": 6_000 + 1_000 * d as i64,
                         "stock": 1_000_000, "available": true});
-                    self.http
-                        .put(format!("{}/v1/restaurants/{rid}/menu/dish-{d}", self.api))
-                        .bearer_auth(&admin)
-                        .json(&body)
-                        .send()
-                        .await?
-                        .error_for_status()?;
+                    self.put(&format!("/v1/restaurants/{rid}/menu/dish-{d}"), &admin, &body)
+                        .await?;
                 }
                 anyhow::Ok(())
             }
@@ -407,7 +405,7 @@ async fn main() -> anyhow::Result<()> {
         key_prefix: args.stack.key_prefix.clone(),
         ..engine::Config::default()
     };
-    let engine = engine::Engine::new(engine::store::connect(&config).await?, config).await?;
+    let engine = bench::connect_engine(&config).await?;
     let pool = api::postgres_pool(&args.stack.postgres)?;
     let mut watched: Vec<Watched> = args
         .processes

@@ -170,6 +170,15 @@ fn think() -> (Duration, Duration) {
     (Duration::from_millis(200), Duration::from_millis(600))
 }
 
+/// Scenario `name`: each user starts a session, then runs `run` over and
+/// over with a [`think`] time between.
+fn thinking(name: &str, run: Transaction) -> Result<Scenario, GooseError> {
+    Ok(scenario!(name)
+        .set_wait_time(think().0, think().1)?
+        .register_transaction(transaction!(start_session).set_on_start())
+        .register_transaction(run))
+}
+
 fn order_body(rid: &str, items: &[&Value]) -> Value {
     json!({
         "restaurant_id": rid,
@@ -671,8 +680,7 @@ async fn limit(kind: &str) -> anyhow::Result<()> {
         key_prefix: "limit:".into(),
         ..engine::Config::default()
     };
-    let engine =
-        engine::Engine::new(engine::store::connect(&config).await?, config.clone()).await?;
+    let engine = bench::connect_engine(&config).await?;
     let rid = format!("limit-{kind}");
     let lines: Vec<(&str, i64, i64)> = match kind {
         "lunch" => vec![
@@ -771,12 +779,7 @@ async fn main() -> anyhow::Result<()> {
         return report(&args[2], &args[3], &args[4]);
     }
     let metrics = GooseAttack::initialize()?
-        .register_scenario(
-            scenario!("lunch_peak")
-                .set_wait_time(think().0, think().1)?
-                .register_transaction(transaction!(start_session).set_on_start())
-                .register_transaction(transaction!(lunch_peak)),
-        )
+        .register_scenario(thinking("lunch_peak", transaction!(lunch_peak))?)
         .register_scenario(
             scenario!("flash_sale")
                 // A flash sale is a race: no time to think.
@@ -784,26 +787,11 @@ async fn main() -> anyhow::Result<()> {
                 .register_transaction(transaction!(start_session).set_on_start())
                 .register_transaction(transaction!(flash_sale)),
         )
-        .register_scenario(
-            scenario!("menu_churn")
-                .set_wait_time(think().0, think().1)?
-                .register_transaction(transaction!(start_session).set_on_start())
-                .register_transaction(transaction!(menu_churn)),
-        )
-        .register_scenario(
-            // The lunch peak's load; bench/run runs it while reconciliation
-            // and a bulk import work beside it.
-            scenario!("batch_interference")
-                .set_wait_time(think().0, think().1)?
-                .register_transaction(transaction!(start_session).set_on_start())
-                .register_transaction(transaction!(lunch_peak)),
-        )
-        .register_scenario(
-            scenario!("retry_storm")
-                .set_wait_time(think().0, think().1)?
-                .register_transaction(transaction!(start_session).set_on_start())
-                .register_transaction(transaction!(retry_storm)),
-        )
+        .register_scenario(thinking("menu_churn", transaction!(menu_churn))?)
+        // The lunch peak's load; bench/run runs it while reconciliation and
+        // a bulk import work beside it.
+        .register_scenario(thinking("batch_interference", transaction!(lunch_peak))?)
+        .register_scenario(thinking("retry_storm", transaction!(retry_storm))?)
         .execute()
         .await;
     // A failed `--threshold` is a result to report, not a crash: the

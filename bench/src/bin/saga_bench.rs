@@ -85,11 +85,7 @@ async fn place_all(engine: &engine::Engine, args: &Args, phase: &str) -> anyhow:
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let dir = tempfile::tempdir()?;
-    let redis = stack::RedisServer::start(stack::RedisOptions {
-        dir: dir.path().join("redis"),
-        preferred_port: None,
-        appendfsync: stack::AppendFsync::Everysec,
-    })?;
+    let redis = bench::start_redis(dir.path())?;
     let sim = stack::psp::PspSim::open(&dir.path().join("ledger.jsonl"), Default::default())?;
     let psp_url = sim.spawn_local().await?;
     let config = engine::Config {

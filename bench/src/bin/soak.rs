@@ -238,18 +238,7 @@ async fn sample(
         s.timers += redis.zcard::<u64, _>(keys.wheel(p)).await?;
         let mut cursor = "0".to_string();
         loop {
-            let (next, found): (String, Vec<String>) = redis
-                .custom(
-                    fred::cmd!("SCAN"),
-                    vec![
-                        cursor,
-                        "MATCH".into(),
-                        keys.order_pattern(p),
-                        "COUNT".into(),
-                        "1000".into(),
-                    ],
-                )
-                .await?;
+            let (next, found) = scan(redis, cursor, keys.order_pattern(p)).await?;
             s.live_orders += found.len() as u64;
             if next == "0" {
                 break;
@@ -269,6 +258,23 @@ async fn sample(
     Ok(s)
 }
 
+/// One `SCAN` step from `cursor` over keys matching `pattern`: the next
+/// cursor ("0" at the end) and the keys found.
+async fn scan(
+    redis: &Client,
+    cursor: String,
+    pattern: String,
+) -> anyhow::Result<(String, Vec<String>)> {
+    let args = vec![
+        cursor,
+        "MATCH".into(),
+        pattern,
+        "COUNT".into(),
+        "1000".into(),
+    ];
+    Ok(redis.custom(fred::cmd!("SCAN"), args).await?)
+}
+
 /// How many idempotency records there are, and their bytes (MEMORY USAGE
 /// of up to 64 of them, scaled).
 async fn idempotency(redis: &Client, keys: &engine::keys::KeySpace) -> anyhow::Result<(u64, u64)> {
@@ -276,18 +282,7 @@ async fn idempotency(redis: &Client, keys: &engine::keys::KeySpace) -> anyhow::R
     let (mut count, mut measured, mut measured_bytes) = (0u64, 0u64, 0u64);
     let mut cursor = "0".to_string();
     loop {
-        let (next, found): (String, Vec<String>) = redis
-            .custom(
-                fred::cmd!("SCAN"),
-                vec![
-                    cursor,
-                    "MATCH".into(),
-                    pattern.clone(),
-                    "COUNT".into(),
-                    "1000".into(),
-                ],
-            )
-            .await?;
+        let (next, found) = scan(redis, cursor, pattern.clone()).await?;
         count += found.len() as u64;
         for key in found
             .into_iter()
@@ -603,26 +598,22 @@ fn report(args: &Args, baseline: &Sample, samples: &[Sample], refused: u64) -> S
         md,
         "| measure | min | mean | max |\n| --- | --- | --- | --- |"
     );
-    let _ = writeln!(
-        md,
-        "| Redis used_memory (MiB) | {:.1} | {:.1} | {:.1} |",
-        memory.0, memory.1, memory.2
-    );
-    let _ = writeln!(
-        md,
-        "| of which the live state (all but the idempotency records) (MiB) | {:.1} | {:.1} | {:.1} |",
-        live_memory.0, live_memory.1, live_memory.2
-    );
-    let _ = writeln!(
-        md,
-        "| orders live in Redis | {:.0} | {:.0} | {:.0} |",
-        live.0, live.1, live.2
-    );
-    let _ = writeln!(
-        md,
-        "| Redis keys | {:.0} | {:.0} | {:.0} |",
-        keys.0, keys.1, keys.2
-    );
+    let rows = [
+        ("Redis used_memory (MiB)", memory, 1),
+        (
+            "of which the live state (all but the idempotency records) (MiB)",
+            live_memory,
+            1,
+        ),
+        ("orders live in Redis", live, 0),
+        ("Redis keys", keys, 0),
+    ];
+    for (measure, (min, mean, max), decimals) in rows {
+        let _ = writeln!(
+            md,
+            "| {measure} | {min:.decimals$} | {mean:.decimals$} | {max:.decimals$} |"
+        );
+    }
     let _ = writeln!(md);
     let _ = writeln!(
         md,

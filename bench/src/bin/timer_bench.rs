@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use fred::prelude::*;
-use futures::StreamExt;
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -38,24 +37,18 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let dir = tempfile::tempdir()?;
-    let redis = stack::RedisServer::start(stack::RedisOptions {
-        dir: dir.path().join("redis"),
-        preferred_port: None,
-        appendfsync: stack::AppendFsync::Everysec,
-    })?;
+    let redis = bench::start_redis(dir.path())?;
     let config = engine::Config {
         redis_url: redis.url(),
         partitions: args.partitions,
         ..engine::Config::default()
     };
-    let engine =
-        engine::Engine::new(engine::store::connect(&config).await?, config.clone()).await?;
+    let engine = bench::connect_engine(&config).await?;
     let now_ms = engine::store::server_time_ms(engine.redis()).await?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut claimers = Vec::new();
     for _ in 0..args.claimers {
-        let engine =
-            engine::Engine::new(engine::store::connect(&config).await?, config.clone()).await?;
+        let engine = bench::connect_engine(&config).await?;
         let options = engine::timers::ClaimerOptions {
             every: args.every,
             ..Default::default()
@@ -69,33 +62,27 @@ async fn main() -> anyhow::Result<()> {
     let spread_ms = args.spread.as_millis() as i64;
     let scheduling = Instant::now();
     let keys = engine.keys().clone();
-    futures::stream::iter(0..args.timers)
-        .map(|i| {
-            let engine = engine.clone();
-            let keys = keys.clone();
-            async move {
-                let p = (i % args.partitions as usize) as u16;
-                // Due from 2 s on: scheduling 100,000 timers takes well under that.
-                let due = now_ms + 2_000 + (i as i64 * spread_ms) / args.timers as i64;
-                let member = format!("bench|{}", engine::ids::new_order_id(p));
-                engine
-                    .redis()
-                    .zadd::<i64, _, _>(
-                        keys.wheel(p),
-                        None,
-                        None,
-                        false,
-                        false,
-                        (due as f64, member),
-                    )
-                    .await
-            }
-        })
-        .buffer_unordered(512)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()?;
+    bench::run_concurrently(args.timers, 512, |i| {
+        let (engine, keys) = (engine.clone(), keys.clone());
+        async move {
+            let p = (i % args.partitions as usize) as u16;
+            // Due from 2 s on: scheduling 100,000 timers takes well under that.
+            let due = now_ms + 2_000 + (i as i64 * spread_ms) / args.timers as i64;
+            let member = format!("bench|{}", engine::ids::new_order_id(p));
+            engine
+                .redis()
+                .zadd::<i64, _, _>(
+                    keys.wheel(p),
+                    None,
+                    None,
+                    false,
+                    false,
+                    (due as f64, member),
+                )
+                .await
+        }
+    })
+    .await?;
     let scheduled_at = Instant::now();
     let scheduling = scheduling.elapsed();
 
