@@ -3,11 +3,13 @@
   order's payment, and move the order accordingly.
 
   Keys:
-    order_key     order hash
-    pay_stream    payments stream (or the batch stream)
-    order_stream  orders stream (or the batch stream)
-    inflight      in-flight index
-    timers        timer wheel
+    order_key       order hash
+    pay_stream      payments stream (or the batch stream)
+    order_stream    orders stream (or the batch stream)
+    rest_stream     restaurant stream (or the batch stream)
+    inflight        in-flight index
+    timers          timer wheel
+    restaurant_key  restaurant hash
     per line: item_key, pc_key
   Args:
     outcome: PaymentOutcome  authorized | declined | captured | voided | refunded |
@@ -23,9 +25,15 @@
     'err' detail: not_found, or illegal (the transition goes backwards, e.g.
     authorized after captured), nothing changed.
   Events: PaymentAuthorized, PaymentDeclined, PaymentCaptured, PaymentVoided,
-    PaymentRefunded on pay_stream; OrderApproved or OrderRejected on order_stream.
-  Timers: PENDING -> PAID cancels payment_window and sets approval_timeout;
-    a rejection cancels every timer of the order.
+    PaymentRefunded on pay_stream; OrderApproved or OrderRejected on order_stream;
+    RestaurantApproved (automatic) on rest_stream.
+  Automatic approval: PENDING+authorized of a restaurant that is open and
+    approves automatically takes its approval in the same step (decision
+    'approved', RestaurantApproved with automatic = true): the caller, who
+    holds the order's payment, captures next without another hop.
+  Timers: PENDING -> PAID cancels payment_window and, unless approved
+    automatically, sets approval_timeout; a rejection cancels every timer of
+    the order.
   Transitions (payment): NONE -> AUTHORIZED | DECLINED; AUTHORIZED -> CAPTURED |
     VOIDED; CAPTURED -> REFUNDED. Order: PENDING+authorized -> PAID;
     PENDING+declined -> REJECTED payment_declined (stock released);
@@ -58,10 +66,16 @@ if outcome == 'capture_failed' then data.failed = 'capture' end
 
 if target == 'AUTHORIZED' and o.status == 'PENDING' then
   o.status = 'PAID'
-  save(inflight, o, {'pay', 'psp', 'status'}, now)
+  local r = rcall('HMGET', restaurant_key, 'open', 'auto')
+  local automatic = r[1] == '1' and r[2] == '1'
+  if automatic then o.decision = 'approved' end
+  save(inflight, o, {'pay', 'psp', 'status', 'decision'}, now)
   timer_clear(timers, 'payment_window', o.id)
-  timer_set(timers, 'approval_timeout', o.id, now + approval_timeout)
+  if not automatic then
+    timer_set(timers, 'approval_timeout', o.id, now + approval_timeout)
+  end
   emit(pay_stream, o, event, data, now)
+  if automatic then emit(rest_stream, o, 'RestaurantApproved', {automatic = true}, now) end
 elseif target == 'DECLINED' and o.status == 'PENDING' then
   save(inflight, o, {'pay', 'psp'}, now)
   emit(pay_stream, o, event, data, now)

@@ -66,9 +66,7 @@ async fn reconcile_finds_and_fixes_every_orphan_kind_once() {
     psp.capture(&ghost.to_string()).await.unwrap();
     // 4. An order recorded CAPTURED that the provider only authorized.
     let claimed = place(4).await;
-    engine::saga::drive_payment(engine, psp, &claimed, Lane::Online)
-        .await
-        .unwrap();
+    psp.authorize(&claimed.to_string(), 6_000).await.unwrap();
     let _: () = engine
         .redis()
         .hset(
@@ -97,7 +95,12 @@ async fn reconcile_finds_and_fixes_every_orphan_kind_once() {
     assert!(!taken.is_empty());
     // 6. A parked compensation: rejected while authorized, its void parked.
     let parked = place(6).await;
-    engine::saga::drive_payment(engine, psp, &parked, Lane::Online)
+    let order = engine.order(&parked).await.unwrap().unwrap();
+    let authorized = psp.authorize(&parked.to_string(), 6_000).await.unwrap();
+    let outcome = engine::engine::PaymentOutcome::Authorized;
+    let reference = authorized.reference.as_str();
+    engine
+        .record_payment(&order, outcome, reference, Lane::Online)
         .await
         .unwrap();
     let order = engine.order(&parked).await.unwrap().unwrap();

@@ -85,9 +85,12 @@ pub enum TokenError {
     Invalid(String),
 }
 
-/// Signing and verifying keys derived from one secret.
+/// Signing and verifying keys derived from one secret. Cheap to clone
+/// (every request's state is a clone): the keys are shared.
 #[derive(Clone)]
-pub struct Keys {
+pub struct Keys(std::sync::Arc<KeyMaterial>);
+
+struct KeyMaterial {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
@@ -106,11 +109,11 @@ impl Keys {
         // A token that names a start (`nbf`) is refused until then.
         validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
-        Self {
+        Self(std::sync::Arc::new(KeyMaterial {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
             validation,
-        }
+        }))
     }
 
     /// Signs a token for `sub` in `role`, valid for `ttl`.
@@ -139,13 +142,13 @@ impl Keys {
             exp: now + ttl.as_secs(),
             iat: now,
         };
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.0.encoding)
             .map_err(|e| TokenError::Invalid(e.to_string()))
     }
 
     /// Verifies signature, algorithm and expiry; returns the claims.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+        let data = jsonwebtoken::decode::<Claims>(token, &self.0.decoding, &self.0.validation)
             .map_err(|e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
                 jsonwebtoken::errors::ErrorKind::ImmatureSignature => TokenError::NotYetValid,
@@ -219,8 +222,9 @@ mod tests {
             exp: now - 60,
             iat: now - 120,
         };
-        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &keys().encoding)
-            .unwrap();
+        let token =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &keys().0.encoding)
+                .unwrap();
         assert_eq!(keys().verify(&token), Err(TokenError::Expired));
     }
 
@@ -231,14 +235,16 @@ mod tests {
         let claims = serde_json::json!({
             "sub": "c", "role": "customer", "exp": now + 3600, "iat": now, "nbf": now + 600,
         });
-        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &keys().encoding)
-            .unwrap();
+        let token =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &keys().0.encoding)
+                .unwrap();
         assert_eq!(keys().verify(&token), Err(TokenError::NotYetValid));
         let claims = serde_json::json!({
             "sub": "c", "role": "customer", "exp": now + 3600, "iat": now, "nbf": now - 1,
         });
-        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &keys().encoding)
-            .unwrap();
+        let token =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &keys().0.encoding)
+                .unwrap();
         assert!(keys().verify(&token).is_ok());
     }
 

@@ -205,49 +205,51 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
     }
 }
 
-/// A path parameter: like axum's, but a segment that does not decode (say
-/// invalid UTF-8 in `%FF`) is a problem+json 400, not the router's text.
-#[derive(Debug)]
-pub struct Path<T>(pub T);
+/// A wrapper around axum's extractor `$inner` (of request parts) whose
+/// rejection is a problem+json 400 with `$code`, its text after `$what`.
+macro_rules! problem_extractor {
+    ($(#[$doc:meta])* $name:ident($inner:path), $code:literal, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Debug)]
+        pub struct $name<T>(pub T);
 
-impl<T> FromRequestParts<AppState> for Path<T>
-where
-    T: DeserializeOwned + Send,
-{
-    type Rejection = Problem;
+        impl<T> FromRequestParts<AppState> for $name<T>
+        where
+            T: DeserializeOwned + Send,
+        {
+            type Rejection = Problem;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
-        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
-            Ok(axum::extract::Path(value)) => Ok(Path(value)),
-            Err(rejection) => Err(Problem::bad_request(
-                "invalid_path",
-                format!("the path does not decode: {}", rejection.body_text()),
-            )),
+            async fn from_request_parts(
+                parts: &mut Parts,
+                state: &AppState,
+            ) -> Result<Self, Problem> {
+                match <$inner>::from_request_parts(parts, state).await {
+                    Ok(extracted) => Ok($name(extracted.0)),
+                    Err(rejection) => Err(Problem::bad_request(
+                        $code,
+                        format!(concat!($what, ": {}"), rejection.body_text()),
+                    )),
+                }
+            }
         }
-    }
+    };
 }
 
-/// A query string: like axum's, but one that does not parse is a
-/// problem+json 400 that names the parameter.
-#[derive(Debug)]
-pub struct Query<T>(pub T);
+problem_extractor!(
+    /// A path parameter: like axum's, but a segment that does not decode (say
+    /// invalid UTF-8 in `%FF`) is a problem+json 400, not the router's text.
+    Path(axum::extract::Path<T>),
+    "invalid_path",
+    "the path does not decode"
+);
 
-impl<T> FromRequestParts<AppState> for Query<T>
-where
-    T: DeserializeOwned + Send,
-{
-    type Rejection = Problem;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
-        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
-            Ok(axum::extract::Query(value)) => Ok(Query(value)),
-            Err(rejection) => Err(Problem::bad_request(
-                "invalid_query",
-                format!("the query string does not parse: {}", rejection.body_text()),
-            )),
-        }
-    }
-}
+problem_extractor!(
+    /// A query string: like axum's, but one that does not parse is a
+    /// problem+json 400 that names the parameter.
+    Query(axum::extract::Query<T>),
+    "invalid_query",
+    "the query string does not parse"
+);
 
 #[cfg(test)]
 mod tests {

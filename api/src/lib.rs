@@ -362,28 +362,21 @@ mod tests {
     #[test]
     fn the_backlog_is_measured_against_the_payment_window() {
         let window = Duration::from_secs(120);
-        assert_eq!(
-            super::backlog_too_long(999, || 0.1, 5_000.0, window),
-            None,
-            "small"
-        );
-        assert_eq!(
-            super::backlog_too_long(50_000, || 1_000.0, 5_000.0, window),
-            None
-        );
-        assert_eq!(
-            super::backlog_too_long(70_000, || 1_000.0, 5_000.0, window),
-            Some(1_000.0)
-        );
-        assert_eq!(
-            super::backlog_too_long(70_000, || 0.0, 5_000.0, window),
-            None,
-            "idle: ceiling"
-        );
-        assert_eq!(
-            super::backlog_too_long(400_000, || 0.0, 5_000.0, window),
-            Some(5_000.0)
-        );
+        // (backlog, the provider's recent pace, the answer, why)
+        let cases = [
+            (999, 0.1, None, "small"),
+            (50_000, 1_000.0, None, "within half the window"),
+            (70_000, 1_000.0, Some(1_000.0), "beyond half the window"),
+            (70_000, 0.0, None, "idle: ceiling"),
+            (400_000, 0.0, Some(5_000.0), "idle: beyond the ceiling"),
+        ];
+        for (backlog, pace, answer, why) in cases {
+            assert_eq!(
+                super::backlog_too_long(backlog, || pace, 5_000.0, window),
+                answer,
+                "{why}"
+            );
+        }
     }
 
     /// `/openapi.json` documents exactly the router's routes.

@@ -14,9 +14,10 @@
 //! A customer asking for another customer's order gets 404 (its existence
 //! is not revealed); a restaurant asking for another restaurant's gets 403.
 
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use axum::extract::State;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use engine::domain::{Decision, Order, OrderStatus, PlaceOrder};
@@ -54,8 +55,13 @@ pub struct RejectBody {
     reason: String,
 }
 
-fn rfc3339(ms: i64) -> String {
-    let time = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+/// Milliseconds since the epoch as RFC 3339.
+pub(crate) fn rfc3339(ms: i64) -> String {
+    rfc3339_time(UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
+}
+
+/// A time as RFC 3339, to the millisecond.
+pub(crate) fn rfc3339_time(time: SystemTime) -> String {
     humantime::format_rfc3339_millis(time).to_string()
 }
 
@@ -263,6 +269,27 @@ async fn visible_order(
     }
 }
 
+/// What every `/v1/orders/{id}…` route starts from: the state, the
+/// caller's token, then the order id the path names (a request without a
+/// valid token is refused before its path is read, as with separate
+/// extractors in that order).
+pub struct OrderCall {
+    state: AppState,
+    auth: Auth,
+    id: String,
+}
+
+impl FromRequestParts<AppState> for OrderCall {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
+        let auth = Auth::from_request_parts(parts, state).await?;
+        let Path(id) = Path::<String>::from_request_parts(parts, state).await?;
+        let state = state.clone();
+        Ok(Self { state, auth, id })
+    }
+}
+
 /// An order an action may change: live, not retired.
 async fn live_order(state: &AppState, auth: &Auth, id: &str) -> Result<Order, Problem> {
     match visible_order(state, auth, id).await? {
@@ -271,11 +298,7 @@ async fn live_order(state: &AppState, auth: &Auth, id: &str) -> Result<Order, Pr
     }
 }
 
-pub async fn get(
-    State(state): State<AppState>,
-    auth: Auth,
-    Path(id): Path<String>,
-) -> Result<Response, Problem> {
+pub async fn get(OrderCall { state, auth, id }: OrderCall) -> Result<Response, Problem> {
     let (order, _) = visible_order(&state, &auth, &id).await?;
     Ok(axum::Json(order_json(&order)).into_response())
 }
@@ -396,18 +419,12 @@ async fn act(state: &AppState, auth: &Auth, id: &str, action: Action) -> Result<
     transition_response(state, &order, t).await
 }
 
-pub async fn accept(
-    State(state): State<AppState>,
-    auth: Auth,
-    Path(id): Path<String>,
-) -> Result<Response, Problem> {
+pub async fn accept(OrderCall { state, auth, id }: OrderCall) -> Result<Response, Problem> {
     act(&state, &auth, &id, Action::Accept).await
 }
 
 pub async fn reject(
-    State(state): State<AppState>,
-    auth: Auth,
-    Path(id): Path<String>,
+    OrderCall { state, auth, id }: OrderCall,
     Json(body): Json<RejectBody>,
 ) -> Result<Response, Problem> {
     auth.require(&[Role::Restaurant, Role::Admin], "reject orders")?;
@@ -438,27 +455,15 @@ pub async fn reject(
     transition_response(&state, &order, t).await
 }
 
-pub async fn dispatch(
-    State(state): State<AppState>,
-    auth: Auth,
-    Path(id): Path<String>,
-) -> Result<Response, Problem> {
+pub async fn dispatch(OrderCall { state, auth, id }: OrderCall) -> Result<Response, Problem> {
     act(&state, &auth, &id, Action::Dispatch).await
 }
 
-pub async fn confirm(
-    State(state): State<AppState>,
-    auth: Auth,
-    Path(id): Path<String>,
-) -> Result<Response, Problem> {
+pub async fn confirm(OrderCall { state, auth, id }: OrderCall) -> Result<Response, Problem> {
     act(&state, &auth, &id, Action::Confirm).await
 }
 
-pub async fn cancel(
-    State(state): State<AppState>,
-    auth: Auth,
-    Path(id): Path<String>,
-) -> Result<Response, Problem> {
+pub async fn cancel(OrderCall { state, auth, id }: OrderCall) -> Result<Response, Problem> {
     act(&state, &auth, &id, Action::Cancel).await
 }
 
@@ -466,11 +471,7 @@ pub async fn cancel(
 /// merged by sequence number — no gap, no duplicate. Entries the archiver
 /// already trimmed from Redis come from the archive; entries not yet
 /// archived from the streams.
-pub async fn events(
-    State(state): State<AppState>,
-    auth: Auth,
-    Path(id): Path<String>,
-) -> Result<Response, Problem> {
+pub async fn events(OrderCall { state, auth, id }: OrderCall) -> Result<Response, Problem> {
     let (order, _) = visible_order(&state, &auth, &id).await?;
     let list = timeline(&state, &order).await?;
     Ok(axum::Json(json!({"order_id": order.id, "events": list})).into_response())
@@ -528,19 +529,18 @@ async fn archived_events(state: &AppState, order: &Order) -> anyhow::Result<Vec<
             &[&order.id, &month],
         )
         .await?;
-    Ok(rows
-        .into_iter()
-        .map(|row| {
-            let at: std::time::SystemTime = row.get(2);
-            json!({
-                "seq": row.get::<_, i64>(0),
-                "type": row.get::<_, String>(1),
-                "at": humantime::format_rfc3339_millis(at).to_string(),
-                "stream": row.get::<_, String>(3),
-                "entry_id": row.get::<_, String>(4),
-                "saga_id": row.get::<_, Option<String>>(5),
-                "data": row.get::<_, tokio_postgres::types::Json<Value>>(6).0,
-            })
-        })
-        .collect())
+    Ok(rows.iter().map(archived_event).collect())
+}
+
+/// An archived event as the timeline shows it.
+fn archived_event(row: &tokio_postgres::Row) -> Value {
+    json!({
+        "seq": row.get::<_, i64>(0),
+        "type": row.get::<_, String>(1),
+        "at": rfc3339_time(row.get(2)),
+        "stream": row.get::<_, String>(3),
+        "entry_id": row.get::<_, String>(4),
+        "saga_id": row.get::<_, Option<String>>(5),
+        "data": row.get::<_, tokio_postgres::types::Json<Value>>(6).0,
+    })
 }

@@ -238,7 +238,7 @@ async fn settled_orders_leave_redis_and_read_back_unchanged() {
     // Redelivery of everything still in the streams (every group rewound):
     // the workers and the archiver meet orders that are gone, and nothing
     // is resurrected.
-    let groups = ["payment", "restaurant", "order", "batch", "archiver"];
+    let groups = ["payment", "order", "batch", "archiver"];
     let streams: Vec<String> = (0..keys.partitions())
         .flat_map(|p| engine::keys::Topic::ALL.map(|t| keys.stream(p, t)))
         .collect();

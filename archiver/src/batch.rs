@@ -174,33 +174,14 @@ impl Archiver {
         }
         self.ensure_months(&events).await?;
         let mut client = self.pool.get().await?;
-        client
-            .batch_execute(
-                // The table exists after the connection's first batch: no
-                // NOTICE saying so on every batch (they reach the log).
-                "SET client_min_messages TO warning; \
-                 CREATE TEMP TABLE IF NOT EXISTS archive_staging \
-                 (LIKE saga_events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
-            )
-            .await?;
-        let transaction = client.transaction().await?;
-        let tx = &transaction;
+        let mut transaction = client.transaction().await?;
         // Each payload is parsed once, here, for the COPY and every projection.
         let payloads: Vec<Value> = events
             .iter()
             .map(|e| serde_json::from_str(&e.data).unwrap_or_else(|_| json!({"raw": e.data})))
             .collect();
-        copy_events(tx, &events, &payloads).await?;
-        execute(
-            tx,
-            "INSERT INTO saga_events (stream, entry_id, entry_ms, entry_seq, order_id, saga_id, seq, \
-             type, schema_version, payload, event_time, part_time) \
-             SELECT stream, entry_id, entry_ms, entry_seq, order_id, saga_id, seq, type, \
-             schema_version, payload, event_time, part_time FROM archive_staging \
-             ON CONFLICT DO NOTHING",
-            &[],
-        )
-        .await?;
+        insert_events(&mut transaction, &events, &payloads).await?;
+        let tx = &transaction;
         insert_dead_letters(tx, &dead).await?;
         let typed: Vec<Option<Payload>> = events
             .iter()
@@ -214,9 +195,7 @@ impl Archiver {
                 }
             })
             .collect();
-        insert_menu_history(tx, &events, &typed).await?;
-        insert_delayed_task_history(tx, &events, &typed).await?;
-        insert_order_items(tx, &events, &typed).await?;
+        insert_histories(tx, &events, &typed).await?;
         let resting = project_orders(tx, &events, typed, projection).await?;
         advance_watermarks(tx, entries).await?;
         transaction.commit().await?;

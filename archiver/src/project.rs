@@ -117,7 +117,7 @@ impl OrderRow {
             }
             Payload::OrderDispatched(_) => self.status = "DISPATCHED".into(),
             Payload::OrderConfirmed(_) => self.status = "CONFIRMED".into(),
-            Payload::RestaurantApproved => self.decision = Some("approved".into()),
+            Payload::RestaurantApproved(_) => self.decision = Some("approved".into()),
             Payload::RestaurantRejected(_) => self.decision = Some("rejected".into()),
             _ => {}
         }

@@ -304,7 +304,7 @@ mod tests {
                 }),
             ),
             event(id, 2, Payload::PaymentAuthorized(fact.clone())),
-            event(id, 3, Payload::RestaurantApproved),
+            event(id, 3, Payload::RestaurantApproved(Default::default())),
             event(id, 4, Payload::PaymentCaptured(fact)),
             event(id, 5, Payload::OrderApproved),
             event(id, 6, Payload::OrderDispatched(Advanced { by: "r".into() })),

@@ -46,20 +46,68 @@ pub const SAGA_EVENT_TYPES: [Type; 12] = [
     Type::TIMESTAMPTZ,
 ];
 
-/// The batch's events into the staging table by binary COPY.
-pub(crate) async fn copy_events(
-    tx: &Tx<'_>,
+/// The batch's events into `saga_events`, each once. Most batches hold
+/// entries never archived: one binary COPY straight into the table. A batch
+/// holding some already there (redelivered after a crash between COMMIT and
+/// XACK, or archived by another archiver meanwhile) fails that COPY on the
+/// unique key; it is undone (a savepoint) and the batch goes through a
+/// staging table, `INSERT … ON CONFLICT DO NOTHING` skipping those.
+pub(crate) async fn insert_events(
+    tx: &mut Tx<'_>,
     events: &[Event],
     payloads: &[Value],
 ) -> Result<(), ArchiveError> {
     if events.is_empty() {
         return Ok(());
     }
+    let direct = tx.savepoint("direct_copy").await?;
+    match copy_events(&direct, "saga_events", events, payloads).await {
+        Ok(()) => {
+            direct.commit().await?;
+            return Ok(());
+        }
+        Err(ArchiveError::Postgres(error))
+            if error.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) =>
+        {
+            direct.rollback().await?;
+        }
+        Err(error) => return Err(error),
+    }
+    metrics::counter!("lunchrush_archive_redelivered_batches_total").increment(1);
+    tx.batch_execute(
+        // No NOTICE when the table exists already (they reach the log).
+        "SET LOCAL client_min_messages TO warning; \
+         CREATE TEMP TABLE IF NOT EXISTS archive_staging \
+         (LIKE saga_events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
+    )
+    .await?;
+    copy_events(tx, "archive_staging", events, payloads).await?;
+    execute(
+        tx,
+        "INSERT INTO saga_events (stream, entry_id, entry_ms, entry_seq, order_id, saga_id, seq, \
+         type, schema_version, payload, event_time, part_time) \
+         SELECT stream, entry_id, entry_ms, entry_seq, order_id, saga_id, seq, type, \
+         schema_version, payload, event_time, part_time FROM archive_staging \
+         ON CONFLICT DO NOTHING",
+        &[],
+    )
+    .await?;
+    Ok(())
+}
+
+/// The batch's events into `table` (`saga_events` or the staging table) by
+/// binary COPY.
+async fn copy_events(
+    tx: &Tx<'_>,
+    table: &str,
+    events: &[Event],
+    payloads: &[Value],
+) -> Result<(), ArchiveError> {
     let sink = tx
-        .copy_in(
-            "COPY archive_staging (stream, entry_id, entry_ms, entry_seq, order_id, saga_id, seq, \
-             type, schema_version, payload, event_time, part_time) FROM STDIN BINARY",
-        )
+        .copy_in(&format!(
+            "COPY {table} (stream, entry_id, entry_ms, entry_seq, order_id, saga_id, seq, \
+             type, schema_version, payload, event_time, part_time) FROM STDIN BINARY"
+        ))
         .await?;
     let writer = BinaryCopyInWriter::new(sink, &SAGA_EVENT_TYPES);
     futures::pin_mut!(writer);
@@ -112,24 +160,32 @@ pub(crate) async fn insert_dead_letters(tx: &Tx<'_>, dead: &[&Entry]) -> Result<
     Ok(())
 }
 
-pub(crate) async fn insert_menu_history(
+/// The history tables, in one pass over the batch's typed events:
+/// `restaurant_history` and `menu_item_history` from the menu events,
+/// `timer_history` from TimerFired, `notifications` from NotificationSent,
+/// and `order_items` (one statement) from OrderPlaced.
+pub(crate) async fn insert_histories(
     tx: &Tx<'_>,
     events: &[Event],
     payloads: &[Option<Payload>],
 ) -> Result<(), ArchiveError> {
+    let (mut orders, mut items, mut qtys, mut prices) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (event, payload) in events.iter().zip(payloads) {
-        let at = ms_time(event.ts_ms);
+        let Some(payload) = payload else {
+            continue;
+        };
         let seq = event.seq as i64;
         match payload {
-            Some(Payload::RestaurantUpserted(r)) => {
+            Payload::RestaurantUpserted(r) => {
                 execute(tx,
                     "INSERT INTO restaurant_history (restaurant_id, seq, name, open, auto_approve, at) \
                      VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-                    &[&r.restaurant, &seq, &r.name, &r.open, &r.auto, &at],
+                    &[&r.restaurant, &seq, &r.name, &r.open, &r.auto, &ms_time(event.ts_ms)],
                 )
                 .await?;
             }
-            Some(Payload::MenuItemUpserted(i)) => {
+            Payload::MenuItemUpserted(i) => {
                 execute(tx,
                     "INSERT INTO menu_item_history (restaurant_id, seq, item, name, price, stock, delta, \
                      available, max_per_customer, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
@@ -144,26 +200,12 @@ pub(crate) async fn insert_menu_history(
                         &i.delta,
                         &i.available,
                         &i.max_pc,
-                        &at,
+                        &ms_time(event.ts_ms),
                     ],
                 )
                 .await?;
             }
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
-/// `timer_history` from TimerFired, `notifications` from NotificationSent.
-pub(crate) async fn insert_delayed_task_history(
-    tx: &Tx<'_>,
-    events: &[Event],
-    payloads: &[Option<Payload>],
-) -> Result<(), ArchiveError> {
-    for (event, payload) in events.iter().zip(payloads) {
-        match payload {
-            Some(Payload::TimerFired(fired)) => {
+            Payload::TimerFired(fired) => {
                 let Ok(order) = fired.order.parse::<Uuid>() else {
                     continue;
                 };
@@ -175,7 +217,7 @@ pub(crate) async fn insert_delayed_task_history(
                 )
                 .await?;
             }
-            Some(Payload::NotificationSent(sent)) => {
+            Payload::NotificationSent(sent) => {
                 let Some(order) = event.order_id() else {
                     continue;
                 };
@@ -193,28 +235,18 @@ pub(crate) async fn insert_delayed_task_history(
                 )
                 .await?;
             }
+            Payload::OrderPlaced(placed) => {
+                let Some(order) = event.order_id() else {
+                    continue;
+                };
+                for (item, qty, price) in &placed.lines {
+                    orders.push(order);
+                    items.push(item.clone());
+                    qtys.push(*qty as i32);
+                    prices.push(*price);
+                }
+            }
             _ => {}
-        }
-    }
-    Ok(())
-}
-
-pub(crate) async fn insert_order_items(
-    tx: &Tx<'_>,
-    events: &[Event],
-    payloads: &[Option<Payload>],
-) -> Result<(), ArchiveError> {
-    let (mut orders, mut items, mut qtys, mut prices) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for (event, payload) in events.iter().zip(payloads) {
-        let (Some(order), Some(Payload::OrderPlaced(placed))) = (event.order_id(), payload) else {
-            continue;
-        };
-        for (item, qty, price) in &placed.lines {
-            orders.push(order);
-            items.push(item.clone());
-            qtys.push(*qty as i32);
-            prices.push(*price);
         }
     }
     if orders.is_empty() {

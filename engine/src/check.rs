@@ -86,9 +86,29 @@ pub async fn check(engine: &Engine, at_rest: bool) -> Result<CheckReport, Engine
 const ATTEMPTS: u32 = 5;
 
 /// (restaurant, item) -> units held by live non-rejected orders.
-type Held = HashMap<(String, String), i64>;
+pub(crate) type Held = HashMap<(String, String), i64>;
 /// (restaurant, item, customer) -> counted units of live orders.
-type Counted = HashMap<(String, String, String), i64>;
+pub(crate) type Counted = HashMap<(String, String, String), i64>;
+
+/// Adds what a live order holds: the units of its lines (none once it is
+/// rejected), and those of its counted lines towards its customer's limits.
+pub(crate) fn tally_lines(order: &Order, held: &mut Held, counted: &mut Counted) {
+    if order.status == OrderStatus::Rejected {
+        return;
+    }
+    for line in &order.lines {
+        let item = (order.restaurant.clone(), line.item.clone());
+        *held.entry(item).or_default() += i64::from(line.qty);
+        if line.counted {
+            let key = (
+                order.restaurant.clone(),
+                line.item.clone(),
+                order.customer.clone(),
+            );
+            *counted.entry(key).or_default() += i64::from(line.qty);
+        }
+    }
+}
 
 /// One partition. An item's numbers are judged only if its stock version
 /// did not move while the orders were scanned (live traffic or retirement
@@ -169,21 +189,7 @@ async fn scan_orders(
                 continue;
             };
             check_order(&order, at_rest, report);
-            if order.status == OrderStatus::Rejected {
-                continue;
-            }
-            for line in &order.lines {
-                let item = (order.restaurant.clone(), line.item.clone());
-                *held.entry(item).or_default() += i64::from(line.qty);
-                if line.counted {
-                    let key = (
-                        order.restaurant.clone(),
-                        line.item.clone(),
-                        order.customer.clone(),
-                    );
-                    *counted.entry(key).or_default() += i64::from(line.qty);
-                }
-            }
+            tally_lines(&order, &mut held, &mut counted);
         }
     }
     Ok((held, counted))

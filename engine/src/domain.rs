@@ -380,6 +380,44 @@ pub struct Order {
 }
 
 impl Order {
+    /// The order as its `OrderPlaced` event describes it, just placed
+    /// (PENDING, no payment, version 1): what the payment hop needs to act
+    /// without reading it back.
+    pub fn placed(
+        id: uuid::Uuid,
+        partition: u16,
+        saga: &str,
+        created_ms: i64,
+        placed: crate::events::Placed,
+    ) -> Self {
+        let lines = placed.lines.into_iter().map(|(item, qty, price)| Line {
+            item,
+            qty: u32::try_from(qty).unwrap_or(0),
+            price,
+            counted: false,
+        });
+        Self {
+            id,
+            partition,
+            saga: saga.to_string(),
+            customer: placed.customer,
+            restaurant: placed.restaurant,
+            status: OrderStatus::Pending,
+            reason: String::new(),
+            pay: PaymentStatus::None,
+            total: placed.total,
+            lines: lines.collect(),
+            version: 1,
+            seq: 1,
+            created_ms,
+            updated_ms: created_ms,
+            decision: String::new(),
+            psp_ref: String::new(),
+            events: Vec::new(),
+            notified: Vec::new(),
+        }
+    }
+
     /// Builds an order from the hash fields (`HGETALL`); `None` if malformed.
     pub fn from_fields(
         partition: u16,

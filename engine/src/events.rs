@@ -180,6 +180,16 @@ pub struct PaymentFact {
     pub corrected: bool,
 }
 
+/// `RestaurantApproved`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    /// Taken by `record_payment` with the authorization (the restaurant
+    /// approves automatically and was open): the hop that recorded it goes
+    /// on to the capture itself.
+    #[serde(default)]
+    pub automatic: bool,
+}
+
 /// `RestaurantRejected`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RestaurantNote {
@@ -265,7 +275,7 @@ pub enum Payload {
     PaymentCaptured(PaymentFact),
     PaymentVoided(PaymentFact),
     PaymentRefunded(PaymentFact),
-    RestaurantApproved,
+    RestaurantApproved(Approval),
     RestaurantRejected(RestaurantNote),
     RestaurantUpserted(RestaurantState),
     MenuItemUpserted(ItemState),
@@ -301,7 +311,7 @@ impl Payload {
             K::PaymentCaptured => Payload::PaymentCaptured(typed(kind, data)?),
             K::PaymentVoided => Payload::PaymentVoided(typed(kind, data)?),
             K::PaymentRefunded => Payload::PaymentRefunded(typed(kind, data)?),
-            K::RestaurantApproved => Payload::RestaurantApproved,
+            K::RestaurantApproved => Payload::RestaurantApproved(typed(kind, data)?),
             K::RestaurantRejected => Payload::RestaurantRejected(typed(kind, data)?),
             K::RestaurantUpserted => Payload::RestaurantUpserted(typed(kind, data)?),
             K::MenuItemUpserted => Payload::MenuItemUpserted(typed(kind, data)?),

@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::{Method, Request};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -99,14 +99,6 @@ pub struct WebhookNotifier {
     http: Client<HttpConnector, Full<Bytes>>,
 }
 
-impl std::fmt::Debug for WebhookNotifier {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WebhookNotifier")
-            .field("url", &self.url)
-            .finish()
-    }
-}
-
 impl WebhookNotifier {
     pub fn new(url: &str) -> Self {
         let mut connector = HttpConnector::new();
@@ -126,19 +118,17 @@ impl WebhookNotifier {
             .header("idempotency-key", &n.idempotency_key)
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| e.to_string())?;
-        let call = async {
-            let response = self
-                .http
-                .request(request)
-                .await
-                .map_err(|e| e.to_string())?;
-            let status = response.status();
-            let _ = response.into_body().collect().await;
-            Ok::<_, String>(status)
-        };
-        tokio::time::timeout(SEND_TIMEOUT, call)
-            .await
-            .map_err(|_| format!("no answer within {SEND_TIMEOUT:?}"))?
+        // The answer's body, read or not, says nothing more than its status.
+        let (status, _body) = crate::psp::exchange(&self.http, request, SEND_TIMEOUT).await?;
+        Ok(status)
+    }
+}
+
+impl std::fmt::Debug for WebhookNotifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookNotifier")
+            .field("url", &self.url)
+            .finish()
     }
 }
 

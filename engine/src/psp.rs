@@ -66,6 +66,28 @@ enum Attempt {
     Denied,
 }
 
+/// Sends `request` and reads the answer, all within `deadline`: the status
+/// and the body (or why the body did not read), or why no answer came.
+/// Shared with the webhook notifier.
+pub(crate) async fn exchange(
+    http: &Client<HttpConnector, Full<Bytes>>,
+    request: Request<Full<Bytes>>,
+    deadline: Duration,
+) -> Result<(StatusCode, Result<Bytes, String>), String> {
+    let call = async {
+        let response = http.request(request).await.map_err(|e| e.to_string())?;
+        let status = response.status();
+        let body = response.into_body().collect().await;
+        Ok((
+            status,
+            body.map(|b| b.to_bytes()).map_err(|e| e.to_string()),
+        ))
+    };
+    tokio::time::timeout(deadline, call)
+        .await
+        .map_err(|_| format!("no answer within {deadline:?}"))?
+}
+
 /// A provider client; cheap to clone (one connection pool).
 #[derive(Clone)]
 pub struct PspClient {
@@ -159,28 +181,12 @@ impl PspClient {
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .expect("a well-formed request");
-        let call = async {
-            let response = self
-                .http
-                .request(request)
-                .await
-                .map_err(|e| e.to_string())?;
-            let status = response.status();
-            let bytes = response
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| e.to_string())?
-                .to_bytes();
-            Ok::<_, String>((status, bytes))
-        };
-        match tokio::time::timeout(CALL_TIMEOUT, call).await {
-            Err(_) => Attempt::Unknown(format!("no answer within {CALL_TIMEOUT:?}")),
-            Ok(Err(error)) => Attempt::Unknown(error),
-            Ok(Ok((status, _))) if status.is_server_error() => {
+        match exchange(&self.http, request, CALL_TIMEOUT).await {
+            Err(error) | Ok((_, Err(error))) => Attempt::Unknown(error),
+            Ok((status, _)) if status.is_server_error() => {
                 Attempt::Unknown(format!("provider answered {status}"))
             }
-            Ok(Ok((status, bytes))) => Attempt::Answer(status, bytes),
+            Ok((status, Ok(bytes))) => Attempt::Answer(status, bytes),
         }
     }
 

@@ -17,6 +17,14 @@ pub fn parse_entry_id(id: &str) -> Option<(i64, i64)> {
     Some((number(ms)?, number(seq)?))
 }
 
+/// How long ago (by this machine's clock) the entry `id` was added; `None`
+/// for an id that is not `ms-seq` or lies in the future.
+pub fn entry_age(id: &str) -> Option<std::time::Duration> {
+    let (ms, _) = parse_entry_id(id)?;
+    let added = std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(ms).ok()?);
+    std::time::SystemTime::now().duration_since(added).ok()
+}
+
 /// One consumer group of a stream, as XINFO GROUPS reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupInfo {

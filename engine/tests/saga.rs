@@ -8,8 +8,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::TestEnv;
-use engine::domain::{OrderStatus, PaymentStatus};
+use engine::domain::{Order, OrderStatus, PaymentStatus};
 use engine::engine::PlaceError;
+use engine::events::{Event, EventKind, Payload};
+use engine::keys::{Lane, Topic};
 use fred::prelude::*;
 use stack::psp::Faults;
 
@@ -714,4 +716,86 @@ async fn during_an_outage_a_compensation_waits_for_the_circuit() {
     };
     assert_eq!(order.status, OrderStatus::Rejected);
     assert_eq!(env.sim.payment(&id.to_string()).unwrap().state, "voided");
+}
+
+/// The event `kind` among `order`'s own events, read back from its stream.
+async fn event_of(env: &TestEnv, order: &Order, kind: EventKind) -> Event {
+    for (stream, id) in &order.events {
+        let fields = engine::streams::entry(env.engine.redis(), stream, id)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{stream} {id} is gone"));
+        let event = Event::parse(stream, id, fields).unwrap();
+        if event.kind == kind {
+            return event;
+        }
+    }
+    panic!("order {} has no {kind}: {:?}", order.id, order.events);
+}
+
+/// An open auto-approving restaurant's order takes its approval with the
+/// authorization (`RestaurantApproved` automatic) and is captured by the
+/// same payment hop; a closed one's order waits, PAID and undecided, with
+/// its approval timeout set. The group earlier versions kept on `payments`
+/// is dropped when the payment worker starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn automatic_approval_rides_with_the_authorization() {
+    let mut env = TestEnv::standalone().await;
+    env.restaurant("r-open", true, "pho", 7_000, 10).await;
+    env.restaurant("r-shut", true, "ramen", 8_000, 10).await;
+    let engine = env.engine.clone();
+    let open = fixture::numbered_order(1, "r-open", &[("pho", 1)], 7_000);
+    let open = engine.place_order(&open).await.unwrap().order_id;
+    let shut = fixture::numbered_order(2, "r-shut", &[("ramen", 1)], 8_000);
+    let shut = engine.place_order(&shut).await.unwrap().order_id;
+    // Closed after its order was placed, before the payment hop.
+    engine
+        .put_restaurant("r-shut", "Restaurant r-shut", false, true, Lane::Online)
+        .await
+        .unwrap();
+    let keys = engine.keys().clone();
+    let payments: Vec<String> = (0..keys.partitions())
+        .map(|p| keys.stream(p, Topic::Payments))
+        .collect();
+    for stream in &payments {
+        let _: () = engine
+            .redis()
+            .xgroup_create(stream.as_str(), "restaurant", "0", true)
+            .await
+            .unwrap();
+    }
+    env.start_workers("w1");
+
+    let order = env
+        .order_when(&open, "captured", |o| o.pay == PaymentStatus::Captured)
+        .await;
+    assert_eq!(
+        (order.status, order.decision.as_str()),
+        (OrderStatus::Approved, "approved")
+    );
+    let approved = event_of(&env, &order, EventKind::RestaurantApproved).await;
+    assert!(
+        matches!(approved.payload(), Ok(Payload::RestaurantApproved(a)) if a.automatic),
+        "{approved:?}"
+    );
+
+    let waiting = env
+        .order_when(&shut, "paid", |o| o.status == OrderStatus::Paid)
+        .await;
+    assert_eq!(waiting.decision, "", "a closed restaurant approves nothing");
+    assert_eq!(
+        env.timers_of(&waiting).await,
+        [format!("approval_timeout|{shut}")]
+    );
+
+    for stream in &payments {
+        let groups = engine::streams::group_infos(engine.redis(), stream)
+            .await
+            .unwrap();
+        assert!(
+            groups.iter().all(|g| g.name != "restaurant"),
+            "{stream}: {groups:?}"
+        );
+    }
+    env.stop_workers().await;
 }

@@ -27,26 +27,6 @@ fn quick() -> engine::Timers {
     }
 }
 
-async fn wait_for(
-    env: &TestEnv,
-    id: &uuid::Uuid,
-    what: &str,
-    done: impl Fn(&engine::domain::Order) -> bool,
-) -> engine::domain::Order {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let order = env.engine.order(id).await.unwrap().unwrap();
-        if done(&order) {
-            return order;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "order {id} never became {what}: {order:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 async fn place(env: &TestEnv, rid: &str, i: usize) -> uuid::Uuid {
     let request = fixture::numbered_order(i, rid, &[("dish", 1)], 10_000);
     env.engine.place_order(&request).await.unwrap().order_id
@@ -71,27 +51,6 @@ async fn quick_env_with(tweak: impl FnOnce(&mut engine::Timers)) -> TestEnv {
     let mut timers = quick();
     tweak(&mut timers);
     common::with_timers(false, timers).await
-}
-
-async fn timers_of(env: &TestEnv, order: &engine::domain::Order) -> Vec<String> {
-    let members: Vec<String> = env
-        .engine
-        .redis()
-        .zrange(
-            env.engine.keys().wheel(order.partition),
-            0,
-            -1,
-            None,
-            false,
-            None,
-            false,
-        )
-        .await
-        .unwrap();
-    members
-        .into_iter()
-        .filter(|m| m.ends_with(&order.id.to_string()))
-        .collect()
 }
 
 /// Twenty dispatched orders, two engine processes claiming: each order gets
@@ -123,15 +82,16 @@ async fn notice_and_auto_confirm_fire_once_each_across_two_engines() {
         ids.push(place(&env, "r-auto", i).await);
     }
     for id in &ids {
-        let order = wait_for(&env, id, "APPROVED", |o| o.status == OrderStatus::Approved).await;
+        let order = env
+            .order_when(id, "APPROVED", |o| o.status == OrderStatus::Approved)
+            .await;
         let t = advance(&env, &order, OrderStatus::Dispatched, Actor::Restaurant).await;
         assert!(t.is_done());
     }
     for id in &ids {
-        let order = wait_for(&env, id, "CONFIRMED", |o| {
-            o.status == OrderStatus::Confirmed
-        })
-        .await;
+        let order = env
+            .order_when(id, "CONFIRMED", |o| o.status == OrderStatus::Confirmed)
+            .await;
         assert_eq!(order.pay, PaymentStatus::Captured);
         let events = env.engine.order_events(&order).await.unwrap();
         let at = |kind: &str| {
@@ -168,7 +128,7 @@ async fn notice_and_auto_confirm_fire_once_each_across_two_engines() {
             "{}",
             confirmed_event.data
         );
-        assert!(timers_of(&env, &order).await.is_empty());
+        assert!(env.timers_of(&order).await.is_empty());
     }
     let sent = env.notifier.sent.lock().unwrap().clone();
     assert_eq!(sent.len(), 20, "one notice per order");
@@ -191,32 +151,35 @@ async fn confirmations_cancel_the_pending_timers() {
     let late = place(&env, "r-auto", 2).await;
     let admin = place(&env, "r-auto", 3).await;
     for id in [&early, &late] {
-        let order = wait_for(&env, id, "APPROVED", |o| o.status == OrderStatus::Approved).await;
+        let order = env
+            .order_when(id, "APPROVED", |o| o.status == OrderStatus::Approved)
+            .await;
         advance(&env, &order, OrderStatus::Dispatched, Actor::Restaurant).await;
     }
     // Early: confirmed at once; the notice timer goes in the same step.
     let order = env.engine.order(&early).await.unwrap().unwrap();
-    assert_eq!(timers_of(&env, &order).await.len(), 1);
+    assert_eq!(env.timers_of(&order).await.len(), 1);
     advance(&env, &order, OrderStatus::Confirmed, Actor::Customer).await;
-    assert!(timers_of(&env, &order).await.is_empty());
+    assert!(env.timers_of(&order).await.is_empty());
     // Late: confirmed after the notice, before the automatic confirmation.
-    let order = wait_for(&env, &late, "notified", |o| !o.notified.is_empty()).await;
+    let order = env
+        .order_when(&late, "notified", |o| !o.notified.is_empty())
+        .await;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while timers_of(&env, &order).await.is_empty() {
+    while env.timers_of(&order).await.is_empty() {
         assert!(Instant::now() < deadline, "auto_confirm never scheduled");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let order = env.engine.order(&late).await.unwrap().unwrap();
     advance(&env, &order, OrderStatus::Confirmed, Actor::Customer).await;
     assert!(
-        timers_of(&env, &order).await.is_empty(),
+        env.timers_of(&order).await.is_empty(),
         "the customer's confirmation cancels auto_confirm"
     );
     // Admin: APPROVED straight to CONFIRMED.
-    let order = wait_for(&env, &admin, "APPROVED", |o| {
-        o.status == OrderStatus::Approved
-    })
-    .await;
+    let order = env
+        .order_when(&admin, "APPROVED", |o| o.status == OrderStatus::Approved)
+        .await;
     let t = advance(&env, &order, OrderStatus::Confirmed, Actor::Admin).await;
     assert_eq!(t.status, Some(OrderStatus::Confirmed));
 
@@ -224,7 +187,7 @@ async fn confirmations_cancel_the_pending_timers() {
     // all) and was handled: nothing left to confirm them a second time.
     for id in [&early, &late, &admin] {
         let order = env.engine.order(id).await.unwrap().unwrap();
-        assert!(timers_of(&env, &order).await.is_empty());
+        assert!(env.timers_of(&order).await.is_empty());
     }
     env.drain_groups(Duration::from_secs(30)).await;
     for id in [&early, &late, &admin] {
@@ -260,7 +223,9 @@ async fn the_approval_timeout_compensates() {
     env.restaurant("r-slow", false, "dish", 10_000, 5).await;
     env.start_workers("engine-1");
     let id = place(&env, "r-slow", 1).await;
-    let order = wait_for(&env, &id, "voided", |o| o.pay == PaymentStatus::Voided).await;
+    let order = env
+        .order_when(&id, "voided", |o| o.pay == PaymentStatus::Voided)
+        .await;
     assert_eq!(
         (order.status, order.reason.as_str()),
         (OrderStatus::Rejected, "approval_timeout")
@@ -285,7 +250,9 @@ async fn the_payment_window_compensates() {
     env.restaurant("r-any", true, "dish", 10_000, 5).await;
     env.start_workers("engine-1");
     let id = place(&env, "r-any", 1).await;
-    let order = wait_for(&env, &id, "rejected", |o| o.status == OrderStatus::Rejected).await;
+    let order = env
+        .order_when(&id, "rejected", |o| o.status == OrderStatus::Rejected)
+        .await;
     assert_eq!(
         (order.reason.as_str(), order.pay),
         ("payment_window", PaymentStatus::None)
@@ -314,7 +281,7 @@ async fn a_timer_due_while_every_engine_was_down_fires_late_once() {
     let order = env.engine.order(&id).await.unwrap().unwrap();
     assert_eq!(order.status, OrderStatus::Paid);
     assert_eq!(
-        timers_of(&env, &order).await,
+        env.timers_of(&order).await,
         vec![format!("approval_timeout|{id}")]
     );
     // While every engine is down, the approval timeout falls due and stays
@@ -340,7 +307,9 @@ async fn a_timer_due_while_every_engine_was_down_fires_late_once() {
     // Engines come back: two at once.
     env.start_workers("engine-1");
     env.start_workers("engine-2");
-    let order = wait_for(&env, &id, "voided", |o| o.pay == PaymentStatus::Voided).await;
+    let order = env
+        .order_when(&id, "voided", |o| o.pay == PaymentStatus::Voided)
+        .await;
     assert_eq!(order.reason, "approval_timeout");
     let fired: Vec<(String, std::collections::HashMap<String, String>)> = env
         .engine

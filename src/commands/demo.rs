@@ -299,6 +299,17 @@ fn print_try_it(api: &str, admin: &str, keys: &api::auth::Keys) {
     println!("  open the operations console: $API/ops/#token=$ADMIN");
 }
 
+/// GETs `url` with `token` and reads the answer as JSON.
+async fn get_json(http: &reqwest::Client, url: String, token: &str) -> anyhow::Result<Value> {
+    Ok(http
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await?
+        .json()
+        .await?)
+}
+
 /// One customer order: menu, placement, polling to rest.
 async fn one_order(
     http: &reqwest::Client,
@@ -308,13 +319,7 @@ async fn one_order(
     key: &str,
     tally: &Mutex<Tally>,
 ) -> anyhow::Result<()> {
-    let menu: Value = http
-        .get(format!("{api}/v1/restaurants/{rid}/menu"))
-        .bearer_auth(token)
-        .send()
-        .await?
-        .json()
-        .await?;
+    let menu = get_json(http, format!("{api}/v1/restaurants/{rid}/menu"), token).await?;
     let body = pick_dishes(&menu, rid)?;
     let placing = Instant::now();
     let response = http
@@ -382,13 +387,7 @@ async fn wait_for_rest(
     let waiting = Instant::now();
     while waiting.elapsed() < SETTLE_WAIT_MAX {
         tokio::time::sleep(POLL_EVERY).await;
-        let order: Value = http
-            .get(format!("{api}/v1/orders/{id}"))
-            .bearer_auth(token)
-            .send()
-            .await?
-            .json()
-            .await?;
+        let order = get_json(http, format!("{api}/v1/orders/{id}"), token).await?;
         let status = order["status"].as_str().unwrap_or("");
         let pay = order["payment"]["status"].as_str().unwrap_or("");
         let resting = match status {

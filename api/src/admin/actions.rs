@@ -396,6 +396,7 @@ async fn retry_letter(state: &AppState, letter: &Letter) -> Result<String, Strin
         notifier,
         role,
         &event,
+        false,
         Lane::Batch,
     )
     .await

@@ -146,27 +146,25 @@ pub async fn recorded(
             &[&order, &limit],
         )
         .await?;
-    Ok(rows
-        .into_iter()
-        .map(|row| {
-            let at: std::time::SystemTime = row.get(1);
-            json!({
-                "id": row.get::<_, i64>(0),
-                "at": humantime::format_rfc3339_millis(at).to_string(),
-                "actor": row.get::<_, String>(2),
-                "action": row.get::<_, String>(3),
-                "subject": row.get::<_, String>(4),
-                "order_id": row.get::<_, Option<uuid::Uuid>>(5),
-                "reason": row.get::<_, String>(6),
-                "outcome": row.get::<_, String>(7),
-                "detail": row.get::<_, String>(8),
-            })
-        })
-        .collect())
+    Ok(rows.iter().map(recorded_action).collect())
+}
+
+/// One row of `operator_actions` as the audit trail shows it.
+fn recorded_action(row: &tokio_postgres::Row) -> Value {
+    json!({
+        "id": row.get::<_, i64>(0),
+        "at": crate::orders::rfc3339_time(row.get(1)),
+        "actor": row.get::<_, String>(2),
+        "action": row.get::<_, String>(3),
+        "subject": row.get::<_, String>(4),
+        "order_id": row.get::<_, Option<uuid::Uuid>>(5),
+        "reason": row.get::<_, String>(6),
+        "outcome": row.get::<_, String>(7),
+        "detail": row.get::<_, String>(8),
+    })
 }
 
 /// Milliseconds since the epoch as RFC 3339.
 pub fn at(ms: i64) -> String {
-    let time = std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_millis(time).to_string()
+    crate::orders::rfc3339(ms)
 }

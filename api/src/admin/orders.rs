@@ -240,28 +240,23 @@ async fn archived_entries(
     Some(rows.into_iter().map(|r| r.get(0)).collect())
 }
 
+/// The timers of an order (`$1`) that fired, from the archive.
+const TIMERS_FIRED: &str = "SELECT kind, due_at, fired_at, lateness_ms FROM timer_history \
+     WHERE order_id = $1 ORDER BY fired_at";
+/// The notices sent about an order (`$1`), from the archive.
+const NOTICES_SENT: &str = "SELECT kind, channel, attempts, sent_at FROM notifications \
+     WHERE order_id = $1 ORDER BY sent_at";
+
 /// The order's timers that fired and notices sent, from the archive, plus
 /// notices Redis records that the archive does not hold yet (kind only).
 async fn delayed_history(state: &AppState, order: &Order) -> (Value, Value) {
     let read = async {
         let client = state.postgres.get().await?;
-        let fired = client
-            .query(
-                "SELECT kind, due_at, fired_at, lateness_ms FROM timer_history \
-                 WHERE order_id = $1 ORDER BY fired_at",
-                &[&order.id],
-            )
-            .await?;
-        let sent = client
-            .query(
-                "SELECT kind, channel, attempts, sent_at FROM notifications \
-                 WHERE order_id = $1 ORDER BY sent_at",
-                &[&order.id],
-            )
-            .await?;
+        let fired = client.query(TIMERS_FIRED, &[&order.id]).await?;
+        let sent = client.query(NOTICES_SENT, &[&order.id]).await?;
         anyhow::Ok((fired, sent))
     };
-    let time = |t: std::time::SystemTime| humantime::format_rfc3339_millis(t).to_string();
+    let time = crate::orders::rfc3339_time;
     let (fired, sent) = match read.await {
         Ok(rows) => rows,
         Err(error) => {

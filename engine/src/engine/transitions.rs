@@ -5,11 +5,58 @@ use super::*;
 use crate::domain::{Decision, RejectReason, TimerKind};
 use crate::scripts::replies::{Claimed, Reclaimed, Recorded, Scheduled};
 use crate::scripts::{
-    advance, cancel, claim_timers, reclaim_stock, record_notification, record_payment, release,
-    restaurant_decision, schedule_timer,
+    Binding, Bound, advance, cancel, claim_timers, reclaim_stock, record_notification,
+    record_payment, release, restaurant_decision, schedule_timer,
 };
 
+/// The keys every transition of an order names, by the scripts' names.
+struct OrderKeys {
+    order_key: String,
+    order_stream: String,
+    inflight: String,
+    timers: String,
+}
+
+/// The keys of `$script` for `$order`: those every transition names
+/// ([`OrderKeys`]), then the script's own.
+macro_rules! script_keys {
+    ($engine:expr, $script:ident, $order:expr, $lane:expr; $($field:ident: $value:expr),* $(,)?) => {{
+        let keys = $engine.order_keys($order, $lane);
+        $script::Keys {
+            order_key: keys.order_key,
+            order_stream: keys.order_stream,
+            inflight: keys.inflight,
+            timers: keys.timers,
+            $($field: $value),*
+        }
+    }};
+}
+
 impl Engine {
+    /// The keys every transition of `order` names, its events in `lane`.
+    fn order_keys(&self, order: &Order, lane: Lane) -> OrderKeys {
+        let (keys, p) = (self.keys(), order.partition);
+        OrderKeys {
+            order_key: keys.order(p, &order.id),
+            order_stream: keys.lane_stream(p, Topic::Orders, lane),
+            inflight: keys.inflight(p),
+            timers: keys.wheel(p),
+        }
+    }
+
+    /// Runs one transition of `order` and counts what it did.
+    async fn transition<B: Binding<Reply = Transition>>(
+        &self,
+        order: &Order,
+        script: &Bound<B>,
+        keys: B::Keys,
+        args: B::Args,
+    ) -> Result<Transition, EngineError> {
+        let t = script.run(self.redis(), keys, args).await?;
+        self.applied(order, &t);
+        Ok(t)
+    }
+
     /// The keys of an order's lines: item hash and per-customer hash each.
     fn line_keys(&self, order: &Order) -> Vec<[String; 2]> {
         let keys = self.keys();
@@ -55,29 +102,20 @@ impl Engine {
         psp_ref: &str,
         lane: Lane,
     ) -> Result<Transition, EngineError> {
-        let keys = self.keys();
-        let p = order.partition;
-        let t = self
-            .scripts()
-            .record_payment
-            .run(
-                self.redis(),
-                record_payment::Keys {
-                    order_key: keys.order(p, &order.id),
-                    pay_stream: keys.lane_stream(p, Topic::Payments, lane),
-                    order_stream: keys.lane_stream(p, Topic::Orders, lane),
-                    inflight: keys.inflight(p),
-                    timers: keys.wheel(p),
-                    lines: self.line_keys(order),
-                },
-                record_payment::Args {
-                    outcome,
-                    psp_ref: psp_ref.into(),
-                    approval_timeout: self.config().timers.approval_timeout,
-                },
-            )
-            .await?;
-        self.applied(order, &t);
+        let (keys, p) = (self.keys(), order.partition);
+        let keys = script_keys!(self, record_payment, order, lane;
+            pay_stream: keys.lane_stream(p, Topic::Payments, lane),
+            rest_stream: keys.lane_stream(p, Topic::Restaurant, lane),
+            restaurant_key: keys.restaurant(p, &order.restaurant),
+            lines: self.line_keys(order),
+        );
+        let args = record_payment::Args {
+            outcome,
+            psp_ref: psp_ref.into(),
+            approval_timeout: self.config().timers.approval_timeout,
+        };
+        let script = &self.scripts().record_payment;
+        let t = self.transition(order, script, keys, args).await?;
         if t.outcome == Outcome::Applied {
             metrics::counter!("lunchrush_payments_recorded_total", "outcome" => outcome.as_str())
                 .increment(1);
@@ -97,32 +135,20 @@ impl Engine {
         automatic: bool,
         lane: Lane,
     ) -> Result<Transition, EngineError> {
-        let keys = self.keys();
-        let p = order.partition;
-        let t = self
-            .scripts()
-            .restaurant_decision
-            .run(
-                self.redis(),
-                restaurant_decision::Keys {
-                    order_key: keys.order(p, &order.id),
-                    rest_stream: keys.lane_stream(p, Topic::Restaurant, lane),
-                    order_stream: keys.lane_stream(p, Topic::Orders, lane),
-                    inflight: keys.inflight(p),
-                    restaurant_key: keys.restaurant(p, &order.restaurant),
-                    timers: keys.wheel(p),
-                    lines: self.line_keys(order),
-                },
-                restaurant_decision::Args {
-                    decision,
-                    note: note.into(),
-                    expected,
-                    automatic,
-                },
-            )
-            .await?;
-        self.applied(order, &t);
-        Ok(t)
+        let (keys, p) = (self.keys(), order.partition);
+        let keys = script_keys!(self, restaurant_decision, order, lane;
+            rest_stream: keys.lane_stream(p, Topic::Restaurant, lane),
+            restaurant_key: keys.restaurant(p, &order.restaurant),
+            lines: self.line_keys(order),
+        );
+        let args = restaurant_decision::Args {
+            decision,
+            note: note.into(),
+            expected,
+            automatic,
+        };
+        let script = &self.scripts().restaurant_decision;
+        self.transition(order, script, keys, args).await
     }
 
     /// Approves a paid order at the version read if its restaurant approves
@@ -142,25 +168,10 @@ impl Engine {
         expected: Option<u64>,
         lane: Lane,
     ) -> Result<Transition, EngineError> {
-        let keys = self.keys();
-        let p = order.partition;
-        let t = self
-            .scripts()
-            .release
-            .run(
-                self.redis(),
-                release::Keys {
-                    order_key: keys.order(p, &order.id),
-                    order_stream: keys.lane_stream(p, Topic::Orders, lane),
-                    inflight: keys.inflight(p),
-                    timers: keys.wheel(p),
-                    lines: self.line_keys(order),
-                },
-                release::Args { reason, expected },
-            )
-            .await?;
-        self.applied(order, &t);
-        Ok(t)
+        let keys = script_keys!(self, release, order, lane; lines: self.line_keys(order));
+        let args = release::Args { reason, expected };
+        self.transition(order, &self.scripts().release, keys, args)
+            .await
     }
 
     /// A customer (before approval) or an admin (any time) cancels.
@@ -171,25 +182,10 @@ impl Engine {
         expected: Option<u64>,
         lane: Lane,
     ) -> Result<Transition, EngineError> {
-        let keys = self.keys();
-        let p = order.partition;
-        let t = self
-            .scripts()
-            .cancel
-            .run(
-                self.redis(),
-                cancel::Keys {
-                    order_key: keys.order(p, &order.id),
-                    order_stream: keys.lane_stream(p, Topic::Orders, lane),
-                    inflight: keys.inflight(p),
-                    timers: keys.wheel(p),
-                    lines: self.line_keys(order),
-                },
-                cancel::Args { actor, expected },
-            )
-            .await?;
-        self.applied(order, &t);
-        Ok(t)
+        let keys = script_keys!(self, cancel, order, lane; lines: self.line_keys(order));
+        let args = cancel::Args { actor, expected };
+        self.transition(order, &self.scripts().cancel, keys, args)
+            .await
     }
 
     /// DISPATCHED or CONFIRMED (see `lua/advance.lua`).
@@ -205,29 +201,15 @@ impl Engine {
             target,
             OrderStatus::Dispatched | OrderStatus::Confirmed
         ));
-        let keys = self.keys();
-        let p = order.partition;
-        let t = self
-            .scripts()
-            .advance
-            .run(
-                self.redis(),
-                advance::Keys {
-                    order_key: keys.order(p, &order.id),
-                    order_stream: keys.lane_stream(p, Topic::Orders, lane),
-                    inflight: keys.inflight(p),
-                    timers: keys.wheel(p),
-                },
-                advance::Args {
-                    target,
-                    expected,
-                    actor,
-                    notice_after: self.config().timers.confirm_notice_after,
-                },
-            )
-            .await?;
-        self.applied(order, &t);
-        Ok(t)
+        let keys = script_keys!(self, advance, order, lane;);
+        let args = advance::Args {
+            target,
+            expected,
+            actor,
+            notice_after: self.config().timers.confirm_notice_after,
+        };
+        self.transition(order, &self.scripts().advance, keys, args)
+            .await
     }
 
     // ---- delayed tasks ----------------------------------------------------

@@ -221,15 +221,8 @@ impl Reconciler {
                         Ok(()) => actions.push("authorize"),
                         Err(_) => {
                             // The provider does not answer: compensate.
-                            self.engine
-                                .release(
-                                    &order,
-                                    RejectReason::Reconciled,
-                                    Some(order.version),
-                                    Lane::Batch,
-                                )
+                            self.release(&order, Some(order.version), &mut actions)
                                 .await?;
-                            actions.push("release");
                         }
                     }
                     let after = self.engine.order(id).await?;
@@ -237,10 +230,7 @@ impl Reconciler {
                         .as_ref()
                         .is_some_and(|o| o.status == OrderStatus::Pending)
                     {
-                        self.engine
-                            .release(&order, RejectReason::Reconciled, None, Lane::Batch)
-                            .await?;
-                        actions.push("release");
+                        self.release(&order, None, &mut actions).await?;
                     }
                 }
                 (OrderStatus::Paid, _, "") => {
@@ -252,15 +242,8 @@ impl Reconciler {
                     if approved {
                         actions.push("approve");
                     } else {
-                        self.engine
-                            .release(
-                                &order,
-                                RejectReason::Reconciled,
-                                Some(order.version),
-                                Lane::Batch,
-                            )
+                        self.release(&order, Some(order.version), &mut actions)
                             .await?;
-                        actions.push("release");
                     }
                 }
                 _ => match saga::drive_payment(&self.engine, &self.psp, id, Lane::Batch).await {
@@ -276,5 +259,20 @@ impl Reconciler {
             }
         }
         Ok((self.engine.order(id).await?, actions.join(", ")))
+    }
+
+    /// Compensates `order` in the batch lane (reason `reconciled`), at
+    /// `expected` version if given, and notes it among `actions`.
+    async fn release(
+        &self,
+        order: &Order,
+        expected: Option<u64>,
+        actions: &mut Vec<&'static str>,
+    ) -> Result<(), ReconcileError> {
+        self.engine
+            .release(order, RejectReason::Reconciled, expected, Lane::Batch)
+            .await?;
+        actions.push("release");
+        Ok(())
     }
 }

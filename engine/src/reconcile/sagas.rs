@@ -238,21 +238,7 @@ impl Reconciler {
                         .resting
                         .push((order.updated_ms as f64, order.id.to_string()));
                 }
-                if order.status == OrderStatus::Rejected {
-                    return;
-                }
-                for line in &order.lines {
-                    let key = (order.restaurant.clone(), line.item.clone());
-                    *holds.held.entry(key).or_default() += i64::from(line.qty);
-                    if line.counted {
-                        let key = (
-                            order.restaurant.clone(),
-                            line.item.clone(),
-                            order.customer.clone(),
-                        );
-                        *holds.counted.entry(key).or_default() += i64::from(line.qty);
-                    }
-                }
+                crate::check::tally_lines(&order, &mut holds.held, &mut holds.counted);
             })
             .await?;
         Ok(holds)
@@ -361,9 +347,9 @@ impl Reconciler {
 #[derive(Default)]
 struct Holds {
     /// (restaurant, item) → units held by orders not rejected.
-    held: HashMap<(String, String), i64>,
+    held: crate::check::Held,
     /// (restaurant, item, customer) → units counted towards the limit.
-    counted: HashMap<(String, String, String), i64>,
+    counted: crate::check::Counted,
     /// Orders at a final pair: (last change ms, id), for the resting index.
     resting: Vec<(f64, String)>,
 }

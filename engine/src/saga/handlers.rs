@@ -1,22 +1,43 @@
-//! The handlers: what each group does with an event (payment hops,
-//! auto-approval, due timers), idempotent by re-reading the order.
+//! The handlers: what each group does with an event (payment hops, due
+//! timers), idempotent: each acts on the order's state as the scripts
+//! reply it, and a redelivery re-reads the order.
 
 use super::*;
 use crate::domain::{RejectReason, TimerKind};
 use crate::engine::Refusal;
 use crate::events::{EventKind, Payload};
 
-/// Drives one order's payment until no step is owed (see [`payment_action`]).
+/// Drives one order's payment until no step is owed (see [`payment_action`]),
+/// from the order as Redis holds it.
 pub async fn drive_payment(
     engine: &Engine,
     psp: &PspClient,
     order_id: &uuid::Uuid,
     lane: Lane,
 ) -> Result<(), WorkError> {
+    drive(engine, psp, order_id, None, lane).await
+}
+
+/// [`drive_payment`] from `known` (the order as its event carried it) or
+/// else as Redis holds it. After each step it goes on from the state the
+/// script replied, so a saga whose restaurant approves automatically is
+/// authorized, approved and captured in one call with no read of the order.
+async fn drive(
+    engine: &Engine,
+    psp: &PspClient,
+    order_id: &uuid::Uuid,
+    known: Option<Order>,
+    lane: Lane,
+) -> Result<(), WorkError> {
     let mut asked = false;
+    let mut known = known;
     for _ in 0..DRIVE_STEPS_MAX {
-        let Some(order) = engine.order(order_id).await? else {
-            return Ok(());
+        let order = match known.take() {
+            Some(order) => order,
+            None => match engine.order(order_id).await? {
+                Some(order) => order,
+                None => return Ok(()),
+            },
         };
         let key = order.id.to_string();
         let Some(action) = payment_action(&order) else {
@@ -46,22 +67,24 @@ pub async fn drive_payment(
             return Ok(());
         }
         let after = record_steps(engine, &order, steps, &provider.reference, lane).await?;
-        // The last transition returned the order's state after it: when no
-        // step is owed there, stop without re-reading the order. (A later
-        // change that owes one — approval, rejection — arrives as its own
-        // event.)
+        // The last transition returned the order's state after it: go on
+        // from there (a refusal re-reads the order). When no step is owed,
+        // stop: a later change that owes one (a restaurant's answer, a
+        // rejection) arrives as its own event.
         if let Some(t) = after.filter(|t| t.is_done())
             && let (Some(status), Some(pay)) = (t.status, t.pay)
         {
             let now = Order {
                 status,
                 pay,
+                version: t.version,
                 decision: t.decision,
                 ..order
             };
             if payment_action(&now).is_none() {
                 return Ok(());
             }
+            known = Some(now);
         }
     }
     Err(WorkError::NoProgress)
@@ -232,15 +255,23 @@ async fn confirm_notice(
     Ok(())
 }
 
+/// How long after its placement an `OrderPlaced` delivered for the first
+/// time is taken as the order's state, without reading the order. Older, the
+/// order may well have moved (cancelled, rejected by its payment window
+/// while the payment hop lagged): it is read first, sparing the provider an
+/// authorization that would only be voided.
+pub const PLACED_TRUSTED_FOR: Duration = Duration::from_secs(2);
+
 /// Runs `role`'s handler for `event` in `lane`: what a worker does with an
-/// entry it read, and what an operator's retry of a dead letter does (in
-/// the batch lane). Every handler is idempotent.
+/// entry it read (`first`: its first delivery), and what an operator's retry
+/// of a dead letter does (in the batch lane). Every handler is idempotent.
 pub async fn handle_event(
     engine: &Engine,
     psp: &PspClient,
     notifier: &dyn crate::notify::Notifier,
     role: Role,
     event: &Event,
+    first: bool,
     lane: Lane,
 ) -> Result<(), WorkError> {
     if role == Role::Order && event.kind == EventKind::TimerFired {
@@ -249,17 +280,47 @@ pub async fn handle_event(
     let Some(order_id) = event.order_id() else {
         return Ok(());
     };
-    match (role, event.kind) {
-        (
-            Role::Payment | Role::Batch,
-            EventKind::OrderPlaced
-            | EventKind::OrderRejected
-            | EventKind::RestaurantApproved
-            | EventKind::RestaurantRejected,
-        ) => drive_payment(engine, psp, &order_id, lane).await,
-        (Role::Restaurant | Role::Batch, EventKind::PaymentAuthorized) => {
-            auto_approve(engine, &order_id, lane).await
+    if !matches!(role, Role::Payment | Role::Batch) {
+        return Ok(());
+    }
+    match event.kind {
+        EventKind::OrderPlaced => {
+            let known = first.then(|| placed_order(engine, event)).flatten();
+            drive(engine, psp, &order_id, known, lane).await
         }
+        // Approved with the authorization, in the online lane: the hop that
+        // recorded it captures next (its own entry stays pending until
+        // then, and a redelivery of that entry finishes the job).
+        EventKind::RestaurantApproved
+            if lane == Lane::Online
+                && matches!(event.payload(), Ok(Payload::RestaurantApproved(a)) if a.automatic) =>
+        {
+            Ok(())
+        }
+        EventKind::OrderRejected
+        | EventKind::RestaurantApproved
+        | EventKind::RestaurantRejected => drive_payment(engine, psp, &order_id, lane).await,
         _ => Ok(()),
     }
+}
+
+/// The order as a fresh `OrderPlaced` describes it (see
+/// [`PLACED_TRUSTED_FOR`]); `None` when it is not fresh or does not decode.
+fn placed_order(engine: &Engine, event: &Event) -> Option<Order> {
+    let age = crate::streams::entry_age(&event.id)?;
+    if age > PLACED_TRUSTED_FOR {
+        return None;
+    }
+    let Ok(Payload::OrderPlaced(placed)) = event.payload() else {
+        return None;
+    };
+    let id = event.order_id()?;
+    let partition = engine.keys().partition_of_order(&id)?;
+    Some(Order::placed(
+        id,
+        partition,
+        &event.saga,
+        event.ts_ms,
+        placed,
+    ))
 }

@@ -4,9 +4,11 @@
 //! - **payment** (reads `orders` and `restaurant`): drives each order's
 //!   payment to what its status requires — authorize a PENDING order, capture
 //!   an approved one, void or refund a rejected one — by asking the provider
-//!   and recording its answer with `record_payment`.
-//! - **restaurant** (reads `payments`): approves paid orders of
-//!   `auto_approve` restaurants at once, re-checking that they are open.
+//!   and recording its answer with `record_payment`. The authorization of an
+//!   order whose restaurant approves automatically and is open takes the
+//!   approval in the same script, and the same call goes on to the capture:
+//!   such a saga is one hop (`OrderPlaced` → captured), and its
+//!   `RestaurantApproved` (automatic) is passed over.
 //! - **order** (reads `timers`): acts on delayed tasks that fell due —
 //!   rejects an order whose payment window or approval timeout passed,
 //!   sends the purchase-confirmation notice once and schedules the automatic
@@ -16,9 +18,11 @@
 //!   wrote to the batch lane, in its own group with its own, smaller
 //!   concurrency, so a batch never queues in front of online orders.
 //!
-//! Every handler re-reads the order and acts on its current state, so a
-//! redelivered or reclaimed event changes nothing that already happened;
-//! the scripts' state machines refuse anything that would go backwards.
+//! A handler acts on the order's state: a fresh `OrderPlaced` carries it, a
+//! script's reply gives it after each step, anything else (a redelivery, a
+//! reclaimed entry, a compensation) reads the order. So a redelivered event
+//! changes nothing that already happened; the scripts' state machines refuse
+//! anything that would go backwards.
 //!
 //! A worker reads every partition in bounded batches (`COUNT`), runs the
 //! handlers concurrently (their Redis calls pipeline over the shared
@@ -45,7 +49,7 @@ use crate::psp::{PspClient, PspError};
 mod handlers;
 mod worker;
 
-pub use handlers::{auto_approve, drive_payment, handle_event, on_timer};
+pub use handlers::{PLACED_TRUSTED_FOR, auto_approve, drive_payment, handle_event, on_timer};
 pub use worker::{Round, Worker};
 
 /// Steps one handler call may take to settle an order's payment (authorize,
@@ -59,19 +63,23 @@ const CIRCUIT_NAP_MAX: Duration = Duration::from_millis(500);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
     Payment,
-    Restaurant,
     Order,
     Batch,
 }
 
+/// Groups earlier versions kept and no role reads any more; dropped when a
+/// payment worker starts, so that no retirement waits on them.
+/// `restaurant` read `payments` for the automatic approval, which
+/// `record_payment` now takes with the authorization.
+pub const RETIRED_GROUPS: [(&str, Topic); 1] = [("restaurant", Topic::Payments)];
+
 impl Role {
-    pub const ALL: [Role; 4] = [Role::Payment, Role::Restaurant, Role::Order, Role::Batch];
+    pub const ALL: [Role; 3] = [Role::Payment, Role::Order, Role::Batch];
 
     /// The consumer group name.
     pub fn group(self) -> &'static str {
         match self {
             Role::Payment => "payment",
-            Role::Restaurant => "restaurant",
             Role::Order => "order",
             Role::Batch => "batch",
         }
@@ -86,7 +94,6 @@ impl Role {
     pub fn topics(self) -> &'static [Topic] {
         match self {
             Role::Payment => &[Topic::Orders, Topic::Restaurant],
-            Role::Restaurant => &[Topic::Payments],
             Role::Order => &[Topic::Timers],
             Role::Batch => &[Topic::Batch],
         }
@@ -162,6 +169,25 @@ pub async fn ensure_groups(
                     }
                     _ => {}
                 }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Drops the [`RETIRED_GROUPS`] from every partition's stream.
+pub async fn drop_retired_groups(engine: &Engine) -> Result<(), EngineError> {
+    let keys = engine.keys();
+    for p in 0..keys.partitions() {
+        for (group, topic) in RETIRED_GROUPS {
+            let stream = keys.stream(p, topic);
+            let dropped: Result<i64, _> = engine.redis().xgroup_destroy(stream, group).await;
+            match dropped {
+                // A stream not created yet has no group to drop.
+                Err(error) if !error.details().contains("no such key") => {
+                    return Err(error.into());
+                }
+                _ => {}
             }
         }
     }

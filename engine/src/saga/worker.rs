@@ -50,6 +50,11 @@ impl Worker {
         ensure_groups(&self.engine, &[(self.role.group(), self.role.topics())])
             .await
             .unwrap_or_else(|e| tracing::error!(error = %e, "Cannot create consumer groups."));
+        if self.role == Role::Payment {
+            drop_retired_groups(&self.engine)
+                .await
+                .unwrap_or_else(|e| tracing::error!(error = %e, "Cannot drop retired groups."));
+        }
         let mut idle = Duration::from_millis(1);
         let mut last_reclaim = Instant::now();
         let engine = self.engine.clone();
@@ -344,7 +349,7 @@ impl Worker {
                     .await;
             }
         };
-        let result = self.dispatch(&event).await;
+        let result = self.dispatch(&event, deliveries == 1).await;
         match result {
             Ok(()) => Disposition::Done,
             Err(WorkError::Psp(PspError::CircuitOpen { .. })) => Disposition::Deferred(deliveries),
@@ -369,14 +374,23 @@ impl Worker {
         }
     }
 
-    async fn dispatch(&self, event: &Event) -> Result<(), WorkError> {
+    async fn dispatch(&self, event: &Event, first: bool) -> Result<(), WorkError> {
         let lane = if self.role == Role::Batch {
             Lane::Batch
         } else {
             Lane::Online
         };
         let notifier = self.notifier.as_ref();
-        handle_event(&self.engine, &self.psp, notifier, self.role, event, lane).await
+        handle_event(
+            &self.engine,
+            &self.psp,
+            notifier,
+            self.role,
+            event,
+            first,
+            lane,
+        )
+        .await
     }
 
     /// Moves a poison entry to the dead-letter stream (or a failing

@@ -202,20 +202,22 @@ mod tests {
     fn keys_and_args_follow_the_header_order() {
         let source = Scripts::new().record_payment.script.source;
         assert!(source.contains(
-            "local order_key, pay_stream, order_stream, inflight, timers = \
-             KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]"
+            "local order_key, pay_stream, order_stream, rest_stream, inflight, timers, \
+             restaurant_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]"
         ));
-        assert!(source.contains("local LINE_KEYS = 6"));
+        assert!(source.contains("local LINE_KEYS = 8"));
         let keys = record_payment::Keys {
             order_key: "o".into(),
             pay_stream: "p".into(),
             order_stream: "s".into(),
+            rest_stream: "r".into(),
             inflight: "i".into(),
             timers: "t".into(),
+            restaurant_key: "k".into(),
             lines: vec![["a".into(), "b".into()]],
         }
         .into_vec();
-        assert_eq!(keys, ["o", "p", "s", "i", "t", "a", "b"]);
+        assert_eq!(keys, ["o", "p", "s", "r", "i", "t", "k", "a", "b"]);
         let args = place_order::Args {
             order_id: "id".into(),
             saga: "s".into(),
