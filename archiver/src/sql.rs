@@ -175,66 +175,7 @@ pub(crate) async fn insert_histories(
         let Some(payload) = payload else {
             continue;
         };
-        let seq = event.seq as i64;
         match payload {
-            Payload::RestaurantUpserted(r) => {
-                execute(tx,
-                    "INSERT INTO restaurant_history (restaurant_id, seq, name, open, auto_approve, at) \
-                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-                    &[&r.restaurant, &seq, &r.name, &r.open, &r.auto, &ms_time(event.ts_ms)],
-                )
-                .await?;
-            }
-            Payload::MenuItemUpserted(i) => {
-                execute(tx,
-                    "INSERT INTO menu_item_history (restaurant_id, seq, item, name, price, stock, delta, \
-                     available, max_per_customer, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-                     ON CONFLICT DO NOTHING",
-                    &[
-                        &i.restaurant,
-                        &seq,
-                        &i.item,
-                        &i.name,
-                        &i.price,
-                        &i.stock,
-                        &i.delta,
-                        &i.available,
-                        &i.max_pc,
-                        &ms_time(event.ts_ms),
-                    ],
-                )
-                .await?;
-            }
-            Payload::TimerFired(fired) => {
-                let Ok(order) = fired.order.parse::<Uuid>() else {
-                    continue;
-                };
-                let (due, at) = (fired.due, fired.fired);
-                execute(tx,
-                    "INSERT INTO timer_history (order_id, kind, due_at, fired_at, lateness_ms, outcome) \
-                     VALUES ($1, $2, $3, $4, $5, 'fired') ON CONFLICT DO NOTHING",
-                    &[&order, &fired.kind, &ms_time(due), &ms_time(at), &(at - due).max(0)],
-                )
-                .await?;
-            }
-            Payload::NotificationSent(sent) => {
-                let Some(order) = event.order_id() else {
-                    continue;
-                };
-                execute(tx,
-                    "INSERT INTO notifications (order_id, kind, idempotency_key, channel, attempts, sent_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-                    &[
-                        &order,
-                        &sent.kind,
-                        &sent.key,
-                        &sent.channel,
-                        &(sent.attempts as i32),
-                        &ms_time(event.ts_ms),
-                    ],
-                )
-                .await?;
-            }
             Payload::OrderPlaced(placed) => {
                 let Some(order) = event.order_id() else {
                     continue;
@@ -246,7 +187,7 @@ pub(crate) async fn insert_histories(
                     prices.push(*price);
                 }
             }
-            _ => {}
+            other => insert_history(tx, event, other).await?,
         }
     }
     if orders.is_empty() {
@@ -258,6 +199,75 @@ pub(crate) async fn insert_histories(
         &[&orders, &items, &qtys, &prices],
     )
     .await?;
+    Ok(())
+}
+
+/// The history row of one restaurant, menu item, timer or notification
+/// event (nothing for any other event).
+async fn insert_history(tx: &Tx<'_>, event: &Event, payload: &Payload) -> Result<(), ArchiveError> {
+    let (seq, at) = (event.seq as i64, ms_time(event.ts_ms));
+    match payload {
+        Payload::RestaurantUpserted(r) => {
+            execute(
+                tx,
+                "INSERT INTO restaurant_history (restaurant_id, seq, name, open, auto_approve, at) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+                &[&r.restaurant, &seq, &r.name, &r.open, &r.auto, &at],
+            )
+            .await?;
+        }
+        Payload::MenuItemUpserted(i) => {
+            execute(tx,
+                "INSERT INTO menu_item_history (restaurant_id, seq, item, name, price, stock, delta, \
+                 available, max_per_customer, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                 ON CONFLICT DO NOTHING",
+                &[
+                    &i.restaurant,
+                    &seq,
+                    &i.item,
+                    &i.name,
+                    &i.price,
+                    &i.stock,
+                    &i.delta,
+                    &i.available,
+                    &i.max_pc,
+                    &at,
+                ],
+            )
+            .await?;
+        }
+        Payload::TimerFired(fired) => {
+            let Ok(order) = fired.order.parse::<Uuid>() else {
+                return Ok(());
+            };
+            let (due, at) = (fired.due, fired.fired);
+            execute(tx,
+                "INSERT INTO timer_history (order_id, kind, due_at, fired_at, lateness_ms, outcome) \
+                 VALUES ($1, $2, $3, $4, $5, 'fired') ON CONFLICT DO NOTHING",
+                &[&order, &fired.kind, &ms_time(due), &ms_time(at), &(at - due).max(0)],
+            )
+            .await?;
+        }
+        Payload::NotificationSent(sent) => {
+            let Some(order) = event.order_id() else {
+                return Ok(());
+            };
+            execute(tx,
+                "INSERT INTO notifications (order_id, kind, idempotency_key, channel, attempts, sent_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+                &[
+                    &order,
+                    &sent.kind,
+                    &sent.key,
+                    &sent.channel,
+                    &(sent.attempts as i32),
+                    &ms_time(event.ts_ms),
+                ],
+            )
+            .await?;
+        }
+        _ => {}
+    }
     Ok(())
 }
 

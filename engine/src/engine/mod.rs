@@ -179,9 +179,21 @@ struct Inner {
     keys: KeySpace,
     scripts: Scripts,
     config: Config,
-    /// Woken whenever this process emits an event, so its own workers pick
-    /// it up at once instead of at their next poll.
-    wake: tokio::sync::Notify,
+    /// Woken when this process emits an event that owes a worker a step,
+    /// so that worker picks it up at once instead of at its next poll; one
+    /// per [`Wake`], so an event wakes only the workers it concerns.
+    wake: [tokio::sync::Notify; 3],
+}
+
+/// Which of this process's workers an event concerns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// An order placed, or a state that owes a payment step (online lane).
+    Payment,
+    /// Timers fired.
+    Timers,
+    /// Anything written to the batch lane.
+    Batch,
 }
 
 /// The engine of one process.
@@ -209,7 +221,7 @@ impl Engine {
                 redis,
                 scripts,
                 config,
-                wake: tokio::sync::Notify::new(),
+                wake: Default::default(),
             }),
         })
     }
@@ -230,13 +242,14 @@ impl Engine {
         &self.inner.scripts
     }
 
-    /// Resolves when this process emits an event after the future was
-    /// enabled (`Notified::enable`) or first polled.
-    pub fn local_event(&self) -> tokio::sync::futures::Notified<'_> {
-        self.inner.wake.notified()
+    /// Resolves when this process emits an event that concerns `wake`'s
+    /// workers after the future was enabled (`Notified::enable`) or first
+    /// polled.
+    pub fn local_event(&self, wake: Wake) -> tokio::sync::futures::Notified<'_> {
+        self.inner.wake[wake as usize].notified()
     }
 
-    fn woke(&self) {
-        self.inner.wake.notify_waiters();
+    fn woke(&self, wake: Wake) {
+        self.inner.wake[wake as usize].notify_waiters();
     }
 }

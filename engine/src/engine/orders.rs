@@ -125,7 +125,7 @@ impl Engine {
         let placed = placed(placement, rid)?;
         if !placed.duplicate {
             metrics::counter!("lunchrush_orders_placed_total").increment(1);
-            self.woke();
+            self.woke(Wake::Payment);
         }
         Ok(placed)
     }

@@ -44,16 +44,19 @@ impl Engine {
         }
     }
 
-    /// Runs one transition of `order` and counts what it did.
+    /// Runs one transition of `order` in `lane` and counts what it did.
     async fn transition<B: Binding<Reply = Transition>>(
         &self,
         order: &Order,
+        lane: Lane,
         script: &Bound<B>,
         keys: B::Keys,
         args: B::Args,
     ) -> Result<Transition, EngineError> {
         let t = script.run(self.redis(), keys, args).await?;
-        self.applied(order, &t);
+        // The online payment hop records payments and goes on itself.
+        let wake_payment = B::NAME != record_payment::NAME;
+        self.applied(order, &t, lane, wake_payment);
         Ok(t)
     }
 
@@ -73,12 +76,22 @@ impl Engine {
     }
 
     /// Counts what a transition did (a saga's outcome once: when the status
-    /// first becomes it) and wakes this process's workers.
-    fn applied(&self, before: &Order, transition: &Transition) {
+    /// first becomes it) and wakes this process's workers it concerns: the
+    /// batch lane's, or the payment hop when the order now owes a payment
+    /// step (`wake_payment`: not when the payment hop itself recorded it,
+    /// for it goes on from the reply).
+    fn applied(&self, before: &Order, transition: &Transition, lane: Lane, wake_payment: bool) {
         if transition.outcome != Outcome::Applied {
             return;
         }
-        self.woke();
+        if lane == Lane::Batch {
+            self.woke(Wake::Batch);
+        } else if wake_payment
+            && let (Some(status), Some(pay)) = (transition.status, transition.pay)
+            && crate::saga::payment_step(status, pay, &transition.decision).is_some()
+        {
+            self.woke(Wake::Payment);
+        }
         match transition.status {
             Some(OrderStatus::Approved) if before.status != OrderStatus::Approved => {
                 metrics::counter!("lunchrush_saga_outcomes_total", "outcome" => "approved")
@@ -115,7 +128,7 @@ impl Engine {
             approval_timeout: self.config().timers.approval_timeout,
         };
         let script = &self.scripts().record_payment;
-        let t = self.transition(order, script, keys, args).await?;
+        let t = self.transition(order, lane, script, keys, args).await?;
         if t.outcome == Outcome::Applied {
             metrics::counter!("lunchrush_payments_recorded_total", "outcome" => outcome.as_str())
                 .increment(1);
@@ -148,7 +161,7 @@ impl Engine {
             automatic,
         };
         let script = &self.scripts().restaurant_decision;
-        self.transition(order, script, keys, args).await
+        self.transition(order, lane, script, keys, args).await
     }
 
     /// Approves a paid order at the version read if its restaurant approves
@@ -170,7 +183,7 @@ impl Engine {
     ) -> Result<Transition, EngineError> {
         let keys = script_keys!(self, release, order, lane; lines: self.line_keys(order));
         let args = release::Args { reason, expected };
-        self.transition(order, &self.scripts().release, keys, args)
+        self.transition(order, lane, &self.scripts().release, keys, args)
             .await
     }
 
@@ -184,7 +197,7 @@ impl Engine {
     ) -> Result<Transition, EngineError> {
         let keys = script_keys!(self, cancel, order, lane; lines: self.line_keys(order));
         let args = cancel::Args { actor, expected };
-        self.transition(order, &self.scripts().cancel, keys, args)
+        self.transition(order, lane, &self.scripts().cancel, keys, args)
             .await
     }
 
@@ -208,7 +221,7 @@ impl Engine {
             actor,
             notice_after: self.config().timers.confirm_notice_after,
         };
-        self.transition(order, &self.scripts().advance, keys, args)
+        self.transition(order, lane, &self.scripts().advance, keys, args)
             .await
     }
 
@@ -231,7 +244,7 @@ impl Engine {
             )
             .await?;
         if claimed.fired > 0 {
-            self.woke();
+            self.woke(Wake::Timers);
         }
         Ok(claimed)
     }

@@ -52,6 +52,18 @@ mod worker;
 pub use handlers::{PLACED_TRUSTED_FOR, auto_approve, drive_payment, handle_event, on_timer};
 pub use worker::{Round, Worker};
 
+impl Role {
+    /// The local events that wake this role's workers.
+    pub fn wake(self) -> crate::engine::Wake {
+        use crate::engine::Wake;
+        match self {
+            Role::Payment => Wake::Payment,
+            Role::Order => Wake::Timers,
+            Role::Batch => Wake::Batch,
+        }
+    }
+}
+
 /// Steps one handler call may take to settle an order's payment (authorize,
 /// capture, void, refund, plus catch-up records); more means a bug.
 const DRIVE_STEPS_MAX: usize = 8;
@@ -236,9 +248,18 @@ impl PaymentAction {
 
 /// The payment step an order is owed, if any.
 pub fn payment_action(order: &Order) -> Option<PaymentAction> {
-    match (order.status, order.pay) {
+    payment_step(order.status, order.pay, &order.decision)
+}
+
+/// [`payment_action`] of an order in `status`, `pay`, `decision`.
+pub fn payment_step(
+    status: OrderStatus,
+    pay: PaymentStatus,
+    decision: &str,
+) -> Option<PaymentAction> {
+    match (status, pay) {
         (OrderStatus::Pending, PaymentStatus::None) => Some(PaymentAction::Authorize),
-        (OrderStatus::Paid, PaymentStatus::Authorized) if order.decision == "approved" => {
+        (OrderStatus::Paid, PaymentStatus::Authorized) if decision == "approved" => {
             Some(PaymentAction::Capture)
         }
         (OrderStatus::Rejected, PaymentStatus::Authorized) => Some(PaymentAction::Void),

@@ -69,7 +69,7 @@ impl Worker {
                 continue;
             }
             // Registered before the read: an event emitted meanwhile wakes us.
-            let local = engine.local_event();
+            let local = engine.local_event(self.role.wake());
             tokio::pin!(local);
             local.as_mut().enable();
             let round = if last_reclaim.elapsed() >= self.options.reclaim_every {
