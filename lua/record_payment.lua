@@ -66,16 +66,17 @@ if outcome == 'capture_failed' then data.failed = 'capture' end
 
 if target == 'AUTHORIZED' and o.status == 'PENDING' then
   o.status = 'PAID'
-  local r = rcall('HMGET', restaurant_key, 'open', 'auto')
-  local automatic = r[1] == '1' and r[2] == '1'
-  if automatic then o.decision = 'approved' end
-  save(inflight, o, {'pay', 'psp', 'status', 'decision'}, now)
+  save(inflight, o, {'pay', 'psp', 'status'}, now)
   timer_clear(timers, 'payment_window', o.id)
-  if not automatic then
+  emit(pay_stream, o, event, data, now)
+  local r = rcall('HMGET', restaurant_key, 'open', 'auto')
+  if r[1] == '1' and r[2] == '1' then
+    o.decision = 'approved'
+    touch(o, 'decision')
+    emit(rest_stream, o, 'RestaurantApproved', {automatic = true}, now)
+  else
     timer_set(timers, 'approval_timeout', o.id, now + approval_timeout)
   end
-  emit(pay_stream, o, event, data, now)
-  if automatic then emit(rest_stream, o, 'RestaurantApproved', {automatic = true}, now) end
 elseif target == 'DECLINED' and o.status == 'PENDING' then
   save(inflight, o, {'pay', 'psp'}, now)
   emit(pay_stream, o, event, data, now)

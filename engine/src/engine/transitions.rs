@@ -44,18 +44,18 @@ impl Engine {
         }
     }
 
-    /// Runs one transition of `order` in `lane` and counts what it did.
+    /// Runs one transition of `order` in `lane` and counts what it did
+    /// (see [`Engine::applied`] for `wake_payment`).
     async fn transition<B: Binding<Reply = Transition>>(
         &self,
         order: &Order,
         lane: Lane,
+        wake_payment: bool,
         script: &Bound<B>,
         keys: B::Keys,
         args: B::Args,
     ) -> Result<Transition, EngineError> {
         let t = script.run(self.redis(), keys, args).await?;
-        // The online payment hop records payments and goes on itself.
-        let wake_payment = B::NAME != record_payment::NAME;
         self.applied(order, &t, lane, wake_payment);
         Ok(t)
     }
@@ -77,9 +77,8 @@ impl Engine {
 
     /// Counts what a transition did (a saga's outcome once: when the status
     /// first becomes it) and wakes this process's workers it concerns: the
-    /// batch lane's, or the payment hop when the order now owes a payment
-    /// step (`wake_payment`: not when the payment hop itself recorded it,
-    /// for it goes on from the reply).
+    /// batch lane's, or (`wake_payment`) the payment hop when the order now
+    /// owes a payment step.
     fn applied(&self, before: &Order, transition: &Transition, lane: Lane, wake_payment: bool) {
         if transition.outcome != Outcome::Applied {
             return;
@@ -115,11 +114,11 @@ impl Engine {
         psp_ref: &str,
         lane: Lane,
     ) -> Result<Transition, EngineError> {
-        let (keys, p) = (self.keys(), order.partition);
+        let (space, p) = (self.keys(), order.partition);
         let keys = script_keys!(self, record_payment, order, lane;
-            pay_stream: keys.lane_stream(p, Topic::Payments, lane),
-            rest_stream: keys.lane_stream(p, Topic::Restaurant, lane),
-            restaurant_key: keys.restaurant(p, &order.restaurant),
+            pay_stream: space.lane_stream(p, Topic::Payments, lane),
+            rest_stream: space.lane_stream(p, Topic::Restaurant, lane),
+            restaurant_key: space.restaurant(p, &order.restaurant),
             lines: self.line_keys(order),
         );
         let args = record_payment::Args {
@@ -128,7 +127,11 @@ impl Engine {
             approval_timeout: self.config().timers.approval_timeout,
         };
         let script = &self.scripts().record_payment;
-        let t = self.transition(order, lane, script, keys, args).await?;
+        // Payments are recorded by the payment hop (or a repair) that goes
+        // on from the reply itself: no wake-up for it.
+        let t = self
+            .transition(order, lane, false, script, keys, args)
+            .await?;
         if t.outcome == Outcome::Applied {
             metrics::counter!("lunchrush_payments_recorded_total", "outcome" => outcome.as_str())
                 .increment(1);
@@ -148,10 +151,10 @@ impl Engine {
         automatic: bool,
         lane: Lane,
     ) -> Result<Transition, EngineError> {
-        let (keys, p) = (self.keys(), order.partition);
+        let (space, p) = (self.keys(), order.partition);
         let keys = script_keys!(self, restaurant_decision, order, lane;
-            rest_stream: keys.lane_stream(p, Topic::Restaurant, lane),
-            restaurant_key: keys.restaurant(p, &order.restaurant),
+            rest_stream: space.lane_stream(p, Topic::Restaurant, lane),
+            restaurant_key: space.restaurant(p, &order.restaurant),
             lines: self.line_keys(order),
         );
         let args = restaurant_decision::Args {
@@ -161,7 +164,7 @@ impl Engine {
             automatic,
         };
         let script = &self.scripts().restaurant_decision;
-        self.transition(order, lane, script, keys, args).await
+        self.transition(order, lane, true, script, keys, args).await
     }
 
     /// Approves a paid order at the version read if its restaurant approves
@@ -183,7 +186,7 @@ impl Engine {
     ) -> Result<Transition, EngineError> {
         let keys = script_keys!(self, release, order, lane; lines: self.line_keys(order));
         let args = release::Args { reason, expected };
-        self.transition(order, lane, &self.scripts().release, keys, args)
+        self.transition(order, lane, true, &self.scripts().release, keys, args)
             .await
     }
 
@@ -197,7 +200,7 @@ impl Engine {
     ) -> Result<Transition, EngineError> {
         let keys = script_keys!(self, cancel, order, lane; lines: self.line_keys(order));
         let args = cancel::Args { actor, expected };
-        self.transition(order, lane, &self.scripts().cancel, keys, args)
+        self.transition(order, lane, true, &self.scripts().cancel, keys, args)
             .await
     }
 
@@ -221,7 +224,7 @@ impl Engine {
             actor,
             notice_after: self.config().timers.confirm_notice_after,
         };
-        self.transition(order, lane, &self.scripts().advance, keys, args)
+        self.transition(order, lane, true, &self.scripts().advance, keys, args)
             .await
     }
 

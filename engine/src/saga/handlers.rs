@@ -26,11 +26,10 @@ async fn drive(
     engine: &Engine,
     psp: &PspClient,
     order_id: &uuid::Uuid,
-    known: Option<Order>,
+    mut known: Option<Order>,
     lane: Lane,
 ) -> Result<(), WorkError> {
     let mut asked = false;
-    let mut known = known;
     for _ in 0..DRIVE_STEPS_MAX {
         let order = match known.take() {
             Some(order) => order,

@@ -52,18 +52,6 @@ mod worker;
 pub use handlers::{PLACED_TRUSTED_FOR, auto_approve, drive_payment, handle_event, on_timer};
 pub use worker::{Round, Worker};
 
-impl Role {
-    /// The local events that wake this role's workers.
-    pub fn wake(self) -> crate::engine::Wake {
-        use crate::engine::Wake;
-        match self {
-            Role::Payment => Wake::Payment,
-            Role::Order => Wake::Timers,
-            Role::Batch => Wake::Batch,
-        }
-    }
-}
-
 /// Steps one handler call may take to settle an order's payment (authorize,
 /// capture, void, refund, plus catch-up records); more means a bug.
 const DRIVE_STEPS_MAX: usize = 8;
@@ -108,6 +96,16 @@ impl Role {
             Role::Payment => &[Topic::Orders, Topic::Restaurant],
             Role::Order => &[Topic::Timers],
             Role::Batch => &[Topic::Batch],
+        }
+    }
+
+    /// The local events that wake this role's workers.
+    pub fn wake(self) -> crate::engine::Wake {
+        use crate::engine::Wake;
+        match self {
+            Role::Payment => Wake::Payment,
+            Role::Order => Wake::Timers,
+            Role::Batch => Wake::Batch,
         }
     }
 }
