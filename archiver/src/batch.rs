@@ -12,7 +12,23 @@ impl Archiver {
     /// One batch over `partitions` (one XREADGROUP, one transaction):
     /// pending entries first, else new ones.
     pub async fn step_partitions(&self, partitions: &[u16]) -> Result<usize, ArchiveError> {
-        let mut entries = self.read(partitions, "0").await?;
+        self.step_shard(partitions, &mut true).await
+    }
+
+    /// [`Archiver::step_partitions`] for a reader that knows whether it may
+    /// hold pending entries (`pending`: at start, after a failure or a
+    /// reclaim). Once a read of its own pending list comes back empty, it
+    /// reads only new entries (one round trip a batch) until told again.
+    pub(crate) async fn step_shard(
+        &self,
+        partitions: &[u16],
+        pending: &mut bool,
+    ) -> Result<usize, ArchiveError> {
+        let mut entries = Vec::new();
+        if *pending {
+            entries = self.read(partitions, "0").await?;
+            *pending = !entries.is_empty();
+        }
         if entries.is_empty() {
             entries = self.read(partitions, ">").await?;
         }
@@ -26,19 +42,30 @@ impl Archiver {
             .expect("the semaphore is never closed");
         let started = Instant::now();
         let resting = self.write_batch(&entries, Projection::Incremental).await?;
-        let mut by_stream: HashMap<&str, Vec<&str>> = HashMap::new();
-        for entry in &entries {
-            by_stream.entry(&entry.stream).or_default().push(&entry.id);
-        }
-        for (stream, ids) in by_stream {
-            let ids: Vec<String> = ids.into_iter().map(str::to_string).collect();
-            let _: i64 = self.engine.redis().xack(stream, GROUP, ids).await?;
-        }
-        self.mark_resting(&resting).await?;
+        self.acknowledge(&entries, &resting).await?;
         metrics::counter!("lunchrush_archived_events_total").increment(entries.len() as u64);
         metrics::histogram!("lunchrush_archive_batch_seconds")
             .record(started.elapsed().as_secs_f64());
         Ok(entries.len())
+    }
+
+    /// After COMMIT: XACKs the batch (one per stream) and indexes the orders
+    /// it left at rest, all sent at once (one write on a standalone server).
+    async fn acknowledge(
+        &self,
+        entries: &[Entry],
+        resting: &[(Uuid, i64)],
+    ) -> Result<(), ArchiveError> {
+        let mut acks = engine::streams::Acks::default();
+        for entry in entries {
+            acks.push(&entry.stream, entry.id.clone());
+        }
+        let (acked, marked) = futures::join!(
+            acks.flush(self.engine.redis(), GROUP),
+            self.mark_resting(resting)
+        );
+        acked?;
+        marked
     }
 
     pub(crate) async fn read(
@@ -121,8 +148,7 @@ impl Archiver {
         Ok(())
     }
 
-    /// Adds the orders a committed and acknowledged batch left at a final
-    /// pair to their partition's resting index: the retirer's candidates
+    /// Adds the orders a committed batch left at a final pair to their partition's resting index: the retirer's candidates
     /// (`engine::retire`). Re-adding one is harmless: the retire script
     /// re-checks everything.
     pub(crate) async fn mark_resting(&self, resting: &[(Uuid, i64)]) -> Result<(), ArchiveError> {
@@ -136,12 +162,12 @@ impl Archiver {
                     .push((*at as f64, id.to_string()));
             }
         }
-        for (p, members) in by_partition {
-            let _: i64 = self
-                .engine
-                .redis()
-                .zadd(keys.resting(p), None, None, false, false, members)
-                .await?;
+        let redis = self.engine.redis();
+        let adds = by_partition.into_iter().map(|(p, members)| {
+            redis.zadd::<i64, _, _>(keys.resting(p), None, None, false, false, members)
+        });
+        for added in futures::future::join_all(adds).await {
+            added?;
         }
         Ok(())
     }

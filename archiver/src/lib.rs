@@ -14,12 +14,17 @@
 //! One task reads the eight streams of every partition with one XREADGROUP
 //! (group `archiver`) on standalone Redis; on a Cluster, one task per
 //! partition reads its own. First its own pending entries (`0`: what a
-//! crash or a failed transaction left), and only when none remain, new ones
-//! (`>`). A batch is written in **one transaction**: binary COPY into a
-//! staging table, `INSERT … SELECT … ON CONFLICT DO NOTHING` into
-//! `saga_events` (re-archiving an entry changes nothing), the projections of
-//! every order the batch touches refolded from its archived history, and the
-//! per-stream watermark advanced. Only after COMMIT are the entries XACKed.
+//! crash, a failed transaction or a reclaim left) whenever it may hold some,
+//! and only when none remain, new ones (`>`). After a batch that was not
+//! full it lets entries gather for `linger`: fewer, larger transactions.
+//! A batch is written in **one transaction**: binary COPY straight into
+//! `saga_events` inside a savepoint (a batch holding an entry already
+//! archived, a redelivery, is rolled back to it and goes through a staging
+//! table and `INSERT … ON CONFLICT DO NOTHING`: re-archiving changes
+//! nothing), the projections of every order the batch touches moved on by
+//! its events (refolded from the archived history where they do not
+//! continue the row), and the per-stream watermark advanced. Only after
+//! COMMIT are the entries XACKed (every stream's at once).
 //! PostgreSQL being down fails the transaction: nothing is acknowledged, the
 //! entries stay pending in Redis, and the task retries with backoff.
 //!
@@ -82,6 +87,11 @@ pub struct ArchiverOptions {
     pub batches_in_flight_max: usize,
     /// Longest sleep of an idle partition task.
     pub idle_poll_max: Duration,
+    /// After a batch smaller than `batch_size`, how long a reader lets new
+    /// entries gather before the next one: under load, fewer and larger
+    /// transactions (PostgreSQL's cost is mostly per statement and per
+    /// commit); a full batch is followed at once.
+    pub linger: Duration,
     /// Longest backoff while PostgreSQL or Redis fails.
     pub backoff_max: Duration,
     /// How often each partition's streams are trimmed.
@@ -99,6 +109,7 @@ impl ArchiverOptions {
             batch_size: 1_000,
             batches_in_flight_max: 4,
             idle_poll_max: Duration::from_millis(100),
+            linger: Duration::from_millis(25),
             backoff_max: Duration::from_secs(5),
             trim_every: Duration::from_secs(1),
             reclaim_idle: Duration::from_secs(30),
@@ -291,19 +302,28 @@ impl Archiver {
         let mut backoff = Duration::from_millis(50);
         let mut last_trim = Instant::now();
         let mut last_reclaim = Instant::now();
+        // Whether this reader may hold pending entries: a crash before this
+        // start, a failed batch, a reclaim may have left some.
+        let mut pending = true;
+        let full = usize::try_from(self.options.batch_size).unwrap_or(usize::MAX);
         while !*shutdown.borrow() {
-            let pause = match self.step_partitions(partitions).await {
+            let pause = match self.step_shard(partitions, &mut pending).await {
                 Ok(0) => {
                     idle = (idle * 2).min(self.options.idle_poll_max);
                     backoff = Duration::from_millis(50);
                     idle
                 }
-                Ok(_) => {
+                Ok(n) => {
                     idle = Duration::from_millis(1);
                     backoff = Duration::from_millis(50);
-                    Duration::ZERO
+                    if n < full {
+                        self.options.linger
+                    } else {
+                        Duration::ZERO
+                    }
                 }
                 Err(error) => {
+                    pending = true;
                     metrics::counter!("lunchrush_archive_failures_total").increment(1);
                     tracing::warn!(?partitions, %error, backoff_ms = backoff.as_millis() as u64,
                         "Archive batch failed; its entries stay pending in Redis.");
@@ -325,6 +345,7 @@ impl Archiver {
             }
             if last_reclaim.elapsed() >= self.options.reclaim_idle {
                 last_reclaim = Instant::now();
+                pending = true;
                 for &p in partitions {
                     if let Err(error) = self.reclaim(p).await {
                         tracing::warn!(partition = p, %error, "Reclaim failed; will retry.");

@@ -205,6 +205,59 @@ pub async fn entry(
     Ok(entries.into_iter().next().map(|(_, fields)| fields))
 }
 
+/// Acknowledgements gathered to be sent together: one XACK per stream, all
+/// sent at once (one write on a standalone server). Holding an XACK back is
+/// safe: an entry whose effect is done stays pending a little longer, and
+/// were the process to die first, its redelivery changes nothing (every
+/// handler is idempotent).
+#[derive(Debug, Default)]
+pub struct Acks {
+    by_stream: HashMap<String, Vec<String>>,
+    count: usize,
+    oldest: Option<std::time::Instant>,
+}
+
+impl Acks {
+    pub fn push(&mut self, stream: &str, id: String) {
+        match self.by_stream.get_mut(stream) {
+            Some(ids) => ids.push(id),
+            None => {
+                self.by_stream.insert(stream.to_string(), vec![id]);
+            }
+        }
+        self.count += 1;
+        self.oldest.get_or_insert_with(std::time::Instant::now);
+    }
+
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// When the oldest ack held has waited `window` (`None`: none held).
+    pub fn deadline(&self, window: std::time::Duration) -> Option<std::time::Instant> {
+        self.oldest.map(|at| at + window)
+    }
+
+    /// Sends every ack held, for `group`; holds none afterwards, even on
+    /// failure (what was not acknowledged stays pending and is reclaimed).
+    pub async fn flush(&mut self, redis: &Client, group: &str) -> Result<(), fred::error::Error> {
+        let by_stream = std::mem::take(&mut self.by_stream);
+        self.count = 0;
+        self.oldest = None;
+        let sent = by_stream
+            .into_iter()
+            .map(|(stream, ids)| redis.xack::<i64, _, _, _>(stream, group, ids));
+        for acked in futures::future::join_all(sent).await {
+            acked?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

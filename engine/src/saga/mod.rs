@@ -127,6 +127,9 @@ pub struct WorkerOptions {
     pub reclaim_every: Duration,
     /// Deliveries after which an entry is poison.
     pub deliveries_max: u64,
+    /// How long a running worker may hold the XACKs of finished entries to
+    /// send them together (at most `batch_size` are held).
+    pub ack_window: Duration,
     /// How often this process claims due timers.
     pub claim_every: Duration,
 }
@@ -141,6 +144,7 @@ impl WorkerOptions {
             reclaim_idle: Duration::from_secs(30),
             reclaim_every: Duration::from_secs(5),
             deliveries_max: 5,
+            ack_window: Duration::from_millis(20),
             claim_every: Duration::from_millis(100),
         }
     }

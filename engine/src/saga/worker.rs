@@ -2,6 +2,7 @@
 //! handlers, acknowledges, and gives poison up to the operator queues.
 
 use super::*;
+use crate::streams::Acks;
 
 /// One consumer of one group.
 pub struct Worker {
@@ -58,7 +59,10 @@ impl Worker {
         let mut idle = Duration::from_millis(1);
         let mut last_reclaim = Instant::now();
         let engine = self.engine.clone();
+        // Acks are held up to `ack_window` and sent together.
+        let mut acks = Acks::default();
         while !*shutdown.borrow() {
+            self.flush_acks(&mut acks, false).await;
             // While the provider's circuit is open, a role that calls it
             // reads nothing: its events wait where they are.
             if let Some(wait) = self.circuit_wait() {
@@ -74,9 +78,9 @@ impl Worker {
             local.as_mut().enable();
             let round = if last_reclaim.elapsed() >= self.options.reclaim_every {
                 last_reclaim = Instant::now();
-                self.reclaim_round().await
+                self.reclaim_into(&mut acks).await
             } else {
-                self.read_round().await
+                self.read_into(&mut acks).await
             };
             match round {
                 Ok(r) if r.handled + r.failed + r.dead > 0 => {
@@ -89,12 +93,32 @@ impl Worker {
                     idle = self.options.idle_poll_max;
                 }
             }
+            let until = acks.deadline(self.options.ack_window);
+            let nap = until.map_or(idle, |at| {
+                idle.min(at.saturating_duration_since(Instant::now()))
+            });
             tokio::select! {
-                _ = tokio::time::sleep(idle) => {}
+                _ = tokio::time::sleep(nap) => {}
                 _ = &mut local => {}
                 _ = shutdown.changed() => {}
             }
             idle = (idle * 2).min(self.options.idle_poll_max);
+        }
+        self.flush_acks(&mut acks, true).await;
+    }
+
+    /// Sends the acks held once the oldest waited `ack_window` or a batch's
+    /// worth is held (or now, with `now`).
+    async fn flush_acks(&self, acks: &mut Acks, now: bool) {
+        let due = acks
+            .deadline(self.options.ack_window)
+            .is_some_and(|at| at <= Instant::now());
+        if acks.is_empty() || !(now || due || acks.len() as u64 >= self.options.batch_size) {
+            return;
+        }
+        if let Err(error) = acks.flush(self.engine.redis(), self.role.group()).await {
+            tracing::warn!(role = self.role.group(), %error,
+                "Acknowledgements failed; the entries stay pending and are taken again.");
         }
     }
 
@@ -125,10 +149,19 @@ impl Worker {
         (!wait.is_zero()).then(|| wait.min(CIRCUIT_NAP_MAX))
     }
 
-    /// Reads new entries from every partition once and handles them. On
-    /// standalone Redis one XREADGROUP covers every partition; on a Cluster
-    /// each partition (its own slot) is read on its own, concurrently.
+    /// Reads new entries from every partition once, handles them and
+    /// acknowledges the finished ones.
     pub async fn read_round(&self) -> Result<Round, EngineError> {
+        let mut acks = Acks::default();
+        let round = self.read_into(&mut acks).await;
+        acks.flush(self.engine.redis(), self.role.group()).await?;
+        round
+    }
+
+    /// [`Worker::read_round`] leaving the acks in `acks`. On standalone
+    /// Redis one XREADGROUP covers every partition; on a Cluster each
+    /// partition (its own slot) is read on its own, concurrently.
+    async fn read_into(&self, acks: &mut Acks) -> Result<Round, EngineError> {
         let keys = self.engine.keys();
         let this = self;
         let shards: Vec<Vec<u16>> = if self.engine.redis().is_clustered() {
@@ -170,7 +203,7 @@ impl Worker {
                 Err(error) => failure = Some(error),
             }
         }
-        let round = self.handle(entries).await?;
+        let round = self.handle(entries, acks).await?;
         self.recreate_lost_groups(failure.as_ref()).await;
         match failure {
             Some(error) if round.handled + round.failed + round.dead == 0 => Err(error.into()),
@@ -182,8 +215,17 @@ impl Worker {
         }
     }
 
-    /// Takes over entries idle longer than `reclaim_idle` on every partition.
+    /// Takes over entries idle longer than `reclaim_idle` on every
+    /// partition, handles them and acknowledges the finished ones.
     pub async fn reclaim_round(&mut self) -> Result<Round, EngineError> {
+        let mut acks = Acks::default();
+        let round = self.reclaim_into(&mut acks).await;
+        acks.flush(self.engine.redis(), self.role.group()).await?;
+        round
+    }
+
+    /// [`Worker::reclaim_round`] leaving the acks in `acks`.
+    async fn reclaim_into(&mut self, acks: &mut Acks) -> Result<Round, EngineError> {
         let keys = self.engine.keys().clone();
         let mut total = Round::default();
         let mut failure = None;
@@ -232,7 +274,7 @@ impl Worker {
                         (stream.clone(), id, fields, count)
                     })
                     .collect();
-                let round = self.handle(entries).await?;
+                let round = self.handle(entries, acks).await?;
                 total.handled += round.handled;
                 total.failed += round.failed;
                 total.dead += round.dead;
@@ -261,10 +303,11 @@ impl Worker {
         Ok(pending.into_iter().map(|p| (p.id, p.deliveries)).collect())
     }
 
-    /// Handles entries concurrently, then acknowledges the finished ones.
+    /// Handles entries concurrently; the finished ones go to `acks`.
     async fn handle(
         &self,
         entries: Vec<(String, String, HashMap<String, String>, u64)>,
+        acks: &mut Acks,
     ) -> Result<Round, EngineError> {
         if entries.is_empty() {
             return Ok(Round::default());
@@ -278,7 +321,6 @@ impl Worker {
             .collect()
             .await;
         let mut round = Round::default();
-        let mut acks: HashMap<String, Vec<String>> = HashMap::new();
         for (stream, id, disposition) in results {
             match disposition {
                 Disposition::Done => round.handled += 1,
@@ -297,14 +339,7 @@ impl Worker {
                 }
                 Disposition::Dead => round.dead += 1,
             }
-            acks.entry(stream).or_default().push(id);
-        }
-        for (stream, ids) in acks {
-            let _: i64 = self
-                .engine
-                .redis()
-                .xack(stream.as_str(), self.role.group(), ids)
-                .await?;
+            acks.push(&stream, id);
         }
         Ok(round)
     }
