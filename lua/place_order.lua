@@ -30,6 +30,8 @@
       limit_exceeded (detail: comma-separated items), price_changed (detail:
       the current total)
   Events: OrderPlaced on stream. Timers: payment_window set.
+  The order keeps whether its restaurant approved automatically when it was
+  placed (`auto`, `a` in OrderPlaced): record_payment approves it by that.
   Invariant: stock on hand never goes below zero; a customer never holds
   more than max_per_customer; either every line is reserved or none is.
   Bounded: O(lines), lines <= 50.
@@ -47,7 +49,7 @@ if previous then
   return {'dup', p.order, tostring(p.total), 'PENDING'}
 end
 
-local r = rcall('HMGET', restaurant_key, 'name', 'open')
+local r = rcall('HMGET', restaurant_key, 'name', 'open', 'auto')
 if not r[1] then return {'err', 'restaurant_not_found', rid} end
 if r[2] ~= '1' then return {'err', 'restaurant_closed', rid} end
 assert(rcall('EXISTS', order_key) == 0, 'order ids are unique')
@@ -91,11 +93,13 @@ for i = 1, n do
   if line[4] == 1 then rcall('HINCRBY', pc_key, customer, line[2]) end
 end
 local now = now_ms()
+local auto = r[3] == '1'
 local o = track({id = order_id, saga = saga, cust = customer, rid = rid, status = 'PENDING',
   reason = '', pay = 'NONE', total = tostring(total), lines = cjson.encode(lines),
-  ver = '0', seq = '0', created = tostring(now), decision = '', psp = '', evs = ''}, order_key)
+  ver = '0', seq = '0', created = tostring(now), decision = '', psp = '', evs = '',
+  auto = auto and '1' or '0'}, order_key)
 for _, f in ipairs({'id', 'saga', 'cust', 'rid', 'status', 'reason', 'pay', 'total', 'lines',
-    'seq', 'created', 'decision', 'psp', 'evs'}) do
+    'seq', 'created', 'decision', 'psp', 'evs', 'auto'}) do
   touch(o, f)
 end
 save(inflight, o, {}, now)
@@ -104,6 +108,6 @@ rcall('SET', idem_key, cjson.encode({fp = fingerprint, order = order_id, total =
   'PX', idem_ttl)
 local placed = {}
 for i = 1, n do placed[i] = {lines[i][1], lines[i][2], lines[i][3]} end
-emit(stream, o, 'OrderPlaced', {c = customer, r = rid, t = total, l = placed}, now)
+emit(stream, o, 'OrderPlaced', {c = customer, r = rid, t = total, l = placed, a = auto}, now)
 flush(o)
 return {'ok', order_id, tostring(total), 'PENDING'}

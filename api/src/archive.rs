@@ -111,6 +111,11 @@ pub async fn retired_order(
         updated_ms: row.get::<_, Option<SystemTime>>(9).map_or(0, millis),
         decision: row.get(6),
         psp_ref: row.get(11),
+        auto_approve: placed
+            .as_ref()
+            .and_then(|p| p.0.get("a"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
         events: Vec::new(),
         notified: Vec::new(),
     }))

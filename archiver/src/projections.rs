@@ -301,6 +301,7 @@ mod tests {
                     restaurant: "r".into(),
                     total: 10,
                     lines: vec![("x".into(), 1, 10)],
+                    auto: true,
                 }),
             ),
             event(id, 2, Payload::PaymentAuthorized(fact.clone())),

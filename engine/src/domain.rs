@@ -373,6 +373,9 @@ pub struct Order {
     pub decision: String,
     /// The provider's payment reference.
     pub psp_ref: String,
+    /// Whether its restaurant approved automatically when it was placed
+    /// (the payment hop then authorizes and captures in one provider call).
+    pub auto_approve: bool,
     /// Where this order's events went: (stream key, entry id).
     pub events: Vec<(String, String)>,
     /// Notification kinds already sent (their send records).
@@ -413,6 +416,7 @@ impl Order {
             updated_ms: created_ms,
             decision: String::new(),
             psp_ref: String::new(),
+            auto_approve: placed.auto,
             events: Vec::new(),
             notified: Vec::new(),
         }
@@ -450,6 +454,7 @@ impl Order {
             updated_ms: get("updated").unwrap_or("0").parse().ok()?,
             decision: get("decision").unwrap_or("").to_string(),
             psp_ref: get("psp").unwrap_or("").to_string(),
+            auto_approve: get("auto") == Some("1"),
             events: get("evs")
                 .unwrap_or("")
                 .split_whitespace()

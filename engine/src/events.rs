@@ -145,6 +145,10 @@ pub struct Placed {
     /// `[item, qty, price]` per line.
     #[serde(rename = "l", deserialize_with = "list")]
     pub lines: Vec<(String, i64, i64)>,
+    /// Whether the restaurant approved automatically when the order was
+    /// placed (absent in events of earlier versions).
+    #[serde(rename = "a", default)]
+    pub auto: bool,
 }
 
 /// `OrderRejected`.

@@ -733,22 +733,28 @@ async fn event_of(env: &TestEnv, order: &Order, kind: EventKind) -> Event {
     panic!("order {} has no {kind}: {:?}", order.id, order.events);
 }
 
-/// An open auto-approving restaurant's order takes its approval with the
-/// authorization (`RestaurantApproved` automatic) and is captured by the
-/// same payment hop; a closed one's order waits, PAID and undecided, with
-/// its approval timeout set. The group earlier versions kept on `payments`
-/// is dropped when the payment worker starts.
+/// An order placed while its restaurant approves automatically takes its
+/// approval with the authorization (`RestaurantApproved` automatic) and is
+/// captured in the same provider call (a sale), also when the restaurant
+/// closed after the order was placed; an order of a restaurant that answers
+/// by hand waits, PAID and undecided, with its approval timeout set. The
+/// group earlier versions kept on `payments` is dropped when the payment
+/// worker starts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn automatic_approval_rides_with_the_authorization() {
     let mut env = TestEnv::standalone().await;
     env.restaurant("r-open", true, "pho", 7_000, 10).await;
     env.restaurant("r-shut", true, "ramen", 8_000, 10).await;
+    env.restaurant("r-hand", false, "udon", 6_000, 10).await;
     let engine = env.engine.clone();
     let open = fixture::numbered_order(1, "r-open", &[("pho", 1)], 7_000);
     let open = engine.place_order(&open).await.unwrap().order_id;
     let shut = fixture::numbered_order(2, "r-shut", &[("ramen", 1)], 8_000);
     let shut = engine.place_order(&shut).await.unwrap().order_id;
-    // Closed after its order was placed, before the payment hop.
+    let hand = fixture::numbered_order(3, "r-hand", &[("udon", 1)], 6_000);
+    let hand = engine.place_order(&hand).await.unwrap().order_id;
+    // Closed after its order was placed, before the payment hop: the order
+    // keeps the approval its restaurant gave automatically when it was placed.
     engine
         .put_restaurant("r-shut", "Restaurant r-shut", false, true, Lane::Online)
         .await
@@ -766,27 +772,38 @@ async fn automatic_approval_rides_with_the_authorization() {
     }
     env.start_workers("w1");
 
-    let order = env
-        .order_when(&open, "captured", |o| o.pay == PaymentStatus::Captured)
-        .await;
-    assert_eq!(
-        (order.status, order.decision.as_str()),
-        (OrderStatus::Approved, "approved")
-    );
-    let approved = event_of(&env, &order, EventKind::RestaurantApproved).await;
-    assert!(
-        matches!(approved.payload(), Ok(Payload::RestaurantApproved(a)) if a.automatic),
-        "{approved:?}"
-    );
+    for id in [open, shut] {
+        let order = env
+            .order_when(&id, "captured", |o| o.pay == PaymentStatus::Captured)
+            .await;
+        assert_eq!(
+            (order.status, order.decision.as_str()),
+            (OrderStatus::Approved, "approved")
+        );
+        let approved = event_of(&env, &order, EventKind::RestaurantApproved).await;
+        assert!(
+            matches!(approved.payload(), Ok(Payload::RestaurantApproved(a)) if a.automatic),
+            "{approved:?}"
+        );
+        let payment = env.sim.payment(&id.to_string()).expect("at the provider");
+        assert_eq!(payment.state, "captured");
+        assert!(env.timers_of(&order).await.is_empty());
+    }
 
     let waiting = env
-        .order_when(&shut, "paid", |o| o.status == OrderStatus::Paid)
+        .order_when(&hand, "paid", |o| o.status == OrderStatus::Paid)
         .await;
-    assert_eq!(waiting.decision, "", "a closed restaurant approves nothing");
+    assert_eq!(
+        waiting.decision, "",
+        "a restaurant answering by hand is asked"
+    );
     assert_eq!(
         env.timers_of(&waiting).await,
-        [format!("approval_timeout|{shut}")]
+        [format!("approval_timeout|{hand}")]
     );
+    // One provider call per order: a sale each for the automatic ones, an
+    // authorization for the one its restaurant answers by hand.
+    assert_eq!(env.sim.stats().received, 3);
 
     for stream in &payments {
         let groups = engine::streams::group_infos(engine.redis(), stream)

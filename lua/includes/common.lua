@@ -4,7 +4,7 @@
 
   The order hash fields they rely on:
     id saga cust rid status reason pay total lines ver seq created updated
-    decision psp evs
+    decision psp evs auto
   Every change of an item's stock also bumps its `sv` (stock version), so
   reconciliation can tell that nothing moved while it counted (no ABA).
   `lines` is JSON: [[item, qty, price, counted], ...]; `counted` is 1 when the

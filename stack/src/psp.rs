@@ -7,6 +7,7 @@
 //!
 //! ```text
 //! POST /v1/payments/authorize      {"key": "<order id>", "amount": 12000}
+//!                                  (+ "capture": true: a sale, captured at once)
 //! POST /v1/payments/{key}/capture  | /void | /refund
 //! GET  /v1/payments/{key}          the payment, or 404
 //! GET  /v1/payments?after=K&limit=N  payments in key order (for reconciliation)
@@ -182,14 +183,10 @@ impl PspSim {
         let mut ledger = self.ledger.lock().unwrap();
         let current = ledger.payments.get(key).cloned();
         let next_state = match (op, current.as_ref().map(|p| p.state.as_str())) {
-            ("authorize", Some(_)) => return Ok(current.unwrap()),
-            ("authorize", None) => {
-                if decline {
-                    "declined"
-                } else {
-                    "authorized"
-                }
-            }
+            ("authorize" | "sale", Some(_)) => return Ok(current.unwrap()),
+            ("authorize", None) if !decline => "authorized",
+            ("sale", None) if !decline => "captured",
+            ("authorize" | "sale", None) => "declined",
             (_, None) => return Err(None),
             ("capture", Some("captured"))
             | ("void", Some("voided"))
@@ -301,6 +298,8 @@ fn answer(result: Result<Payment, Option<Payment>>) -> Response {
 struct AuthorizeBody {
     key: String,
     amount: i64,
+    #[serde(default)]
+    capture: bool,
 }
 
 async fn authorize(State(sim): State<PspSim>, Json(body): Json<AuthorizeBody>) -> Response {
@@ -314,7 +313,8 @@ async fn authorize(State(sim): State<PspSim>, Json(body): Json<AuthorizeBody>) -
         )
             .into_response();
     }
-    let result = sim.apply(&body.key, "authorize", Some(body.amount));
+    let op = if body.capture { "sale" } else { "authorize" };
+    let result = sim.apply(&body.key, op, Some(body.amount));
     after(&sim).await;
     answer(result)
 }

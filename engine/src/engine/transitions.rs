@@ -114,6 +114,21 @@ impl Engine {
         psp_ref: &str,
         lane: Lane,
     ) -> Result<Transition, EngineError> {
+        self.record_payments(order, &[outcome], psp_ref, lane).await
+    }
+
+    /// Records payment outcomes in order, in one step (an authorization
+    /// and its capture, from one sale); at least one, at most three.
+    pub async fn record_payments(
+        &self,
+        order: &Order,
+        outcomes: &[PaymentOutcome],
+        psp_ref: &str,
+        lane: Lane,
+    ) -> Result<Transition, EngineError> {
+        let (&outcome, more) = outcomes
+            .split_first()
+            .expect("at least one outcome to record");
         let (space, p) = (self.keys(), order.partition);
         let keys = script_keys!(self, record_payment, order, lane;
             pay_stream: space.lane_stream(p, Topic::Payments, lane),
@@ -121,10 +136,12 @@ impl Engine {
             restaurant_key: space.restaurant(p, &order.restaurant),
             lines: self.line_keys(order),
         );
+        let more: Vec<&str> = more.iter().map(|o| o.as_str()).collect();
         let args = record_payment::Args {
             outcome,
             psp_ref: psp_ref.into(),
             approval_timeout: self.config().timers.approval_timeout,
+            more: more.join(","),
         };
         let script = &self.scripts().record_payment;
         // Payments are recorded by the payment hop (or a repair) that goes
@@ -133,8 +150,10 @@ impl Engine {
             .transition(order, lane, false, script, keys, args)
             .await?;
         if t.outcome == Outcome::Applied {
-            metrics::counter!("lunchrush_payments_recorded_total", "outcome" => outcome.as_str())
-                .increment(1);
+            for outcome in outcomes {
+                metrics::counter!("lunchrush_payments_recorded_total", "outcome" => outcome.as_str())
+                    .increment(1);
+            }
         }
         Ok(t)
     }

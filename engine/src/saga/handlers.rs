@@ -21,7 +21,8 @@ pub async fn drive_payment(
 /// [`drive_payment`] from `known` (the order as its event carried it) or
 /// else as Redis holds it. After each step it goes on from the state the
 /// script replied, so a saga whose restaurant approves automatically is
-/// authorized, approved and captured in one call with no read of the order.
+/// authorized, approved and captured in one call (a sale, one provider call,
+/// one script) with no read of the order.
 async fn drive(
     engine: &Engine,
     psp: &PspClient,
@@ -51,15 +52,20 @@ async fn drive(
             let Some(provider) = psp.lookup(&key).await? else {
                 return Ok(());
             };
-            for step in catch_up(order.pay, &provider.state, false) {
-                engine
-                    .record_payment(&order, step, &provider.reference, lane)
-                    .await?;
-            }
+            let steps = catch_up(order.pay, &provider.state, false);
+            record_steps(engine, &order, steps, &provider.reference, lane).await?;
             continue;
         };
-        let provider = ask_provider(psp, action, &key, order.total).await?;
-        let steps = catch_up(order.pay, &provider.state, action == PaymentAction::Capture);
+        // An order its restaurant approves automatically is authorized and
+        // captured in one provider call (a sale), recorded in one step.
+        let sale = action == PaymentAction::Authorize && order.auto_approve;
+        let provider = if sale {
+            answered(action, psp.sale(&key, order.total).await)?
+        } else {
+            ask_provider(psp, action, &key, order.total).await?
+        };
+        let capturing = sale || action == PaymentAction::Capture;
+        let steps = catch_up(order.pay, &provider.state, capturing);
         if steps.is_empty() {
             // The provider is where we already are (e.g. void of a declined
             // payment): nothing to record, and nothing more to do.
@@ -103,6 +109,15 @@ async fn ask_provider(
         PaymentAction::Void => psp.void(key).await,
         PaymentAction::Refund => psp.refund(key).await,
     };
+    answered(action, answer)
+}
+
+/// The provider's word on `action`: its payment, also when it refused the
+/// call as a conflict (which says what really happened).
+fn answered(
+    action: PaymentAction,
+    answer: Result<crate::psp::ProviderPayment, PspError>,
+) -> Result<crate::psp::ProviderPayment, WorkError> {
     match answer {
         Ok(payment) | Err(PspError::Conflict(payment)) => Ok(payment),
         Err(error) => {
@@ -113,8 +128,8 @@ async fn ask_provider(
     }
 }
 
-/// Records the provider's outcomes in order; the last transition, whose
-/// reply carries the order's state after it.
+/// Records the provider's outcomes in order, in one step; the transition,
+/// whose reply carries the order's state after it (`None`: nothing to record).
 async fn record_steps(
     engine: &Engine,
     order: &Order,
@@ -122,16 +137,18 @@ async fn record_steps(
     reference: &str,
     lane: Lane,
 ) -> Result<Option<crate::engine::Transition>, WorkError> {
-    let mut after = None;
-    for step in steps {
-        let t = engine.record_payment(order, step, reference, lane).await?;
-        if let Outcome::Refused(detail) = &t.outcome {
-            tracing::warn!(order = %order.id, step = step.as_str(), %detail,
-                "Provider outcome refused by the payment state machine.");
-        }
-        after = Some(t);
+    if steps.is_empty() {
+        return Ok(None);
     }
-    Ok(after)
+    let t = engine
+        .record_payments(order, &steps, reference, lane)
+        .await?;
+    if let Outcome::Refused(detail) = &t.outcome {
+        let steps: Vec<&str> = steps.iter().map(|s| s.as_str()).collect();
+        tracing::warn!(order = %order.id, ?steps, %detail,
+            "Provider outcome refused by the payment state machine.");
+    }
+    Ok(Some(t))
 }
 
 /// Auto-approval: a paid order of an `auto_approve` restaurant that is open.

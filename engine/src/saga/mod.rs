@@ -4,11 +4,12 @@
 //! - **payment** (reads `orders` and `restaurant`): drives each order's
 //!   payment to what its status requires — authorize a PENDING order, capture
 //!   an approved one, void or refund a rejected one — by asking the provider
-//!   and recording its answer with `record_payment`. The authorization of an
-//!   order whose restaurant approves automatically and is open takes the
-//!   approval in the same script, and the same call goes on to the capture:
-//!   such a saga is one hop (`OrderPlaced` → captured), and its
-//!   `RestaurantApproved` (automatic) is passed over.
+//!   and recording its answer with `record_payment`. An order placed while
+//!   its restaurant approved automatically (`OrderPlaced` says so) is
+//!   authorized and captured in one provider call (a sale) and recorded in
+//!   one `record_payment` that takes the approval too: such a saga is one
+//!   hop (`OrderPlaced` → captured), one provider call and one script, and
+//!   its `RestaurantApproved` (automatic) is passed over.
 //! - **order** (reads `timers`): acts on delayed tasks that fell due —
 //!   rejects an order whose payment window or approval timeout passed,
 //!   sends the purchase-confirmation notice once and schedules the automatic
