@@ -183,6 +183,10 @@ struct Inner {
     /// so that worker picks it up at once instead of at its next poll; one
     /// per [`Wake`], so an event wakes only the workers it concerns.
     wake: [tokio::sync::Notify; 3],
+    /// Per [`Wake`], the partitions such events went to since its workers
+    /// last asked (a bit each): on a Cluster, where each partition is its
+    /// own read, a woken worker reads those.
+    woken: [Vec<std::sync::atomic::AtomicU64>; 3],
 }
 
 /// Which of this process's workers an event concerns.
@@ -215,6 +219,8 @@ impl Engine {
     pub async fn new(redis: Client, config: Config) -> Result<Self, EngineError> {
         let scripts = Scripts::new();
         scripts.load_all(&redis).await?;
+        let words = usize::from(config.partitions).div_ceil(64);
+        let woken = || (0..words).map(|_| Default::default()).collect();
         Ok(Self {
             inner: Arc::new(Inner {
                 keys: KeySpace::new(&config.key_prefix, config.partitions),
@@ -222,6 +228,7 @@ impl Engine {
                 scripts,
                 config,
                 wake: Default::default(),
+                woken: [woken(), woken(), woken()],
             }),
         })
     }
@@ -249,7 +256,27 @@ impl Engine {
         self.inner.wake[wake as usize].notified()
     }
 
-    fn woke(&self, wake: Wake) {
+    /// Wakes `wake`'s workers for an event written to `partition`.
+    fn woke(&self, wake: Wake, partition: u16) {
+        let (word, bit) = (usize::from(partition / 64), partition % 64);
+        if let Some(word) = self.inner.woken[wake as usize].get(word) {
+            word.fetch_or(1 << bit, std::sync::atomic::Ordering::Relaxed);
+        }
         self.inner.wake[wake as usize].notify_waiters();
+    }
+
+    /// The partitions events concerning `wake` went to since the last call,
+    /// in order; forgets them.
+    pub fn take_woken(&self, wake: Wake) -> Vec<u16> {
+        let mut partitions = Vec::new();
+        for (w, word) in self.inner.woken[wake as usize].iter().enumerate() {
+            let mut bits = word.swap(0, std::sync::atomic::Ordering::Relaxed);
+            while bits != 0 {
+                let bit = bits.trailing_zeros() as u16;
+                partitions.push(w as u16 * 64 + bit);
+                bits &= bits - 1;
+            }
+        }
+        partitions
     }
 }

@@ -125,7 +125,7 @@ impl Engine {
         let placed = placed(placement, rid)?;
         if !placed.duplicate {
             metrics::counter!("lunchrush_orders_placed_total").increment(1);
-            self.woke(Wake::Payment);
+            self.woke(Wake::Payment, p);
         }
         Ok(placed)
     }

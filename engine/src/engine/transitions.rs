@@ -84,12 +84,12 @@ impl Engine {
             return;
         }
         if lane == Lane::Batch {
-            self.woke(Wake::Batch);
+            self.woke(Wake::Batch, before.partition);
         } else if wake_payment
             && let (Some(status), Some(pay)) = (transition.status, transition.pay)
             && crate::saga::payment_step(status, pay, &transition.decision).is_some()
         {
-            self.woke(Wake::Payment);
+            self.woke(Wake::Payment, before.partition);
         }
         match transition.status {
             Some(OrderStatus::Approved) if before.status != OrderStatus::Approved => {
@@ -266,7 +266,7 @@ impl Engine {
             )
             .await?;
         if claimed.fired > 0 {
-            self.woke(Wake::Timers);
+            self.woke(Wake::Timers, p);
         }
         Ok(claimed)
     }

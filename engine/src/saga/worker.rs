@@ -61,6 +61,12 @@ impl Worker {
         let engine = self.engine.clone();
         // Acks are held up to `ack_window` and sent together.
         let mut acks = Acks::default();
+        // On a Cluster each partition is its own read: between full sweeps
+        // (every `idle_poll_max`) a round reads only the partitions this
+        // process wrote to for the role and those the last round found busy.
+        let clustered = engine.redis().is_clustered();
+        let mut sweep_at = Instant::now();
+        let mut busy = Vec::new();
         while !*shutdown.borrow() {
             self.flush_acks(&mut acks, false).await;
             // While the provider's circuit is open, a role that calls it
@@ -80,7 +86,22 @@ impl Worker {
                 last_reclaim = Instant::now();
                 self.reclaim_into(&mut acks).await
             } else {
-                self.read_into(&mut acks).await
+                let mut only = engine.take_woken(self.role.wake());
+                let only = if clustered && Instant::now() < sweep_at {
+                    only.append(&mut busy);
+                    only.sort_unstable();
+                    only.dedup();
+                    Some(only)
+                } else {
+                    sweep_at = Instant::now() + self.options.idle_poll_max;
+                    None
+                };
+                self.read_into(&mut acks, only.as_deref())
+                    .await
+                    .map(|(round, found)| {
+                        busy = found;
+                        round
+                    })
             };
             match round {
                 Ok(r) if r.handled + r.failed + r.dead > 0 => {
@@ -153,19 +174,27 @@ impl Worker {
     /// acknowledges the finished ones.
     pub async fn read_round(&self) -> Result<Round, EngineError> {
         let mut acks = Acks::default();
-        let round = self.read_into(&mut acks).await;
+        let round = self.read_into(&mut acks, None).await;
         acks.flush(self.engine.redis(), self.role.group()).await?;
-        round
+        round.map(|(round, _)| round)
     }
 
-    /// [`Worker::read_round`] leaving the acks in `acks`. On standalone
-    /// Redis one XREADGROUP covers every partition; on a Cluster each
-    /// partition (its own slot) is read on its own, concurrently.
-    async fn read_into(&self, acks: &mut Acks) -> Result<Round, EngineError> {
+    /// [`Worker::read_round`] leaving the acks in `acks`; also the
+    /// partitions that delivered entries. On standalone Redis one XREADGROUP
+    /// covers every partition; on a Cluster each partition (its own slot) is
+    /// read on its own, concurrently: every one, or those in `only`.
+    async fn read_into(
+        &self,
+        acks: &mut Acks,
+        only: Option<&[u16]>,
+    ) -> Result<(Round, Vec<u16>), EngineError> {
         let keys = self.engine.keys();
         let this = self;
         let shards: Vec<Vec<u16>> = if self.engine.redis().is_clustered() {
-            (0..keys.partitions()).map(|p| vec![p]).collect()
+            match only {
+                Some(partitions) => partitions.iter().map(|&p| vec![p]).collect(),
+                None => (0..keys.partitions()).map(|p| vec![p]).collect(),
+            }
         } else {
             vec![(0..keys.partitions()).collect()]
         };
@@ -190,11 +219,15 @@ impl Worker {
         let pages = futures::future::join_all(reads).await;
         let mut entries = Vec::new();
         let mut failure = None;
+        let mut found = Vec::new();
         for page in pages {
             // One partition failing must not drop what the others delivered.
             match page {
                 Ok(page) => {
                     for (stream, values) in page {
+                        if !values.is_empty() {
+                            found.extend(partition_of_stream(keys.prefix(), &stream));
+                        }
                         for (id, fields) in values {
                             entries.push((stream.clone(), id, fields, 1));
                         }
@@ -209,9 +242,9 @@ impl Worker {
             Some(error) if round.handled + round.failed + round.dead == 0 => Err(error.into()),
             Some(error) => {
                 tracing::warn!(role = self.role.group(), %error, "A partition's read failed this round.");
-                Ok(round)
+                Ok((round, found))
             }
-            None => Ok(round),
+            None => Ok((round, found)),
         }
     }
 
