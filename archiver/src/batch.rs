@@ -148,9 +148,9 @@ impl Archiver {
         Ok(())
     }
 
-    /// Adds the orders a committed batch left at a final pair to their partition's resting index: the retirer's candidates
-    /// (`engine::retire`). Re-adding one is harmless: the retire script
-    /// re-checks everything.
+    /// Adds the orders a committed batch left at a final pair to their
+    /// partition's resting index: the retirer's candidates (`engine::retire`).
+    /// Re-adding one is harmless: the retire script re-checks everything.
     pub(crate) async fn mark_resting(&self, resting: &[(Uuid, i64)]) -> Result<(), ArchiveError> {
         let keys = self.engine.keys();
         let mut by_partition: HashMap<u16, Vec<(f64, String)>> = HashMap::new();

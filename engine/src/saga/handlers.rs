@@ -59,11 +59,7 @@ async fn drive(
         // An order its restaurant approves automatically is authorized and
         // captured in one provider call (a sale), recorded in one step.
         let sale = action == PaymentAction::Authorize && order.auto_approve;
-        let provider = if sale {
-            answered(action, psp.sale(&key, order.total).await)?
-        } else {
-            ask_provider(psp, action, &key, order.total).await?
-        };
+        let provider = ask_provider(psp, action, sale, &key, order.total).await?;
         let capturing = sale || action == PaymentAction::Capture;
         let steps = catch_up(order.pay, &provider.state, capturing);
         if steps.is_empty() {
@@ -95,29 +91,23 @@ async fn drive(
     Err(WorkError::NoProgress)
 }
 
-/// One provider call; a conflict answers with the provider's state, which
-/// says what really happened.
+/// One provider call (an authorization as a `sale`: captured at once); a
+/// conflict answers with the provider's state, which says what really
+/// happened.
 async fn ask_provider(
     psp: &PspClient,
     action: PaymentAction,
+    sale: bool,
     key: &str,
     total: i64,
 ) -> Result<crate::psp::ProviderPayment, WorkError> {
     let answer = match action {
+        PaymentAction::Authorize if sale => psp.sale(key, total).await,
         PaymentAction::Authorize => psp.authorize(key, total).await,
         PaymentAction::Capture => psp.capture(key).await,
         PaymentAction::Void => psp.void(key).await,
         PaymentAction::Refund => psp.refund(key).await,
     };
-    answered(action, answer)
-}
-
-/// The provider's word on `action`: its payment, also when it refused the
-/// call as a conflict (which says what really happened).
-fn answered(
-    action: PaymentAction,
-    answer: Result<crate::psp::ProviderPayment, PspError>,
-) -> Result<crate::psp::ProviderPayment, WorkError> {
     match answer {
         Ok(payment) | Err(PspError::Conflict(payment)) => Ok(payment),
         Err(error) => {

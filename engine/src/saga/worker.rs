@@ -61,12 +61,7 @@ impl Worker {
         let engine = self.engine.clone();
         // Acks are held up to `ack_window` and sent together.
         let mut acks = Acks::default();
-        // On a Cluster each partition is its own read: between full sweeps
-        // (every `idle_poll_max`) a round reads only the partitions this
-        // process wrote to for the role and those the last round found busy.
-        let clustered = engine.redis().is_clustered();
-        let mut sweep_at = Instant::now();
-        let mut busy = Vec::new();
+        let mut reads = Reads::new(engine.redis().is_clustered());
         while !*shutdown.borrow() {
             self.flush_acks(&mut acks, false).await;
             // While the provider's circuit is open, a role that calls it
@@ -86,20 +81,12 @@ impl Worker {
                 last_reclaim = Instant::now();
                 self.reclaim_into(&mut acks).await
             } else {
-                let mut only = engine.take_woken(self.role.wake());
-                let only = if clustered && Instant::now() < sweep_at {
-                    only.append(&mut busy);
-                    only.sort_unstable();
-                    only.dedup();
-                    Some(only)
-                } else {
-                    sweep_at = Instant::now() + self.options.idle_poll_max;
-                    None
-                };
+                let woken = engine.take_woken(self.role.wake());
+                let only = reads.next(woken, self.options.idle_poll_max);
                 self.read_into(&mut acks, only.as_deref())
                     .await
                     .map(|(round, found)| {
-                        busy = found;
+                        reads.busy = found;
                         round
                     })
             };
@@ -513,6 +500,39 @@ impl Worker {
             }
             Err(_) => Disposition::Retry,
         }
+    }
+}
+
+/// Which partitions a worker's next read round covers. On a Cluster each
+/// partition is its own read: between full sweeps (at most `every` apart) a
+/// round reads only the partitions this process woke the role for and those
+/// the last round found busy. On standalone Redis one read covers them all.
+struct Reads {
+    clustered: bool,
+    sweep_at: Instant,
+    /// The partitions that delivered entries in the last round.
+    busy: Vec<u16>,
+}
+
+impl Reads {
+    fn new(clustered: bool) -> Self {
+        Self {
+            clustered,
+            sweep_at: Instant::now(),
+            busy: Vec::new(),
+        }
+    }
+
+    /// The partitions to read (`None`: every one), given those `woken`.
+    fn next(&mut self, mut woken: Vec<u16>, every: Duration) -> Option<Vec<u16>> {
+        if !self.clustered || Instant::now() >= self.sweep_at {
+            self.sweep_at = Instant::now() + every;
+            return None;
+        }
+        woken.append(&mut self.busy);
+        woken.sort_unstable();
+        woken.dedup();
+        Some(woken)
     }
 }
 
