@@ -122,6 +122,13 @@ async fn current_rows(tx: &Tx<'_>, ids: &[Uuid]) -> Result<HashMap<Uuid, OrderRo
 /// Brings the projection of every order the batch touched up to date (see
 /// [`Projection`]); returns those now at a final pair, with their last
 /// change (ms).
+///
+/// Most orders a batch touches are new: their events in it run from seq 1
+/// without a gap, so their row is the fold of the batch alone and is written
+/// without reading anything first, guarded so it never replaces a row that
+/// holds more (a redelivered batch); an order the guard stops, and every
+/// order that continues an archived row, takes the path that reads the rows
+/// first.
 pub(crate) async fn project_orders(
     tx: &Tx<'_>,
     events: &[Event],
@@ -134,24 +141,28 @@ pub(crate) async fn project_orders(
     }
     let ids: Vec<Uuid> = by_order.keys().copied().collect();
     lock_projections(tx, &ids).await?;
-    let mut current = match mode {
-        Projection::Incremental => current_rows(tx, &ids).await?,
-        Projection::Refold => HashMap::new(),
-    };
-    let (mut folded, mut refold) = (Vec::with_capacity(ids.len()), Vec::new());
+    let (mut fresh, mut rest) = (Vec::new(), Vec::new());
     for (id, events) in by_order {
-        let base = match (mode, current.remove(&id)) {
-            (Projection::Refold, _) => None,
-            (_, Some(row)) => Some(row),
-            (_, None) => Some(OrderRow::empty(id, events[0].saga_id)),
-        };
-        match base.and_then(|row| continued(row, &events)) {
-            Some(row) => folded.push(row),
-            None => refold.push(id),
+        let starts = mode == Projection::Incremental && events[0].seq == 1;
+        match starts.then(|| continued(OrderRow::empty(id, events[0].saga_id), &events)) {
+            Some(Some(row)) => fresh.push((row, events)),
+            _ => rest.push((id, events)),
         }
     }
-    folded.extend(refold_from_archive(tx, &refold).await?);
-    write_projections(tx, &folded).await?;
+    let rows: Vec<OrderRow> = fresh.iter().map(|(row, _)| row.clone()).collect();
+    let written = write_new_orders(tx, &rows).await?;
+    let mut folded: Vec<OrderRow> = Vec::with_capacity(ids.len());
+    for (row, events) in fresh {
+        if written.contains(&row.order_id) {
+            folded.push(row);
+        } else {
+            rest.push((row.order_id, events));
+        }
+    }
+    let moved = move_on(tx, rest, mode).await?;
+    write_projections(tx, &moved).await?;
+    write_payments(tx, &folded).await?;
+    folded.extend(moved);
     Ok(folded
         .iter()
         .filter(|r| r.is_final())
@@ -166,62 +177,164 @@ pub(crate) async fn project_orders(
         .collect())
 }
 
+/// The rows of orders that continue an archived row (or may): each moved on
+/// by its events when they continue it, refolded from the archive otherwise.
+async fn move_on(
+    tx: &Tx<'_>,
+    orders: Vec<(Uuid, Vec<Archived>)>,
+    mode: Projection,
+) -> Result<Vec<OrderRow>, ArchiveError> {
+    if orders.is_empty() {
+        return Ok(Vec::new());
+    }
+    // These reads are few and their tables grow from empty: a plan cached
+    // while they were small would scan them whole for ever after.
+    tx.batch_execute("SET LOCAL plan_cache_mode = force_custom_plan")
+        .await?;
+    let ids: Vec<Uuid> = orders.iter().map(|(id, _)| *id).collect();
+    let mut current = match mode {
+        Projection::Incremental => current_rows(tx, &ids).await?,
+        Projection::Refold => HashMap::new(),
+    };
+    let (mut folded, mut refold) = (Vec::with_capacity(ids.len()), Vec::new());
+    for (id, events) in orders {
+        let base = match (mode, current.remove(&id)) {
+            (Projection::Refold, _) => None,
+            (_, Some(row)) => Some(row),
+            (_, None) => Some(OrderRow::empty(id, events[0].saga_id)),
+        };
+        match base.and_then(|row| continued(row, &events)) {
+            Some(row) => folded.push(row),
+            None => refold.push(id),
+        }
+    }
+    folded.extend(refold_from_archive(tx, &refold).await?);
+    Ok(folded)
+}
+
+/// Inserts the rows of new orders; where a row exists already (a
+/// redelivery), replaces it only when it is complete and holds no event
+/// past the new one's. Returns the orders written.
+async fn write_new_orders(tx: &Tx<'_>, rows: &[OrderRow]) -> Result<HashSet<Uuid>, ArchiveError> {
+    if rows.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let written = query(
+        tx,
+        &format!(
+            "{} WHERE orders.events = orders.last_seq AND orders.last_seq <= EXCLUDED.last_seq \
+             RETURNING order_id",
+            UPSERT_ORDERS
+        ),
+        &order_columns(rows).as_params(),
+    )
+    .await?;
+    Ok(written.iter().map(|r| r.get(0)).collect())
+}
+
+/// The projection rows as `UNNEST` arrays, one per column of `orders`.
+struct OrderColumns {
+    order_id: Vec<Uuid>,
+    saga_id: Vec<Option<Uuid>>,
+    customer: Vec<Option<String>>,
+    restaurant_id: Vec<Option<String>>,
+    status: Vec<String>,
+    reason: Vec<Option<String>>,
+    payment_status: Vec<String>,
+    decision: Vec<Option<String>>,
+    total: Vec<Option<i64>>,
+    created_at: Vec<Option<SystemTime>>,
+    updated_at: Vec<Option<SystemTime>>,
+    last_seq: Vec<i64>,
+    events: Vec<i32>,
+}
+
+impl OrderColumns {
+    fn as_params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 13] {
+        [
+            &self.order_id,
+            &self.saga_id,
+            &self.customer,
+            &self.restaurant_id,
+            &self.status,
+            &self.reason,
+            &self.payment_status,
+            &self.decision,
+            &self.total,
+            &self.created_at,
+            &self.updated_at,
+            &self.last_seq,
+            &self.events,
+        ]
+    }
+}
+
+fn order_columns(rows: &[OrderRow]) -> OrderColumns {
+    macro_rules! column {
+        ($field:ident) => {
+            rows.iter().map(|r| r.$field.clone()).collect()
+        };
+    }
+    OrderColumns {
+        order_id: column!(order_id),
+        saga_id: column!(saga_id),
+        customer: column!(customer),
+        restaurant_id: column!(restaurant_id),
+        status: column!(status),
+        reason: column!(reason),
+        payment_status: column!(payment_status),
+        decision: column!(decision),
+        total: column!(total),
+        created_at: column!(created_at),
+        updated_at: column!(updated_at),
+        last_seq: column!(last_seq),
+        events: column!(events),
+    }
+}
+
+/// Every column of `orders` from `UNNEST` arrays, replacing the row on
+/// conflict (a caller may add a `WHERE` to the update).
+const UPSERT_ORDERS: &str = "INSERT INTO orders (order_id, saga_id, customer, restaurant_id, status, \
+     reason, payment_status, decision, total, created_at, updated_at, last_seq, events) \
+     SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], \
+     $7::text[], $8::text[], $9::int8[], $10::timestamptz[], $11::timestamptz[], $12::int8[], $13::int4[]) \
+     ON CONFLICT (order_id) DO UPDATE SET saga_id = EXCLUDED.saga_id, customer = EXCLUDED.customer, \
+     restaurant_id = EXCLUDED.restaurant_id, status = EXCLUDED.status, reason = EXCLUDED.reason, \
+     payment_status = EXCLUDED.payment_status, decision = EXCLUDED.decision, total = EXCLUDED.total, \
+     created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at, last_seq = EXCLUDED.last_seq, \
+     events = EXCLUDED.events";
+
 /// Upserts `orders` and, for those with a payment, `payments`.
 async fn write_projections(tx: &Tx<'_>, folded: &[OrderRow]) -> Result<(), ArchiveError> {
     if folded.is_empty() {
         return Ok(());
     }
-    macro_rules! column {
-        ($field:ident) => {
-            folded.iter().map(|r| r.$field.clone()).collect::<Vec<_>>()
-        };
-    }
-    execute(tx,
-        "INSERT INTO orders (order_id, saga_id, customer, restaurant_id, status, reason, payment_status, \
-         decision, total, created_at, updated_at, last_seq, events) \
-         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], \
-         $7::text[], $8::text[], $9::int8[], $10::timestamptz[], $11::timestamptz[], $12::int8[], $13::int4[]) \
-         ON CONFLICT (order_id) DO UPDATE SET saga_id = EXCLUDED.saga_id, customer = EXCLUDED.customer, \
-         restaurant_id = EXCLUDED.restaurant_id, status = EXCLUDED.status, reason = EXCLUDED.reason, \
-         payment_status = EXCLUDED.payment_status, decision = EXCLUDED.decision, total = EXCLUDED.total, \
-         created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at, last_seq = EXCLUDED.last_seq, \
-         events = EXCLUDED.events",
-        &[
-            &column!(order_id),
-            &column!(saga_id),
-            &column!(customer),
-            &column!(restaurant_id),
-            &column!(status),
-            &column!(reason),
-            &column!(payment_status),
-            &column!(decision),
-            &column!(total),
-            &column!(created_at),
-            &column!(updated_at),
-            &column!(last_seq),
-            &column!(events),
-        ],
-    )
-    .await?;
+    execute(tx, UPSERT_ORDERS, &order_columns(folded).as_params()).await?;
+    write_payments(tx, folded).await
+}
+
+/// Upserts `payments` for the rows with a payment.
+async fn write_payments(tx: &Tx<'_>, folded: &[OrderRow]) -> Result<(), ArchiveError> {
     let paid: Vec<_> = folded
         .iter()
         .filter(|r| r.payment_status != "NONE")
         .collect();
-    if !paid.is_empty() {
-        let ids: Vec<Uuid> = paid.iter().map(|r| r.order_id).collect();
-        let statuses: Vec<String> = paid.iter().map(|r| r.payment_status.clone()).collect();
-        let refs: Vec<Option<String>> = paid.iter().map(|r| r.provider_ref.clone()).collect();
-        let amounts: Vec<Option<i64>> = paid.iter().map(|r| r.total).collect();
-        let times: Vec<Option<SystemTime>> = paid.iter().map(|r| r.updated_at).collect();
-        execute(tx,
-            "INSERT INTO payments (order_id, status, provider_ref, amount, updated_at) \
-             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int8[], $5::timestamptz[]) \
-             ON CONFLICT (order_id) DO UPDATE SET status = EXCLUDED.status, \
-             provider_ref = EXCLUDED.provider_ref, amount = EXCLUDED.amount, updated_at = EXCLUDED.updated_at",
-            &[&ids, &statuses, &refs, &amounts, &times],
-        )
-        .await?;
+    if paid.is_empty() {
+        return Ok(());
     }
+    let ids: Vec<Uuid> = paid.iter().map(|r| r.order_id).collect();
+    let statuses: Vec<String> = paid.iter().map(|r| r.payment_status.clone()).collect();
+    let refs: Vec<Option<String>> = paid.iter().map(|r| r.provider_ref.clone()).collect();
+    let amounts: Vec<Option<i64>> = paid.iter().map(|r| r.total).collect();
+    let times: Vec<Option<SystemTime>> = paid.iter().map(|r| r.updated_at).collect();
+    execute(tx,
+        "INSERT INTO payments (order_id, status, provider_ref, amount, updated_at) \
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int8[], $5::timestamptz[]) \
+         ON CONFLICT (order_id) DO UPDATE SET status = EXCLUDED.status, \
+         provider_ref = EXCLUDED.provider_ref, amount = EXCLUDED.amount, updated_at = EXCLUDED.updated_at",
+        &[&ids, &statuses, &refs, &amounts, &times],
+    )
+    .await?;
     Ok(())
 }
 

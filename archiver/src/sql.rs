@@ -279,18 +279,24 @@ pub(crate) async fn advance_watermarks(tx: &Tx<'_>, entries: &[Entry]) -> Result
             *slot = (*slot).max(id);
         }
     }
-    for (stream, (ms, seq)) in highest {
-        execute(
-            tx,
-            "INSERT INTO archive_watermarks (stream, entry_ms, entry_seq) VALUES ($1, $2, $3) \
-             ON CONFLICT (stream) DO UPDATE SET entry_ms = EXCLUDED.entry_ms, \
-             entry_seq = EXCLUDED.entry_seq, updated_at = now() \
-             WHERE (archive_watermarks.entry_ms, archive_watermarks.entry_seq) \
-                 < (EXCLUDED.entry_ms, EXCLUDED.entry_seq)",
-            &[&stream, &ms, &seq],
-        )
-        .await?;
-    }
+    // One statement for every stream, in stream order (two archivers lock
+    // the rows they share in the same order).
+    let mut highest: Vec<(&str, (i64, i64))> = highest.into_iter().collect();
+    highest.sort_unstable();
+    let streams: Vec<&str> = highest.iter().map(|(s, _)| *s).collect();
+    let ms: Vec<i64> = highest.iter().map(|(_, (ms, _))| *ms).collect();
+    let seqs: Vec<i64> = highest.iter().map(|(_, (_, seq))| *seq).collect();
+    execute(
+        tx,
+        "INSERT INTO archive_watermarks (stream, entry_ms, entry_seq) \
+         SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[]) \
+         ON CONFLICT (stream) DO UPDATE SET entry_ms = EXCLUDED.entry_ms, \
+         entry_seq = EXCLUDED.entry_seq, updated_at = now() \
+         WHERE (archive_watermarks.entry_ms, archive_watermarks.entry_seq) \
+             < (EXCLUDED.entry_ms, EXCLUDED.entry_seq)",
+        &[&streams, &ms, &seqs],
+    )
+    .await?;
     Ok(())
 }
 

@@ -67,11 +67,11 @@ impl Archiver {
             };
             bound = Some(bound.map_or(group_bound, |b| b.min(group_bound)));
         }
+        let statement = client
+            .prepare_cached("SELECT entry_ms, entry_seq FROM archive_watermarks WHERE stream = $1")
+            .await?;
         let watermark = client
-            .query_opt(
-                "SELECT entry_ms, entry_seq FROM archive_watermarks WHERE stream = $1",
-                &[&stream],
-            )
+            .query_opt(&statement, &[&stream])
             .await?
             .map(|row| (row.get::<_, i64>(0), row.get::<_, i64>(1) + 1))
             .unwrap_or((0, 0));

@@ -211,9 +211,66 @@ async fn a_redelivered_batch_is_archived_once() {
         }
     };
 
+    // A replay meets rows already written: one that claims more events
+    // than the replay carries stays as it is; one missing an event is
+    // refolded from the archive; the rest are rewritten as they were.
+    let (ahead, holed): (uuid::Uuid, uuid::Uuid) = {
+        let client = env.pool().get().await.unwrap();
+        let ids: Vec<uuid::Uuid> = client
+            .query("SELECT order_id FROM orders ORDER BY order_id LIMIT 2", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        client
+            .execute(
+                "UPDATE orders SET last_seq = last_seq + 5, events = events + 5, \
+                 status = 'CONFIRMED' WHERE order_id = $1",
+                &[&ids[0]],
+            )
+            .await
+            .unwrap();
+        client
+            .execute(
+                "UPDATE orders SET events = events - 1, status = 'PENDING' WHERE order_id = $1",
+                &[&ids[1]],
+            )
+            .await
+            .unwrap();
+        (ids[0], ids[1])
+    };
+    let projection = async |id: uuid::Uuid| -> (String, i64, i32) {
+        let row = env
+            .pool()
+            .get()
+            .await
+            .unwrap()
+            .query_one(
+                "SELECT status, last_seq, events FROM orders WHERE order_id = $1",
+                &[&id],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1), row.get(2))
+    };
+    let before = projection(ahead).await;
     rewind().await;
     archiver.drain().await.unwrap();
     assert_eq!(count(&env, all).await, archived, "a replay added rows");
+    assert_eq!(
+        projection(ahead).await,
+        before,
+        "a row holding more was replaced"
+    );
+    let (status, last_seq, events) = projection(holed).await;
+    assert_eq!(i64::from(events), last_seq, "the holed row was refolded");
+    let live = env.engine.order(&holed).await.unwrap().unwrap();
+    assert_eq!(
+        status,
+        live.status.as_str(),
+        "the holed row is Redis's order again"
+    );
 
     let lost: i64 = {
         let client = env.pool().get().await.unwrap();
