@@ -189,7 +189,7 @@ impl Archiver {
                 dead.push(entry);
                 continue;
             }
-            match Event::parse(&entry.stream, &entry.id, entry.fields.clone()) {
+            match Event::parse_ref(&entry.stream, &entry.id, &entry.fields) {
                 Ok(event) => events.push(event),
                 Err(error) => {
                     tracing::error!(stream = %entry.stream, id = %entry.id, %error,
@@ -201,18 +201,11 @@ impl Archiver {
         self.ensure_months(&events).await?;
         let mut client = self.pool.get().await?;
         let mut transaction = client.transaction().await?;
-        // Each payload is parsed once, here, for the COPY and every projection.
-        let payloads: Vec<Value> = events
-            .iter()
-            .map(|e| serde_json::from_str(&e.data).unwrap_or_else(|_| json!({"raw": e.data})))
-            .collect();
-        insert_events(&mut transaction, &events, &payloads).await?;
-        let tx = &transaction;
-        insert_dead_letters(tx, &dead).await?;
+        // Each payload is parsed once, here, for every projection; the COPY
+        // sends the text as written whenever it is JSON.
         let typed: Vec<Option<Payload>> = events
             .iter()
-            .zip(&payloads)
-            .map(|(event, data)| match Payload::from_value(event.kind, data) {
+            .map(|event| match event.payload() {
                 Ok(payload) => Some(payload),
                 Err(error) => {
                     tracing::error!(stream = %event.stream, id = %event.id, %error,
@@ -221,6 +214,14 @@ impl Archiver {
                 }
             })
             .collect();
+        let documents: Vec<std::borrow::Cow<'_, str>> = events
+            .iter()
+            .zip(&typed)
+            .map(|(event, typed)| jsonb_text(&event.data, typed.is_some()))
+            .collect();
+        insert_events(&mut transaction, &events, &documents).await?;
+        let tx = &transaction;
+        insert_dead_letters(tx, &dead).await?;
         insert_histories(tx, &events, &typed).await?;
         let resting = project_orders(tx, &events, typed, projection).await?;
         advance_watermarks(tx, entries).await?;

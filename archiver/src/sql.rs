@@ -1,6 +1,8 @@
 //! The SQL of a batch: binary COPY into staging, the inserts, the
 //! projections refolded, the watermarks; prepared once per connection.
 
+use std::borrow::Cow;
+
 use super::*;
 
 /// The partition time of an event (see `migrations/V2__archive.sql`).
@@ -55,7 +57,7 @@ pub const SAGA_EVENT_TYPES: [Type; 12] = [
 pub(crate) async fn insert_events(
     tx: &mut Tx<'_>,
     events: &[Event],
-    payloads: &[Value],
+    payloads: &[Cow<'_, str>],
 ) -> Result<(), ArchiveError> {
     if events.is_empty() {
         return Ok(());
@@ -101,7 +103,7 @@ async fn copy_events(
     tx: &Tx<'_>,
     table: &str,
     events: &[Event],
-    payloads: &[Value],
+    payloads: &[Cow<'_, str>],
 ) -> Result<(), ArchiveError> {
     let sink = tx
         .copy_in(&format!(
@@ -127,7 +129,7 @@ async fn copy_events(
                 &(event.seq as i64),
                 &event.kind.as_str(),
                 &(event.version as i32),
-                &Json(payload),
+                &Jsonb(payload),
                 &ms_time(event.ts_ms),
                 &part_time(event),
             ])
@@ -135,6 +137,40 @@ async fn copy_events(
     }
     writer.finish().await?;
     Ok(())
+}
+
+/// The text an event's `data` is archived as: as written when it is JSON
+/// (`decoded`: it decoded as its typed payload, so it is), else wrapped as
+/// `{"raw": data}`.
+pub(crate) fn jsonb_text(data: &str, decoded: bool) -> Cow<'_, str> {
+    if decoded || serde_json::from_str::<serde::de::IgnoredAny>(data).is_ok() {
+        Cow::Borrowed(data)
+    } else {
+        Cow::Owned(json!({ "raw": data }).to_string())
+    }
+}
+
+/// A JSON text sent as a `jsonb` value as it is (the binary format is a
+/// version byte and the text): no parse and re-serialization on our side.
+#[derive(Debug)]
+struct Jsonb<'a>(&'a str);
+
+impl tokio_postgres::types::ToSql for Jsonb<'_> {
+    fn to_sql(
+        &self,
+        _: &Type,
+        out: &mut tokio_postgres::types::private::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.extend_from_slice(&[1]);
+        out.extend_from_slice(self.0.as_bytes());
+        Ok(tokio_postgres::types::IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::JSONB
+    }
+
+    tokio_postgres::types::to_sql_checked!();
 }
 
 pub(crate) async fn insert_dead_letters(tx: &Tx<'_>, dead: &[&Entry]) -> Result<(), ArchiveError> {

@@ -294,3 +294,54 @@ async fn a_redelivered_batch_is_archived_once() {
     );
     assert_eq!(count(&env, distinct).await, archived);
 }
+
+/// An event whose data is JSON but not its kind's payload is archived as
+/// written; data that is not JSON at all is archived wrapped as `{"raw":
+/// …}`. Neither stops the batch around it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_data_is_archived_as_written() {
+    let env = Env::archive(Faults::default()).await;
+    let archiver = archiver(&env);
+    archiver.prepare().await.unwrap();
+    let stream = env.engine.keys().stream(3, engine::keys::Topic::Menu);
+    let mut ids = Vec::new();
+    for data in [r#"{"unexpected": [1, 2]}"#, "not json {", r#"{"r": "x"}"#] {
+        let fields = vec![
+            ("v", "1"),
+            ("type", "RestaurantUpserted"),
+            ("order", ""),
+            ("saga", ""),
+            ("seq", "1"),
+            ("ts", "1700000000000"),
+            ("data", data),
+        ];
+        let id: String = env
+            .engine
+            .redis()
+            .xadd(&stream, false, None, "*", fields)
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    archiver.drain().await.unwrap();
+    let client = env.pool().get().await.unwrap();
+    let mut archived = Vec::new();
+    for id in &ids {
+        let row = client
+            .query_one(
+                "SELECT payload::text FROM saga_events WHERE stream = $1 AND entry_id = $2",
+                &[&stream, id],
+            )
+            .await
+            .unwrap();
+        archived.push(row.get::<_, String>(0));
+    }
+    assert_eq!(
+        archived,
+        [
+            r#"{"unexpected": [1, 2]}"#,
+            r#"{"raw": "not json {"}"#,
+            r#"{"r": "x"}"#
+        ]
+    );
+}

@@ -396,7 +396,7 @@ impl Worker {
         fields: HashMap<String, String>,
         deliveries: u64,
     ) -> Disposition {
-        let event = match Event::parse(stream, id, fields.clone()) {
+        let event = match Event::parse_ref(stream, id, &fields) {
             Ok(event) => event,
             Err(error) => {
                 return self
