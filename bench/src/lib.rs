@@ -1,5 +1,7 @@
 //! Shared pieces of the benchmark and chaos tools.
 
+pub mod wire;
+
 /// One line naming the machine a report was measured on: cores, CPU model,
 /// memory.
 pub fn machine() -> String {

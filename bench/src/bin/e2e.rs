@@ -107,7 +107,10 @@ struct Step {
 }
 
 struct Load {
+    /// Seeding (a few hundred PUTs).
     http: reqwest::Client,
+    /// The load itself.
+    wire: bench::wire::Wire,
     api: String,
     keys: Keys,
     restaurants: usize,
@@ -152,25 +155,25 @@ impl Load {
     async fn place(self: Arc<Self>, n: u64, token: Arc<str>) {
         let r = n as usize % self.restaurants;
         let dish = (n / self.restaurants as u64) as usize % DISHES;
-        let body = json!({"restaurant_id": format!("e2e-{r:03}"),
-            "items": [{"item": format!("dish-{dish}"), "qty": 1}],
-            "expected_total": 6_000 + 1_000 * dish as i64});
+        let body = format!(
+            r#"{{"restaurant_id":"e2e-{r:03}","items":[{{"item":"dish-{dish}","qty":1}}],"expected_total":{}}}"#,
+            6_000 + 1_000 * dish as i64
+        );
+        let headers = format!("authorization: Bearer {token}\r\nidempotency-key: e2e-{n}\r\n");
         let started = Instant::now();
         let response = self
-            .http
-            .post(format!("{}/v1/orders", self.api))
-            .bearer_auth(&*token)
-            .header("idempotency-key", format!("e2e-{n}"))
-            .json(&body)
-            .send()
+            .wire
+            .post("/v1/orders", &headers, body.as_bytes())
             .await;
         let elapsed = started.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+        #[derive(serde::Deserialize)]
+        struct Accepted {
+            order_id: uuid::Uuid,
+        }
         let placed = match response {
-            Ok(response) if response.status().as_u16() == 202 => response
-                .json::<serde_json::Value>()
-                .await
+            Ok(answer) if answer.status == 202 => serde_json::from_slice::<Accepted>(&answer.body)
                 .ok()
-                .and_then(|v| v["order_id"].as_str().and_then(|s| s.parse().ok())),
+                .map(|a| a.order_id),
             _ => None,
         };
         match placed {
@@ -393,7 +396,9 @@ fn table(steps: &[Step], watched: &[Watched]) -> String {
     md
 }
 
-#[tokio::main]
+// One thread: the load wakes once per request, and a second thread would only
+// add the cost of waking it (the cores belong to the system under test).
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let redis = Client::new(Config::from_url(&args.stack.redis)?, None, None, None);
@@ -426,6 +431,7 @@ async fn main() -> anyhow::Result<()> {
         http: reqwest::Client::builder()
             .pool_max_idle_per_host(args.connections)
             .build()?,
+        wire: bench::wire::Wire::new(&args.stack.api, args.connections)?,
         api: args.stack.api.clone(),
         keys: Keys::new(args.stack.jwt_secret.as_bytes()),
         restaurants: args.restaurants,
