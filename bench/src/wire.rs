@@ -39,24 +39,37 @@ impl Wire {
     }
 
     /// POSTs a JSON `body` to `path` with the given extra header lines
-    /// (each `name: value\r\n`).
+    /// (each `name: value\r\n`). A pooled connection the server closed
+    /// meanwhile (its keep-alive timeout) is retried once on a new one: the
+    /// requests this carries are idempotent (an Idempotency-Key each).
     pub async fn post(&self, path: &str, headers: &str, body: &[u8]) -> std::io::Result<Answer> {
-        let pooled = self.idle.lock().unwrap().pop();
-        let mut conn = match pooled {
-            Some(conn) => conn,
-            None => {
-                let stream = TcpStream::connect(&self.authority).await?;
-                stream.set_nodelay(true)?;
-                BufStream::new(stream)
-            }
-        };
         let head = format!(
             "POST {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\n\
              content-length: {}\r\n{headers}\r\n",
             self.authority,
             body.len()
         );
-        conn.write_all(head.as_bytes()).await?;
+        let pooled = self.idle.lock().unwrap().pop();
+        if let Some(conn) = pooled
+            && let Ok(answer) = self.exchange(conn, head.as_bytes(), body).await
+        {
+            return Ok(answer);
+        }
+        let stream = TcpStream::connect(&self.authority).await?;
+        stream.set_nodelay(true)?;
+        self.exchange(BufStream::new(stream), head.as_bytes(), body)
+            .await
+    }
+
+    /// One request and its response on `conn`, which goes back to the pool
+    /// when it may carry another.
+    async fn exchange(
+        &self,
+        mut conn: BufStream<TcpStream>,
+        head: &[u8],
+        body: &[u8],
+    ) -> std::io::Result<Answer> {
+        conn.write_all(head).await?;
         conn.write_all(body).await?;
         conn.flush().await?;
         let (answer, reusable) = read_answer(&mut conn).await?;
