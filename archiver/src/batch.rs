@@ -68,34 +68,46 @@ impl Archiver {
         marked
     }
 
+    /// One page of `partitions`' streams (`id`: `0` for this reader's
+    /// pending entries, `>` for new ones): one XREADGROUP on standalone
+    /// Redis; on a Cluster, where each partition's streams are a slot of
+    /// their own, one per partition, sent together.
     pub(crate) async fn read(
         &self,
         partitions: &[u16],
         id: &str,
     ) -> Result<Vec<Entry>, ArchiveError> {
-        let streams: Vec<String> = partitions
-            .iter()
-            .flat_map(|&p| partition_streams(&self.engine, p))
-            .collect();
-        let ids: Vec<&str> = streams.iter().map(|_| id).collect();
-        let page = engine::saga::read_group(
-            self.engine.redis(),
-            GROUP,
-            &self.options.consumer,
-            self.options.batch_size,
-            streams,
-            ids,
-        )
-        .await?;
+        let slots: Vec<Vec<u16>> = if self.engine.redis().is_clustered() {
+            partitions.iter().map(|&p| vec![p]).collect()
+        } else {
+            vec![partitions.to_vec()]
+        };
+        let pages = slots.iter().map(|slot| {
+            let streams: Vec<String> = slot
+                .iter()
+                .flat_map(|&p| partition_streams(&self.engine, p))
+                .collect();
+            let ids: Vec<&str> = streams.iter().map(|_| id).collect();
+            engine::saga::read_group(
+                self.engine.redis(),
+                GROUP,
+                &self.options.consumer,
+                self.options.batch_size,
+                streams,
+                ids,
+            )
+        });
         let mut entries = Vec::new();
-        for (stream, values) in page {
-            for (id, fields) in values {
-                // A pending entry trimmed meanwhile comes back without fields.
-                entries.push(Entry {
-                    stream: stream.clone(),
-                    id,
-                    fields,
-                });
+        for page in futures::future::join_all(pages).await {
+            for (stream, values) in page? {
+                for (id, fields) in values {
+                    // A pending entry trimmed meanwhile comes back without fields.
+                    entries.push(Entry {
+                        stream: stream.clone(),
+                        id,
+                        fields,
+                    });
+                }
             }
         }
         Ok(entries)

@@ -11,9 +11,10 @@
 //! - `trim`: trimming to what every group acknowledged and the archive holds.
 //!
 //! # How a batch is archived
-//! One task reads the eight streams of every partition with one XREADGROUP
-//! (group `archiver`) on standalone Redis; on a Cluster, one task per
-//! partition reads its own. First its own pending entries (`0`: what a
+//! One task reads the eight streams of every partition (group `archiver`):
+//! with one XREADGROUP on standalone Redis; on a Cluster, with one per
+//! partition (a slot each), sent together, so a batch still carries what
+//! every partition wrote. First its own pending entries (`0`: what a
 //! crash, a failed transaction or a reclaim left) whenever it may hold some,
 //! and only when none remain, new ones (`>`). After a batch that was not
 //! full it lets entries gather for `linger`: fewer, larger transactions.
@@ -263,17 +264,12 @@ impl Archiver {
         Ok(last)
     }
 
-    /// The partitions one reader covers together. On standalone Redis one
-    /// reader takes every partition in one XREADGROUP, so a batch (one
-    /// transaction) carries what all of them wrote; on a Cluster each
-    /// partition's streams live in their own slot and get their own reader.
+    /// The partitions one reader covers together: all of them, so a batch
+    /// (one transaction) carries what every partition wrote. On standalone
+    /// Redis that is one XREADGROUP; on a Cluster, one per partition, sent
+    /// together (see [`Archiver::read`]).
     fn shards(&self) -> Vec<Vec<u16>> {
-        let partitions = 0..self.engine.keys().partitions();
-        if self.engine.redis().is_clustered() {
-            partitions.map(|p| vec![p]).collect()
-        } else {
-            vec![partitions.collect()]
-        }
+        vec![(0..self.engine.keys().partitions()).collect()]
     }
 
     /// Runs one task per shard (see [`Archiver::shards`]) until `shutdown`

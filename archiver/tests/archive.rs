@@ -13,11 +13,21 @@ type Env = fixture::Fixture;
 /// Workers running, restaurants `r0..r7` with `meal`, a fifth of the
 /// payments declined.
 async fn env() -> Env {
+    env_on(stack::RedisMode::Standalone).await
+}
+
+/// [`env`] on standalone Redis or a Cluster.
+async fn env_on(redis: stack::RedisMode) -> Env {
     let faults = Faults {
         decline_rate: 0.2,
         ..Faults::default()
     };
-    let mut env = Env::archive(faults).await;
+    let options = fixture::Options {
+        redis,
+        postgres: true,
+        faults,
+    };
+    let mut env = Env::start(options, |_| {}).await;
     env.start_workers("w");
     env.seed(8, 8_000, 100_000, None).await;
     env
@@ -55,7 +65,17 @@ async fn count(env: &Env, sql: &str) -> i64 {
 /// Redis for every order, and the streams are trimmed to empty.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_event_is_archived_once_and_streams_are_trimmed() {
-    let env = env().await;
+    archived_once(env().await).await;
+}
+
+/// The same on a 3-master Cluster, where the archiver reads each
+/// partition's streams with its own XREADGROUP and writes them together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_is_archived_once_on_a_cluster() {
+    archived_once(env_on(stack::RedisMode::Cluster { masters: 3 }).await).await;
+}
+
+async fn archived_once(env: Env) {
     let archiver = archiver(&env);
     archiver.prepare().await.unwrap();
     let (_stop, stopped) = tokio::sync::watch::channel(false);
