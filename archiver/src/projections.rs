@@ -149,8 +149,7 @@ pub(crate) async fn project_orders(
             _ => rest.push((id, events)),
         }
     }
-    let rows: Vec<OrderRow> = fresh.iter().map(|(row, _)| row.clone()).collect();
-    let written = write_new_orders(tx, &rows).await?;
+    let written = write_new_orders(tx, fresh.iter().map(|(row, _)| row)).await?;
     let mut folded: Vec<OrderRow> = Vec::with_capacity(ids.len());
     for (row, events) in fresh {
         if written.contains(&row.order_id) {
@@ -160,9 +159,9 @@ pub(crate) async fn project_orders(
         }
     }
     let moved = move_on(tx, rest, mode).await?;
-    write_projections(tx, &moved).await?;
-    write_payments(tx, &folded).await?;
+    write_orders(tx, &moved).await?;
     folded.extend(moved);
+    write_payments(tx, &folded).await?;
     Ok(folded
         .iter()
         .filter(|r| r.is_final())
@@ -215,8 +214,11 @@ async fn move_on(
 /// Inserts the rows of new orders; where a row exists already (a
 /// redelivery), replaces it only when it is complete and holds no event
 /// past the new one's. Returns the orders written.
-async fn write_new_orders(tx: &Tx<'_>, rows: &[OrderRow]) -> Result<HashSet<Uuid>, ArchiveError> {
-    if rows.is_empty() {
+async fn write_new_orders<'a>(
+    tx: &Tx<'_>,
+    rows: impl Iterator<Item = &'a OrderRow> + Clone,
+) -> Result<HashSet<Uuid>, ArchiveError> {
+    if rows.clone().next().is_none() {
         return Ok(HashSet::new());
     }
     let written = query(
@@ -269,10 +271,10 @@ impl OrderColumns {
     }
 }
 
-fn order_columns(rows: &[OrderRow]) -> OrderColumns {
+fn order_columns<'a>(rows: impl Iterator<Item = &'a OrderRow> + Clone) -> OrderColumns {
     macro_rules! column {
         ($field:ident) => {
-            rows.iter().map(|r| r.$field.clone()).collect()
+            rows.clone().map(|r| r.$field.clone()).collect()
         };
     }
     OrderColumns {
@@ -304,13 +306,13 @@ const UPSERT_ORDERS: &str = "INSERT INTO orders (order_id, saga_id, customer, re
      created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at, last_seq = EXCLUDED.last_seq, \
      events = EXCLUDED.events";
 
-/// Upserts `orders` and, for those with a payment, `payments`.
-async fn write_projections(tx: &Tx<'_>, folded: &[OrderRow]) -> Result<(), ArchiveError> {
+/// Upserts the `orders` rows of `folded`.
+async fn write_orders(tx: &Tx<'_>, folded: &[OrderRow]) -> Result<(), ArchiveError> {
     if folded.is_empty() {
         return Ok(());
     }
-    execute(tx, UPSERT_ORDERS, &order_columns(folded).as_params()).await?;
-    write_payments(tx, folded).await
+    execute(tx, UPSERT_ORDERS, &order_columns(folded.iter()).as_params()).await?;
+    Ok(())
 }
 
 /// Upserts `payments` for the rows with a payment.
