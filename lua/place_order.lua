@@ -9,6 +9,9 @@
     stream           orders stream {pN}:orders
     inflight         in-flight index (zset) {pN}:inflight
     timers           timer wheel (zset) {pN}:wheel
+    guard_key        the customer's fingerprint guard {pC}:idemg:<customer>:<key>
+                     when it lies in this script's slot (`guarded`), else
+                     any key of the slot (unused)
     per line: item_key, pc_key
   Args:
     order_id: str         UUIDv7 carrying the partition
@@ -19,13 +22,17 @@
     expected_total: int   won
     idem_ttl: ms          idempotency record time-to-live (at least 24 h)
     payment_window: ms    the order is rejected if still PENDING then
+    guarded: flag         check and set the guard here (SET NX GET), so
+                          the placement is one round trip; a refusal
+                          deletes the guard it set
     per line: item str, qty int
   Reply: Placement
   Output:
     {'ok',  order_id, total, 'PENDING'}  placed
     {'dup', order_id, total, 'PENDING'}  same key and same request: the first answer
     {'err', code, detail}                refused, nothing changed; code is one of
-      idempotency_conflict (same key, another request), restaurant_not_found,
+      idempotency_conflict (same key, another request; detail: the order, or
+      'another request' when the guard holds another fingerprint), restaurant_not_found,
       restaurant_closed, item_not_found, item_unavailable, out_of_stock,
       limit_exceeded (detail: comma-separated items), price_changed (detail:
       the current total)
@@ -40,19 +47,36 @@ local n = (#ARGV - LINE_ARGS + 1) / 2
 assert(n >= 1 and n == math.floor(n), 'lines come in item/qty pairs')
 assert(#KEYS == LINE_KEYS - 1 + 2 * n, 'two keys per line')
 
+local guard_set = false
+if guarded == '1' then
+  local held = rcall('SET', guard_key, fingerprint, 'NX', 'GET', 'PX', idem_ttl)
+  if held and held ~= fingerprint then
+    return {'err', 'idempotency_conflict', 'another request'}
+  end
+  guard_set = not held
+end
+-- A refusal: the guard this call set goes, so nothing changed.
+local function refuse(code, detail)
+  if guard_set then rcall('DEL', guard_key) end
+  return {'err', code, detail}
+end
+
 local previous = rcall('GET', idem_key)
 if previous then
   local p = cjson.decode(previous)
   if p.fp ~= fingerprint then
-    return {'err', 'idempotency_conflict', p.order}
+    return refuse('idempotency_conflict', p.order)
   end
   return {'dup', p.order, tostring(p.total), 'PENDING'}
 end
 
 local r = rcall('HMGET', restaurant_key, 'name', 'open', 'auto')
-if not r[1] then return {'err', 'restaurant_not_found', rid} end
-if r[2] ~= '1' then return {'err', 'restaurant_closed', rid} end
-assert(rcall('EXISTS', order_key) == 0, 'order ids are unique')
+if not r[1] then return refuse('restaurant_not_found', rid) end
+if r[2] ~= '1' then return refuse('restaurant_closed', rid) end
+if rcall('EXISTS', order_key) == 1 then
+  if guard_set then rcall('DEL', guard_key) end
+  error('order ids are unique')
+end
 
 local missing, unavailable, short, over = {}, {}, {}, {}
 local total = 0
@@ -78,11 +102,11 @@ for i = 1, n do
     lines[i] = {item, qty, price, counted}
   end
 end
-if #missing > 0 then return {'err', 'item_not_found', table.concat(missing, ',')} end
-if #unavailable > 0 then return {'err', 'item_unavailable', table.concat(unavailable, ',')} end
-if #short > 0 then return {'err', 'out_of_stock', table.concat(short, ',')} end
-if #over > 0 then return {'err', 'limit_exceeded', table.concat(over, ',')} end
-if total ~= expected_total then return {'err', 'price_changed', tostring(total)} end
+if #missing > 0 then return refuse('item_not_found', table.concat(missing, ',')) end
+if #unavailable > 0 then return refuse('item_unavailable', table.concat(unavailable, ',')) end
+if #short > 0 then return refuse('out_of_stock', table.concat(short, ',')) end
+if #over > 0 then return refuse('limit_exceeded', table.concat(over, ',')) end
+if total ~= expected_total then return refuse('price_changed', tostring(total)) end
 
 -- Every check passed: reserve all lines (no early exit from here on).
 for i = 1, n do

@@ -367,59 +367,83 @@ on_both_deployments!(
 /// The same Idempotency-Key with the same request returns the first answer
 /// and reserves nothing more; with another request it is refused, even for
 /// a restaurant in another partition; a refused placement leaves no trace.
-#[tokio::test]
-async fn idempotency_keys_return_the_first_answer_and_refuse_reuse() {
-    let env = TestEnv::standalone().await;
+/// Both ways of guarding the key are taken: in the script, where the
+/// customer's guard shares the order's slot (always on a standalone Redis),
+/// and by a command before it elsewhere (a Cluster, another partition).
+async fn idempotency_keys_return_the_first_answer_and_refuse_reuse(env: TestEnv) {
     let keys = env.engine.keys().clone();
     // Two restaurants in different partitions.
     let first = "r-idem-0";
+    let p = keys.partition_of_restaurant(first);
     let other = (1..100)
         .map(|i| format!("r-idem-{i}"))
-        .find(|r| keys.partition_of_restaurant(r) != keys.partition_of_restaurant(first))
+        .find(|r| keys.partition_of_restaurant(r) != p)
         .unwrap();
     env.restaurant(first, true, "pie", 4_000, 10).await;
     env.restaurant(&other, true, "pie", 4_000, 10).await;
+    let customer = |same: bool| {
+        (0..1000)
+            .map(|i| format!("c-{same}-{i}"))
+            .find(|c| (keys.partition_of_customer(c) == p) == same)
+            .unwrap()
+    };
 
-    let request = env.request("c1", first, &[("pie", 1)], 4_000, "same-key");
-    let a = env.engine.place_order(&request).await.unwrap();
-    let b = env.engine.place_order(&request).await.unwrap();
-    assert_eq!(a.order_id, b.order_id);
-    assert!(!a.duplicate && b.duplicate);
-    assert_eq!(
-        env.engine.menu(first).await.unwrap().unwrap().items[0].stock,
-        9
-    );
+    for (round, c1) in [customer(true), customer(false)].into_iter().enumerate() {
+        let request = env.request(&c1, first, &[("pie", 1)], 4_000, "same-key");
+        let a = env.engine.place_order(&request).await.unwrap();
+        let b = env.engine.place_order(&request).await.unwrap();
+        assert_eq!(a.order_id, b.order_id);
+        assert!(!a.duplicate && b.duplicate);
+        assert_eq!(
+            env.engine.menu(first).await.unwrap().unwrap().items[0].stock,
+            9 - round as i64 * 3
+        );
 
-    let changed = env.request("c1", first, &[("pie", 2)], 8_000, "same-key");
-    assert!(matches!(
-        env.engine.place_order(&changed).await,
-        Err(PlaceError::IdempotencyConflict { .. })
-    ));
-    let elsewhere = env.request("c1", &other, &[("pie", 1)], 4_000, "same-key");
-    assert!(matches!(
-        env.engine.place_order(&elsewhere).await,
-        Err(PlaceError::IdempotencyConflict { .. })
-    ));
-    // Another customer may use the same key.
-    let c2 = env.request("c2", first, &[("pie", 1)], 4_000, "same-key");
-    assert!(!env.engine.place_order(&c2).await.unwrap().duplicate);
+        let changed = env.request(&c1, first, &[("pie", 2)], 8_000, "same-key");
+        assert!(matches!(
+            env.engine.place_order(&changed).await,
+            Err(PlaceError::IdempotencyConflict { .. })
+        ));
+        let elsewhere = env.request(&c1, &other, &[("pie", 1)], 4_000, "same-key");
+        assert!(matches!(
+            env.engine.place_order(&elsewhere).await,
+            Err(PlaceError::IdempotencyConflict { .. })
+        ));
+        // Another customer may use the same key.
+        let c2 = env.request(&format!("{c1}-2"), first, &[("pie", 1)], 4_000, "same-key");
+        assert!(!env.engine.place_order(&c2).await.unwrap().duplicate);
 
-    // A refusal (price changed) leaves no guard: the same key then works.
-    let stale = env.request("c3", first, &[("pie", 1)], 3_999, "k3");
-    assert!(matches!(
-        env.engine.place_order(&stale).await,
-        Err(PlaceError::PriceChanged {
-            current_total: 4_000
-        })
-    ));
-    let fixed = env.request("c3", first, &[("pie", 1)], 4_000, "k3");
-    assert!(!env.engine.place_order(&fixed).await.unwrap().duplicate);
-    assert_eq!(env.orders().await.len(), 3);
+        // A refusal (price changed) leaves no guard: the same key then works.
+        let c3 = format!("{c1}-3");
+        let stale = env.request(&c3, first, &[("pie", 1)], 3_999, "k3");
+        assert!(matches!(
+            env.engine.place_order(&stale).await,
+            Err(PlaceError::PriceChanged {
+                current_total: 4_000
+            })
+        ));
+        let guard: i64 = env
+            .engine
+            .redis()
+            .exists(keys.idempotency_guard(&c3, "k3"))
+            .await
+            .unwrap();
+        assert_eq!(guard, 0, "a refused placement left its guard");
+        let fixed = env.request(&c3, first, &[("pie", 1)], 4_000, "k3");
+        assert!(!env.engine.place_order(&fixed).await.unwrap().duplicate);
+    }
+    assert_eq!(env.orders().await.len(), 6);
     assert_eq!(
         env.engine.menu(&other).await.unwrap().unwrap().items[0].stock,
         10
     );
 }
+
+on_both_deployments!(
+    #[tokio::test]
+    idempotency_keys_return_the_first_answer_and_refuse_reuse: idempotency_keys_are_kept_standalone,
+    idempotency_keys_are_kept_on_a_cluster
+);
 
 /// The provider fails in the worst ways — 5xx before acting, and timeouts
 /// after charging — yet every order ends approved with exactly one payment

@@ -727,6 +727,7 @@ async fn limit(kind: &str) -> anyhow::Result<()> {
         stream: keys.stream(p, Topic::Orders),
         inflight: keys.inflight(p),
         timers: keys.wheel(p),
+        guard_key: keys.idempotency_guard("limit-customer", "__rand_int__-__rand_int__"),
         lines: lines
             .iter()
             .map(|(item, _, _)| {
@@ -747,6 +748,8 @@ async fn limit(kind: &str) -> anyhow::Result<()> {
         expected_total: total,
         idem_ttl: Duration::from_millis(engine::engine::IDEMPOTENCY_TTL_MS),
         payment_window: Duration::from_secs(120),
+        // On a standalone Redis the script checks the guard itself.
+        guarded: true,
         lines: lines
             .iter()
             .map(|(item, _, _)| (item.to_string(), 1))

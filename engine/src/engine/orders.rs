@@ -42,13 +42,22 @@ impl Engine {
     ///
     /// The key's first answer lives in the restaurant's partition (same slot
     /// as the order, so the script sees it). A fingerprint guard in the
-    /// customer's partition (`SET NX GET`, before the script) catches the
-    /// same key reused for a restaurant of another partition; a refused
-    /// placement removes the guard it created, so a refusal changes nothing.
+    /// customer's partition (`SET NX GET`) catches the same key reused for a
+    /// restaurant of another partition; a refused placement removes the guard
+    /// it created, so a refusal changes nothing. Where the guard shares the
+    /// script's slot (always on a standalone Redis; on a Cluster when the
+    /// customer's partition is the restaurant's), the script checks and sets
+    /// it itself: the placement is one round trip. Elsewhere it is set first.
     pub async fn place_order(&self, request: &PlaceOrder) -> Result<Placed, PlaceError> {
         let keys = self.keys();
         let fingerprint = request.fingerprint();
+        let p = keys.partition_of_restaurant(&request.restaurant);
         let guard_key = keys.idempotency_guard(&request.customer, &request.idempotency_key);
+        if !self.redis().is_clustered() || keys.partition_of_customer(&request.customer) == p {
+            return self
+                .run_place_order(request, &fingerprint, Some(guard_key))
+                .await;
+        }
         let previous: Option<String> = self
             .redis()
             .set(
@@ -66,22 +75,27 @@ impl Engine {
                 order: "another request".into(),
             });
         }
-        let result = self.run_place_order(request, &fingerprint).await;
+        let result = self.run_place_order(request, &fingerprint, None).await;
         if result.is_err() && previous.is_none() {
             let _: Result<i64, _> = self.redis().del(&guard_key).await;
         }
         result
     }
 
+    /// `guard`: the guard key when the script checks and sets it itself.
     async fn run_place_order(
         &self,
         request: &PlaceOrder,
         fingerprint: &str,
+        guard: Option<String>,
     ) -> Result<Placed, PlaceError> {
         let keys = self.keys();
         let p = keys.partition_of_restaurant(&request.restaurant);
         let order_id = crate::ids::new_order_id(p);
         let rid = request.restaurant.as_str();
+        let guarded = guard.is_some();
+        // Unused when not guarded: any key of the script's slot.
+        let guard_key = guard.unwrap_or_else(|| keys.inflight(p));
         let placement = self
             .scripts()
             .place_order
@@ -94,6 +108,7 @@ impl Engine {
                     stream: keys.stream(p, Topic::Orders),
                     inflight: keys.inflight(p),
                     timers: keys.wheel(p),
+                    guard_key,
                     lines: request
                         .lines
                         .iter()
@@ -114,6 +129,7 @@ impl Engine {
                     expected_total: request.expected_total,
                     idem_ttl: std::time::Duration::from_millis(IDEMPOTENCY_TTL_MS),
                     payment_window: self.config().timers.payment_window,
+                    guarded,
                     lines: request
                         .lines
                         .iter()

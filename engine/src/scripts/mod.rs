@@ -227,12 +227,15 @@ mod tests {
             expected_total: 100,
             idem_ttl: std::time::Duration::from_secs(1),
             payment_window: std::time::Duration::from_millis(5),
+            guarded: true,
             lines: vec![("burger".into(), 2)],
         }
         .into_vec();
         assert_eq!(
             args,
-            ["id", "s", "c", "r", "f", "100", "1000", "5", "burger", "2"]
+            [
+                "id", "s", "c", "r", "f", "100", "1000", "5", "1", "burger", "2"
+            ]
         );
     }
 }
