@@ -22,9 +22,9 @@
     expected_total: int   won
     idem_ttl: ms          idempotency record time-to-live (at least 24 h)
     payment_window: ms    the order is rejected if still PENDING then
-    guarded: flag         check and set the guard here (SET NX GET), so
-                          the placement is one round trip; a refusal
-                          deletes the guard it set
+    guarded: flag         check the guard here and set it with the order,
+                          so the placement is one round trip (a refusal
+                          writes nothing, the guard included)
     per line: item str, qty int
   Reply: Placement
   Output:
@@ -47,36 +47,29 @@ local n = (#ARGV - LINE_ARGS + 1) / 2
 assert(n >= 1 and n == math.floor(n), 'lines come in item/qty pairs')
 assert(#KEYS == LINE_KEYS - 1 + 2 * n, 'two keys per line')
 
-local guard_set = false
+-- The customer's guard (when guarded) and the key's first answer, in one read.
+local held, previous
 if guarded == '1' then
-  local held = rcall('SET', guard_key, fingerprint, 'NX', 'GET', 'PX', idem_ttl)
-  if held and held ~= fingerprint then
-    return {'err', 'idempotency_conflict', 'another request'}
-  end
-  guard_set = not held
+  local both = rcall('MGET', guard_key, idem_key)
+  held, previous = both[1], both[2]
+else
+  previous = rcall('GET', idem_key)
 end
--- A refusal: the guard this call set goes, so nothing changed.
-local function refuse(code, detail)
-  if guard_set then rcall('DEL', guard_key) end
-  return {'err', code, detail}
+if held and held ~= fingerprint then
+  return {'err', 'idempotency_conflict', 'another request'}
 end
-
-local previous = rcall('GET', idem_key)
 if previous then
   local p = cjson.decode(previous)
   if p.fp ~= fingerprint then
-    return refuse('idempotency_conflict', p.order)
+    return {'err', 'idempotency_conflict', p.order}
   end
   return {'dup', p.order, tostring(p.total), 'PENDING'}
 end
 
 local r = rcall('HMGET', restaurant_key, 'name', 'open', 'auto')
-if not r[1] then return refuse('restaurant_not_found', rid) end
-if r[2] ~= '1' then return refuse('restaurant_closed', rid) end
-if rcall('EXISTS', order_key) == 1 then
-  if guard_set then rcall('DEL', guard_key) end
-  error('order ids are unique')
-end
+if not r[1] then return {'err', 'restaurant_not_found', rid} end
+if r[2] ~= '1' then return {'err', 'restaurant_closed', rid} end
+assert(rcall('EXISTS', order_key) == 0, 'order ids are unique')
 
 local missing, unavailable, short, over = {}, {}, {}, {}
 local total = 0
@@ -102,11 +95,11 @@ for i = 1, n do
     lines[i] = {item, qty, price, counted}
   end
 end
-if #missing > 0 then return refuse('item_not_found', table.concat(missing, ',')) end
-if #unavailable > 0 then return refuse('item_unavailable', table.concat(unavailable, ',')) end
-if #short > 0 then return refuse('out_of_stock', table.concat(short, ',')) end
-if #over > 0 then return refuse('limit_exceeded', table.concat(over, ',')) end
-if total ~= expected_total then return refuse('price_changed', tostring(total)) end
+if #missing > 0 then return {'err', 'item_not_found', table.concat(missing, ',')} end
+if #unavailable > 0 then return {'err', 'item_unavailable', table.concat(unavailable, ',')} end
+if #short > 0 then return {'err', 'out_of_stock', table.concat(short, ',')} end
+if #over > 0 then return {'err', 'limit_exceeded', table.concat(over, ',')} end
+if total ~= expected_total then return {'err', 'price_changed', tostring(total)} end
 
 -- Every check passed: reserve all lines (no early exit from here on).
 for i = 1, n do
@@ -130,6 +123,7 @@ save(inflight, o, {}, now)
 timer_set(timers, 'payment_window', order_id, now + payment_window)
 rcall('SET', idem_key, cjson.encode({fp = fingerprint, order = order_id, total = total}),
   'PX', idem_ttl)
+if guarded == '1' and not held then rcall('SET', guard_key, fingerprint, 'PX', idem_ttl) end
 local placed = {}
 for i = 1, n do placed[i] = {lines[i][1], lines[i][2], lines[i][3]} end
 emit(stream, o, 'OrderPlaced', {c = customer, r = rid, t = total, l = placed, a = auto}, now)

@@ -367,9 +367,9 @@ on_both_deployments!(
 /// The same Idempotency-Key with the same request returns the first answer
 /// and reserves nothing more; with another request it is refused, even for
 /// a restaurant in another partition; a refused placement leaves no trace.
-/// Both ways of guarding the key are taken: in the script, where the
-/// customer's guard shares the order's slot (always on a standalone Redis),
-/// and by a command before it elsewhere (a Cluster, another partition).
+/// The customer's guard is kept by the script where it may share the call
+/// (always on a standalone Redis), by a command before it elsewhere: on a
+/// Cluster the first round takes the one way, the second the other.
 async fn idempotency_keys_return_the_first_answer_and_refuse_reuse(env: TestEnv) {
     let keys = env.engine.keys().clone();
     // Two restaurants in different partitions.
@@ -413,24 +413,27 @@ async fn idempotency_keys_return_the_first_answer_and_refuse_reuse(env: TestEnv)
         let c2 = env.request(&format!("{c1}-2"), first, &[("pie", 1)], 4_000, "same-key");
         assert!(!env.engine.place_order(&c2).await.unwrap().duplicate);
 
-        // A refusal (price changed) leaves no guard: the same key then works.
-        let c3 = format!("{c1}-3");
-        let stale = env.request(&c3, first, &[("pie", 1)], 3_999, "k3");
+        // A refusal (price changed, unknown item) leaves no guard: the same
+        // key then works, and its guard expires with the key's answer.
+        let guard = keys.idempotency_guard(&c1, "k3");
+        let stale = env.request(&c1, first, &[("pie", 1)], 3_999, "k3");
         assert!(matches!(
             env.engine.place_order(&stale).await,
             Err(PlaceError::PriceChanged {
                 current_total: 4_000
             })
         ));
-        let guard: i64 = env
-            .engine
-            .redis()
-            .exists(keys.idempotency_guard(&c3, "k3"))
-            .await
-            .unwrap();
-        assert_eq!(guard, 0, "a refused placement left its guard");
-        let fixed = env.request(&c3, first, &[("pie", 1)], 4_000, "k3");
+        let unknown = env.request(&c1, first, &[("cake", 1)], 4_000, "k3");
+        assert!(matches!(
+            env.engine.place_order(&unknown).await,
+            Err(PlaceError::ItemNotFound(_))
+        ));
+        let left: i64 = env.engine.redis().exists(&guard).await.unwrap();
+        assert_eq!(left, 0, "a refused placement left its guard");
+        let fixed = env.request(&c1, first, &[("pie", 1)], 4_000, "k3");
         assert!(!env.engine.place_order(&fixed).await.unwrap().duplicate);
+        let ttl: i64 = env.engine.redis().pttl(&guard).await.unwrap();
+        assert!(ttl > 0, "the guard never expires: {ttl}");
     }
     assert_eq!(env.orders().await.len(), 6);
     assert_eq!(
