@@ -63,6 +63,10 @@ if previous then
   if p.fp ~= fingerprint then
     return {'err', 'idempotency_conflict', p.order}
   end
+  -- A repeat puts back a guard gone before the answer (as SET NX did).
+  if guarded == '1' and not held then
+    rcall('SET', guard_key, fingerprint, 'PX', idem_ttl)
+  end
   return {'dup', p.order, tostring(p.total), 'PENDING'}
 end
 
@@ -123,7 +127,8 @@ save(inflight, o, {}, now)
 timer_set(timers, 'payment_window', order_id, now + payment_window)
 rcall('SET', idem_key, cjson.encode({fp = fingerprint, order = order_id, total = total}),
   'PX', idem_ttl)
-if guarded == '1' and not held then rcall('SET', guard_key, fingerprint, 'PX', idem_ttl) end
+-- The guard lives at least as long as the answer.
+if guarded == '1' then rcall('SET', guard_key, fingerprint, 'PX', idem_ttl) end
 local placed = {}
 for i = 1, n do placed[i] = {lines[i][1], lines[i][2], lines[i][3]} end
 emit(stream, o, 'OrderPlaced', {c = customer, r = rid, t = total, l = placed, a = auto}, now)

@@ -368,8 +368,10 @@ on_both_deployments!(
 /// and reserves nothing more; with another request it is refused, even for
 /// a restaurant in another partition; a refused placement leaves no trace.
 /// The customer's guard is kept by the script where it may share the call
-/// (always on a standalone Redis), by a command before it elsewhere: on a
-/// Cluster the first round takes the one way, the second the other.
+/// (always on a standalone Redis), by a command before it elsewhere. On a
+/// Cluster the first round's customer shares `first`'s partition (the script
+/// keeps the guard; the command refuses the key for `other`), the second's
+/// shares `other`'s (the command keeps it; the script refuses).
 async fn idempotency_keys_return_the_first_answer_and_refuse_reuse(env: TestEnv) {
     let keys = env.engine.keys().clone();
     // Two restaurants in different partitions.
@@ -381,18 +383,38 @@ async fn idempotency_keys_return_the_first_answer_and_refuse_reuse(env: TestEnv)
         .unwrap();
     env.restaurant(first, true, "pie", 4_000, 10).await;
     env.restaurant(&other, true, "pie", 4_000, 10).await;
-    let customer = |same: bool| {
+    let customer = |partition: u16| {
         (0..1000)
-            .map(|i| format!("c-{same}-{i}"))
-            .find(|c| (keys.partition_of_customer(c) == p) == same)
+            .map(|i| format!("c-{partition}-{i}"))
+            .find(|c| keys.partition_of_customer(c) == partition)
             .unwrap()
     };
+    let guard_of = |customer: &str, key: &str| {
+        let guard = keys.idempotency_guard(customer, key);
+        let redis = env.engine.redis().clone();
+        async move {
+            let value: Option<String> = redis.get(&guard).await.unwrap();
+            let ttl: i64 = redis.pttl(&guard).await.unwrap();
+            (value, ttl)
+        }
+    };
+    let rounds = [customer(p), customer(keys.partition_of_restaurant(&other))];
 
-    for (round, c1) in [customer(true), customer(false)].into_iter().enumerate() {
+    for (round, c1) in rounds.into_iter().enumerate() {
         let request = env.request(&c1, first, &[("pie", 1)], 4_000, "same-key");
         let a = env.engine.place_order(&request).await.unwrap();
+        // A guard gone before the key's answer is put back by a repeat.
+        let _: i64 = env
+            .engine
+            .redis()
+            .del(keys.idempotency_guard(&c1, "same-key"))
+            .await
+            .unwrap();
         let b = env.engine.place_order(&request).await.unwrap();
         assert_eq!(a.order_id, b.order_id);
+        let (held, ttl) = guard_of(&c1, "same-key").await;
+        assert_eq!(held, Some(request.fingerprint()));
+        assert!(ttl > 0, "the guard never expires: {ttl}");
         assert!(!a.duplicate && b.duplicate);
         assert_eq!(
             env.engine.menu(first).await.unwrap().unwrap().items[0].stock,
@@ -409,6 +431,9 @@ async fn idempotency_keys_return_the_first_answer_and_refuse_reuse(env: TestEnv)
             env.engine.place_order(&elsewhere).await,
             Err(PlaceError::IdempotencyConflict { .. })
         ));
+        // Refused requests leave the first request's guard as it was.
+        let (held, _) = guard_of(&c1, "same-key").await;
+        assert_eq!(held, Some(request.fingerprint()));
         // Another customer may use the same key.
         let c2 = env.request(&format!("{c1}-2"), first, &[("pie", 1)], 4_000, "same-key");
         assert!(!env.engine.place_order(&c2).await.unwrap().duplicate);
@@ -432,7 +457,8 @@ async fn idempotency_keys_return_the_first_answer_and_refuse_reuse(env: TestEnv)
         assert_eq!(left, 0, "a refused placement left its guard");
         let fixed = env.request(&c1, first, &[("pie", 1)], 4_000, "k3");
         assert!(!env.engine.place_order(&fixed).await.unwrap().duplicate);
-        let ttl: i64 = env.engine.redis().pttl(&guard).await.unwrap();
+        let (held, ttl) = guard_of(&c1, "k3").await;
+        assert_eq!(held, Some(fixed.fingerprint()));
         assert!(ttl > 0, "the guard never expires: {ttl}");
     }
     assert_eq!(env.orders().await.len(), 6);
