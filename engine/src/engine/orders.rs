@@ -42,12 +42,13 @@ impl Engine {
     ///
     /// The key's first answer lives in the restaurant's partition (same slot
     /// as the order, so the script sees it). A fingerprint guard in the
-    /// customer's partition (`SET NX GET`) catches the same key reused for a
-    /// restaurant of another partition; a refused placement removes the guard
-    /// it created, so a refusal changes nothing. Where the guard shares the
-    /// script's slot (always on a standalone Redis; on a Cluster when the
-    /// customer's partition is the restaurant's), the script checks and sets
-    /// it itself: the placement is one round trip. Elsewhere it is set first.
+    /// customer's partition catches the same key reused for a restaurant of
+    /// another partition; a refusal leaves no guard of its own, so it changes
+    /// nothing. Where the guard may share the script's call (always on a
+    /// standalone Redis; on a Cluster when the customer's partition is the
+    /// restaurant's), the script reads it with the key's answer and writes it
+    /// with the order: one round trip. Elsewhere it is set first (`SET NX
+    /// GET`) and removed again if the script refuses.
     pub async fn place_order(&self, request: &PlaceOrder) -> Result<Placed, PlaceError> {
         let keys = self.keys();
         let fingerprint = request.fingerprint();
@@ -55,7 +56,7 @@ impl Engine {
         let guard_key = keys.idempotency_guard(&request.customer, &request.idempotency_key);
         if !self.redis().is_clustered() || keys.partition_of_customer(&request.customer) == p {
             return self
-                .run_place_order(request, &fingerprint, Some(guard_key))
+                .run_place_order(request, p, &fingerprint, Some(guard_key))
                 .await;
         }
         let previous: Option<String> = self
@@ -75,22 +76,23 @@ impl Engine {
                 order: "another request".into(),
             });
         }
-        let result = self.run_place_order(request, &fingerprint, None).await;
+        let result = self.run_place_order(request, p, &fingerprint, None).await;
         if result.is_err() && previous.is_none() {
             let _: Result<i64, _> = self.redis().del(&guard_key).await;
         }
         result
     }
 
-    /// `guard`: the guard key when the script checks and sets it itself.
+    /// Runs `place_order` in the restaurant's partition `p`; `guard`: the
+    /// guard key when the script keeps it itself.
     async fn run_place_order(
         &self,
         request: &PlaceOrder,
+        p: u16,
         fingerprint: &str,
         guard: Option<String>,
     ) -> Result<Placed, PlaceError> {
         let keys = self.keys();
-        let p = keys.partition_of_restaurant(&request.restaurant);
         let order_id = crate::ids::new_order_id(p);
         let rid = request.restaurant.as_str();
         let guarded = guard.is_some();
