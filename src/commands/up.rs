@@ -34,9 +34,10 @@ pub struct UpArgs {
     /// API listen address; default 127.0.0.1:8080, or a free port if taken.
     #[arg(long, env = "LUNCHRUSH_LISTEN")]
     pub listen: Option<SocketAddr>,
-    /// Redis AOF fsync policy: always (no acknowledged write lost), everysec
-    /// (a Redis crash may lose ~1 s), no.
-    #[arg(long, env = "LUNCHRUSH_APPENDFSYNC", default_value = "everysec", value_parser = AppendFsync::parse)]
+    /// Redis AOF fsync policy: always (the default: Redis fsyncs before it
+    /// replies, nothing acknowledged is lost), everysec (a crash may lose up
+    /// to ~2 s of acknowledged writes), no.
+    #[arg(long, env = "LUNCHRUSH_APPENDFSYNC", default_value = "always", value_parser = AppendFsync::parse)]
     pub appendfsync: AppendFsync,
     /// Start a Redis Cluster with this many masters instead of one server.
     #[arg(long, env = "LUNCHRUSH_CLUSTER_MASTERS")]

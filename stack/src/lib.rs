@@ -104,7 +104,7 @@ impl StackOptions {
         Self {
             home: home.into(),
             redis: RedisMode::Standalone,
-            appendfsync: AppendFsync::Everysec,
+            appendfsync: AppendFsync::Always,
             redis_port: None,
             postgres_port: None,
             durable: true,
@@ -207,6 +207,7 @@ impl LocalStack {
         let options = StackOptions {
             home: dir.path().to_path_buf(),
             redis,
+            // Disposable, like its PostgreSQL (fsync off): no fsync waits.
             appendfsync: AppendFsync::Everysec,
             redis_port: None,
             postgres_port: None,

@@ -240,6 +240,15 @@ fn template(run_as: Option<RunAs>) -> Result<PathBuf, StackError> {
     if template.join("PG_VERSION").is_file() {
         return Ok(template);
     }
+    // One build per process: the tests of one binary start stacks on
+    // several threads at once, and they would share `building`.
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = BUILD
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if template.join("PG_VERSION").is_file() {
+        return Ok(template);
+    }
     let building = root.join(format!(
         "lunchrush-initdb-{version}-{uid}.{}",
         std::process::id()

@@ -26,10 +26,13 @@ const START_ATTEMPTS_MAX: usize = 3;
 /// Redis's AOF fsync policy: what a crash of Redis (not of lunchrush) may lose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AppendFsync {
-    /// fsync after every write: nothing acknowledged is lost; slowest.
-    Always,
-    /// fsync once a second: a Redis crash may lose about the last second.
+    /// fsync before replying (one fsync per event-loop round, shared by every
+    /// write of that round): nothing acknowledged is lost. The default.
     #[default]
+    Always,
+    /// fsync once a second in the background: a crash may lose up to ~2 s
+    /// of acknowledged writes (a machine crash, or a Redis crash while the
+    /// disk is busy).
     Everysec,
     /// leave it to the OS: a machine crash may lose ~30 s.
     No,

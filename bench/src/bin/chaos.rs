@@ -84,8 +84,8 @@ struct Args {
     /// Concurrent HTTP clients of the load.
     #[arg(long, default_value_t = 16)]
     clients: usize,
-    /// Redis fsync policy: `everysec` or `always`.
-    #[arg(long, default_value = "everysec", value_parser = AppendFsync::parse)]
+    /// Redis fsync policy: `always` (as `lunchrush up`) or `everysec`.
+    #[arg(long, default_value = "always", value_parser = AppendFsync::parse)]
     appendfsync: AppendFsync,
     /// The `lunchrush` binary (default: next to this one).
     #[arg(long)]
