@@ -38,6 +38,11 @@
     approving automatically) takes its approval in the same step (decision
     'approved', RestaurantApproved with automatic = true): the caller, who
     holds the order's payment, captures next without another hop.
+  A sale: 'authorized' then 'captured' (one provider call) of a PENDING
+    order that approves automatically is one transition, PENDING -> APPROVED
+    and NONE -> CAPTURED, told by two events instead of four:
+    PaymentCaptured with sale = true (it stands for the authorization too)
+    and OrderApproved with automatic = true (for RestaurantApproved).
   Timers: PENDING -> PAID cancels payment_window and, unless approved
     automatically, sets approval_timeout; a rejection cancels every timer of
     the order.
@@ -118,10 +123,25 @@ local function record(outcome, now)
   return 'ok'
 end
 
+-- A sale of an order its restaurant approves automatically (see the header).
+local function record_sale(now)
+  o.status, o.pay, o.decision = 'APPROVED', 'CAPTURED', 'approved'
+  if psp_ref ~= '' then o.psp = psp_ref end
+  save(inflight, o, {'pay', 'psp', 'status', 'decision'}, now)
+  timer_clear(timers, 'payment_window', o.id)
+  emit(pay_stream, o, 'PaymentCaptured', {ref = o.psp, amount = tonumber(o.total), sale = true}, now)
+  emit(order_stream, o, 'OrderApproved', {automatic = true}, now)
+end
+
+local now = now_ms()
+if outcome == 'authorized' and more == 'captured' and o.pay == 'NONE'
+    and o.status == 'PENDING' and approves_automatically() then
+  record_sale(now)
+  return reply('ok', o)
+end
 local outcomes = {outcome}
 for further in string.gmatch(more, '[^,]+') do outcomes[#outcomes + 1] = further end
 assert(#outcomes <= 3, 'at most three outcomes in one step')
-local now = now_ms()
 local code = 'noop'
 for _, one in ipairs(outcomes) do
   local done = record(one, now)

@@ -540,7 +540,7 @@ async fn operations_endpoints_answer() {
     let metrics = loop {
         let metrics = get("/metrics").await.text().await.unwrap();
         if metrics
-            .contains("lunchrush_stream_pending_entries{group=\"payment\",topic=\"restaurant\"}")
+            .contains("lunchrush_stream_pending_entries{group=\"payment\",topic=\"orders\"}")
             || std::time::Instant::now() > deadline
         {
             break metrics;
@@ -550,7 +550,7 @@ async fn operations_endpoints_answer() {
     for name in [
         "lunchrush_placement_seconds_bucket",
         "lunchrush_stream_lag_entries{group=\"payment\",topic=\"orders\"}",
-        "lunchrush_stream_pending_entries{group=\"payment\",topic=\"restaurant\"}",
+        "lunchrush_stream_pending_entries{group=\"payment\",topic=\"orders\"}",
         "lunchrush_hot_restaurant_placements{restaurant=\"ops\"}",
         "lunchrush_http_requests_total{route=\"/v1/orders\",method=\"POST\",status=\"202\"}",
     ] {

@@ -107,10 +107,22 @@ impl OrderRow {
                 }
             }
             Payload::PaymentDeclined(_) => self.payment_status = "DECLINED".into(),
-            Payload::PaymentCaptured(_) => self.payment_status = "CAPTURED".into(),
+            Payload::PaymentCaptured(fact) => {
+                self.payment_status = "CAPTURED".into();
+                // A sale stands for its authorization too.
+                if fact.sale && self.status == "PENDING" {
+                    self.status = "PAID".into();
+                }
+            }
             Payload::PaymentVoided(_) => self.payment_status = "VOIDED".into(),
             Payload::PaymentRefunded(_) => self.payment_status = "REFUNDED".into(),
-            Payload::OrderApproved => self.status = "APPROVED".into(),
+            Payload::OrderApproved(approval) => {
+                self.status = "APPROVED".into();
+                // A sale's approval stands for its `RestaurantApproved`.
+                if approval.automatic {
+                    self.decision = Some("approved".into());
+                }
+            }
             Payload::OrderRejected(rejected) => {
                 self.status = "REJECTED".into();
                 self.reason = Some(rejected.reason.clone());
@@ -197,6 +209,69 @@ mod tests {
         assert_eq!(
             (whole.status.as_str(), whole.payment_status.as_str()),
             ("APPROVED", "CAPTURED")
+        );
+    }
+
+    /// A sale's two events (`PaymentCaptured` sale, `OrderApproved`
+    /// automatic) fold to the row its four would: approved, captured,
+    /// decided, with the provider's reference; only the counts differ.
+    #[test]
+    fn a_sale_folds_like_its_four_events() {
+        let id = Uuid::now_v7();
+        let placed = event(
+            id,
+            1,
+            "OrderPlaced",
+            serde_json::json!({"c": "c", "r": "r", "t": 10, "l": [["x", 1, 10]], "a": true}),
+        );
+        let four = [
+            placed.clone(),
+            event(
+                id,
+                2,
+                "PaymentAuthorized",
+                serde_json::json!({"ref": "x", "amount": 10}),
+            ),
+            event(
+                id,
+                3,
+                "RestaurantApproved",
+                serde_json::json!({"automatic": true}),
+            ),
+            event(
+                id,
+                4,
+                "PaymentCaptured",
+                serde_json::json!({"ref": "x", "amount": 10}),
+            ),
+            event(id, 5, "OrderApproved", serde_json::json!({})),
+        ];
+        let mut captured = event(
+            id,
+            2,
+            "PaymentCaptured",
+            serde_json::json!({"ref": "x", "amount": 10, "sale": true}),
+        );
+        captured.at = four[4].at;
+        let mut approved = event(
+            id,
+            3,
+            "OrderApproved",
+            serde_json::json!({"automatic": true}),
+        );
+        approved.at = four[4].at;
+        let sale = fold(&[placed, captured, approved]).unwrap();
+        assert!(sale.is_complete());
+        let mut expected = fold(&four).unwrap();
+        (expected.last_seq, expected.events) = (3, 3);
+        assert_eq!(sale, expected);
+        assert_eq!(
+            (
+                sale.status.as_str(),
+                sale.decision.as_deref(),
+                sale.provider_ref.as_deref()
+            ),
+            ("APPROVED", Some("approved"), Some("x"))
         );
     }
 }

@@ -406,6 +406,7 @@ mod tests {
             amount: 10,
             failed: None,
             corrected: false,
+            sale: false,
         };
         vec![
             event(
@@ -422,7 +423,7 @@ mod tests {
             event(id, 2, Payload::PaymentAuthorized(fact.clone())),
             event(id, 3, Payload::RestaurantApproved(Default::default())),
             event(id, 4, Payload::PaymentCaptured(fact)),
-            event(id, 5, Payload::OrderApproved),
+            event(id, 5, Payload::OrderApproved(Default::default())),
             event(id, 6, Payload::OrderDispatched(Advanced { by: "r".into() })),
         ]
     }

@@ -199,14 +199,21 @@ pub struct PaymentFact {
     /// Reconciliation's correction of a capture the provider does not hold.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub corrected: bool,
+    /// A `PaymentCaptured` of a sale (authorized and captured in one
+    /// provider call, recorded in one step): it stands for the
+    /// `PaymentAuthorized` that is not written.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sale: bool,
 }
 
-/// `RestaurantApproved`.
+/// `RestaurantApproved`, `OrderApproved`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Approval {
-    /// Taken by `record_payment` with the authorization (the restaurant
-    /// approves automatically and was open): the hop that recorded it goes
-    /// on to the capture itself.
+    /// The restaurant's approval was taken by `record_payment` with the
+    /// authorization (it approves automatically). A `RestaurantApproved`
+    /// with it: the hop that recorded it goes on to the capture itself. An
+    /// `OrderApproved` with it: a sale, recorded in one step, whose
+    /// `RestaurantApproved` is not written (this event stands for it).
     #[serde(default)]
     pub automatic: bool,
 }
@@ -287,7 +294,7 @@ pub struct Fired {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Payload {
     OrderPlaced(Placed),
-    OrderApproved,
+    OrderApproved(Approval),
     OrderRejected(Rejected),
     OrderDispatched(Advanced),
     OrderConfirmed(Advanced),
@@ -327,10 +334,7 @@ impl Payload {
         use EventKind as K;
         Ok(match kind {
             K::OrderPlaced => Payload::OrderPlaced(Deserialize::deserialize(data)?),
-            K::OrderApproved => {
-                serde::de::IgnoredAny::deserialize(data)?;
-                Payload::OrderApproved
-            }
+            K::OrderApproved => Payload::OrderApproved(Deserialize::deserialize(data)?),
             K::OrderRejected => Payload::OrderRejected(Deserialize::deserialize(data)?),
             K::OrderDispatched => Payload::OrderDispatched(Deserialize::deserialize(data)?),
             K::OrderConfirmed => Payload::OrderConfirmed(Deserialize::deserialize(data)?),

@@ -787,9 +787,10 @@ async fn event_of(env: &TestEnv, order: &Order, kind: EventKind) -> Event {
 }
 
 /// An order placed while its restaurant approves automatically takes its
-/// approval with the authorization (`RestaurantApproved` automatic) and is
-/// captured in the same provider call (a sale), also when the restaurant
-/// closed after the order was placed; an order of a restaurant that answers
+/// approval with the authorization and is captured in the same provider call
+/// (a sale), also when the restaurant closed after the order was placed: one
+/// transition told by two events (`PaymentCaptured` sale, `OrderApproved`
+/// automatic) after `OrderPlaced`; an order of a restaurant that answers
 /// by hand waits, PAID and undecided, with its approval timeout set. The
 /// group earlier versions kept on `payments` is dropped when the payment
 /// worker starts.
@@ -833,9 +834,30 @@ async fn automatic_approval_rides_with_the_authorization() {
             (order.status, order.decision.as_str()),
             (OrderStatus::Approved, "approved")
         );
-        let approved = event_of(&env, &order, EventKind::RestaurantApproved).await;
+        let mut kinds = Vec::new();
+        for (stream, entry) in &order.events {
+            let fields = engine::streams::entry(env.engine.redis(), stream, entry)
+                .await
+                .unwrap()
+                .unwrap_or_else(|| panic!("{stream} {entry} is gone"));
+            kinds.push(Event::parse(stream, entry, fields).unwrap().kind);
+        }
+        assert_eq!(
+            kinds,
+            [
+                EventKind::OrderPlaced,
+                EventKind::PaymentCaptured,
+                EventKind::OrderApproved
+            ]
+        );
+        let captured = event_of(&env, &order, EventKind::PaymentCaptured).await;
         assert!(
-            matches!(approved.payload(), Ok(Payload::RestaurantApproved(a)) if a.automatic),
+            matches!(captured.payload(), Ok(Payload::PaymentCaptured(p)) if p.sale && p.amount == order.total),
+            "{captured:?}"
+        );
+        let approved = event_of(&env, &order, EventKind::OrderApproved).await;
+        assert!(
+            matches!(approved.payload(), Ok(Payload::OrderApproved(a)) if a.automatic),
             "{approved:?}"
         );
         let payment = env.sim.payment(&id.to_string()).expect("at the provider");

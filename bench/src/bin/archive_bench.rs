@@ -23,7 +23,7 @@ use tokio_postgres::types::ToSql;
 
 #[derive(Debug, Parser)]
 struct Args {
-    /// Orders; each gets six events (placed, authorized, approved, captured, approved, dispatched).
+    /// Orders; each gets a sale's events and its dispatch (placed, captured, approved, dispatched).
     #[arg(long, default_value_t = 40_000)]
     orders: usize,
     #[arg(long, default_value_t = 16)]
@@ -33,10 +33,9 @@ struct Args {
     batch: u64,
 }
 
-const KINDS: [EventKind; 6] = [
+/// A sale's events, then its dispatch.
+const KINDS: [EventKind; 4] = [
     EventKind::OrderPlaced,
-    EventKind::PaymentAuthorized,
-    EventKind::RestaurantApproved,
     EventKind::PaymentCaptured,
     EventKind::OrderApproved,
     EventKind::OrderDispatched,
@@ -75,13 +74,16 @@ async fn main() -> anyhow::Result<()> {
             let saga = engine::ids::new_saga_id().to_string();
             for (seq, kind) in KINDS.iter().enumerate() {
                 let topic = kind.topic();
-                let data = if seq == 0 {
-                    format!(
-                        r#"{{"c":"c{i}","r":"r{}","t":12000,"l":[["dish",1,12000]]}}"#,
+                let data = match kind {
+                    EventKind::OrderPlaced => format!(
+                        r#"{{"c":"c{i}","r":"r{}","t":12000,"l":[["dish",1,12000]],"a":true}}"#,
                         i % 64
-                    )
-                } else {
-                    r#"{"ref":"psp_1","amount":12000}"#.to_string()
+                    ),
+                    EventKind::PaymentCaptured => {
+                        r#"{"ref":"psp_1","amount":12000,"sale":true}"#.to_string()
+                    }
+                    EventKind::OrderApproved => r#"{"automatic":true}"#.to_string(),
+                    _ => r#"{"by":"restaurant"}"#.to_string(),
                 };
                 let _: String = engine
                     .redis()

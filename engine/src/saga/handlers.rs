@@ -296,7 +296,8 @@ pub async fn handle_event(
         }
         // Approved with the authorization, in the online lane: the hop that
         // recorded it captures next (its own entry stays pending until
-        // then, and a redelivery of that entry finishes the job).
+        // then, and a redelivery of that entry finishes the job). A sale
+        // writes no such event; a step recorded apart from its capture does.
         EventKind::RestaurantApproved
             if lane == Lane::Online
                 && matches!(event.payload(), Ok(Payload::RestaurantApproved(a)) if a.automatic) =>
