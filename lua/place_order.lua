@@ -78,10 +78,13 @@ assert(rcall('EXISTS', order_key) == 0, 'order ids are unique')
 local missing, unavailable, short, over = {}, {}, {}, {}
 local total = 0
 local lines = {}
+local on_hand, seen = {}, {}
 for i = 1, n do
   local item, qty = ARGV[LINE_ARGS + 2 * (i - 1)], tonumber(ARGV[LINE_ARGS + 2 * i - 1])
   local item_key, pc_key = KEYS[LINE_KEYS + 2 * (i - 1)], KEYS[LINE_KEYS + 2 * i - 1]
-  local f = rcall('HMGET', item_key, 'price', 'stock', 'available', 'max_pc')
+  assert(not seen[item_key], 'an item appears on one line only')
+  seen[item_key] = true
+  local f = rcall('HMGET', item_key, 'price', 'stock', 'available', 'max_pc', 'sv')
   if not f[1] then
     missing[#missing + 1] = item
   elseif f[3] ~= '1' then
@@ -97,6 +100,7 @@ for i = 1, n do
     end
     total = total + price * qty
     lines[i] = {item, qty, price, counted}
+    on_hand[i] = {stock, tonumber(f[5] or '0')}
   end
 end
 if #missing > 0 then return {'err', 'item_not_found', table.concat(missing, ',')} end
@@ -105,12 +109,14 @@ if #short > 0 then return {'err', 'out_of_stock', table.concat(short, ',')} end
 if #over > 0 then return {'err', 'limit_exceeded', table.concat(over, ',')} end
 if total ~= expected_total then return {'err', 'price_changed', tostring(total)} end
 
--- Every check passed: reserve all lines (no early exit from here on).
+-- Every check passed: reserve all lines (no early exit from here on). The
+-- stock and its version as read above, in one write (an item is on one line
+-- only: asserted above, and the engine refuses a request that repeats one).
 for i = 1, n do
   local line = lines[i]
   local item_key, pc_key = KEYS[LINE_KEYS + 2 * (i - 1)], KEYS[LINE_KEYS + 2 * i - 1]
-  rcall('HINCRBY', item_key, 'stock', -line[2])
-  rcall('HINCRBY', item_key, 'sv', 1)
+  local stock, sv = on_hand[i][1], on_hand[i][2]
+  rcall('HSET', item_key, 'stock', stock - line[2], 'sv', sv + 1)
   if line[4] == 1 then rcall('HINCRBY', pc_key, customer, line[2]) end
 end
 local now = now_ms()

@@ -539,8 +539,7 @@ async fn operations_endpoints_answer() {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let metrics = loop {
         let metrics = get("/metrics").await.text().await.unwrap();
-        if metrics
-            .contains("lunchrush_stream_pending_entries{group=\"payment\",topic=\"orders\"}")
+        if metrics.contains("lunchrush_stream_pending_entries{group=\"payment\",topic=\"orders\"}")
             || std::time::Instant::now() > deadline
         {
             break metrics;

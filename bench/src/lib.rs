@@ -28,14 +28,27 @@ pub fn machine() -> String {
 
 /// User + system CPU seconds process `pid` has used so far (0 when it is gone).
 pub fn cpu_seconds(pid: u32) -> f64 {
+    stat_seconds(pid, &[11, 12])
+}
+
+/// [`cpu_seconds`] plus the CPU of its children that exited and were
+/// waited for (`cutime`, `cstime`): a server that forks a process per
+/// connection (PostgreSQL) keeps the CPU of the ones gone.
+pub fn cpu_seconds_with_exited_children(pid: u32) -> f64 {
+    stat_seconds(pid, &[11, 12, 13, 14])
+}
+
+/// The sum of `/proc/<pid>/stat` clock-tick fields, counted after ") ".
+fn stat_seconds(pid: u32, after_name: &[usize]) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may hold spaces) start at ") ".
     let fields: Vec<&str> = stat
         .rsplit_once(") ")
         .map(|(_, rest)| rest.split_whitespace().collect())
         .unwrap_or_default();
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after ") ".
-    let ticks: u64 = [11, 12]
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after ") "
+    // (indexes 11 and 12); cutime and cstime follow.
+    let ticks: u64 = after_name
         .iter()
         .filter_map(|&i| fields.get(i).and_then(|v| v.parse::<u64>().ok()))
         .sum();

@@ -65,7 +65,16 @@ struct Watched {
 }
 
 impl Watched {
+    /// CPU seconds so far. PostgreSQL's backends and autovacuum workers
+    /// come and go: every `postgres` process now, and the ones gone, which
+    /// the postmaster waited for (its children's time).
     fn cpu(&self) -> f64 {
+        if self.name == "postgres" {
+            return postgres_pids()
+                .into_iter()
+                .map(bench::cpu_seconds_with_exited_children)
+                .sum();
+        }
         self.pids.iter().map(|&p| bench::cpu_seconds(p)).sum()
     }
 }
@@ -443,10 +452,6 @@ async fn main() -> anyhow::Result<()> {
     let mut steps = Vec::new();
     let mut first = 0;
     for &rate in &args.rates {
-        // PostgreSQL's backends come and go: look them up per step.
-        if let Some(pg) = watched.iter_mut().find(|w| w.name == "postgres") {
-            pg.pids = postgres_pids();
-        }
         let step = run_step(
             &load, &redis, &engine, &pool, &watched, rate, args.step, &mut first,
         )
