@@ -5,7 +5,8 @@
   Keys:
     restaurant_key   restaurant hash {pN}:r:<rid>
     order_key        order hash {pN}:o:<order_id> (must not exist)
-    idem_key         idempotency record {pN}:idem:<customer>:<key>
+    idem_key         idempotency record {pN}:idem:<customer>:<key> (when
+                     not `guarded`: the guard then holds the record)
     stream           orders stream {pN}:orders
     inflight         in-flight index (zset) {pN}:inflight
     timers           timer wheel (zset) {pN}:wheel
@@ -22,9 +23,10 @@
     expected_total: int   won
     idem_ttl: ms          idempotency record time-to-live (at least 24 h)
     payment_window: ms    the order is rejected if still PENDING then
-    guarded: flag         check the guard here and set it with the order,
-                          so the placement is one round trip (a refusal
-                          writes nothing, the guard included)
+    guarded: flag         the guard is in this script's slot: it holds
+                          the key's first answer itself (one key per
+                          placement, one round trip; a refusal writes
+                          nothing, the guard included)
     per line: item str, qty int
   Reply: Placement
   Output:
@@ -47,11 +49,18 @@ local n = (#ARGV - LINE_ARGS + 1) / 2
 assert(n >= 1 and n == math.floor(n), 'lines come in item/qty pairs')
 assert(#KEYS == LINE_KEYS - 1 + 2 * n, 'two keys per line')
 
--- The customer's guard (when guarded) and the key's first answer, in one read.
+-- The key's first answer: in the guard when guarded (a JSON record), else
+-- in the idempotency record. A guard holding a bare fingerprint was set by
+-- the engine for a placement in another partition (or by an older layout,
+-- whose answer is in the idempotency record).
 local held, previous
 if guarded == '1' then
-  local both = rcall('MGET', guard_key, idem_key)
-  held, previous = both[1], both[2]
+  held = rcall('GET', guard_key)
+  if held and string.sub(held, 1, 1) == '{' then
+    previous, held = held, nil
+  elseif held == fingerprint then
+    previous = rcall('GET', idem_key)
+  end
 else
   previous = rcall('GET', idem_key)
 end
@@ -62,10 +71,6 @@ if previous then
   local p = cjson.decode(previous)
   if p.fp ~= fingerprint then
     return {'err', 'idempotency_conflict', p.order}
-  end
-  -- A repeat puts back a guard gone before the answer (as SET NX did).
-  if guarded == '1' and not held then
-    rcall('SET', guard_key, fingerprint, 'PX', idem_ttl)
   end
   return {'dup', p.order, tostring(p.total), 'PENDING'}
 end
@@ -131,10 +136,9 @@ for _, f in ipairs({'id', 'saga', 'cust', 'rid', 'status', 'reason', 'pay', 'tot
 end
 save(inflight, o, {}, now)
 timer_set(timers, 'payment_window', order_id, now + payment_window)
-rcall('SET', idem_key, cjson.encode({fp = fingerprint, order = order_id, total = total}),
-  'PX', idem_ttl)
--- The guard lives at least as long as the answer.
-if guarded == '1' then rcall('SET', guard_key, fingerprint, 'PX', idem_ttl) end
+-- The key's first answer, where the next request with the key looks.
+rcall('SET', guarded == '1' and guard_key or idem_key,
+  cjson.encode({fp = fingerprint, order = order_id, total = total}), 'PX', idem_ttl)
 local placed = {}
 for i = 1, n do placed[i] = {lines[i][1], lines[i][2], lines[i][3]} end
 emit(stream, o, 'OrderPlaced', {c = customer, r = rid, t = total, l = placed, a = auto}, now)

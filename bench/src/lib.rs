@@ -92,6 +92,55 @@ where
     results.into_iter().collect()
 }
 
+/// A client per Redis server that takes writes: each primary of a Cluster
+/// (`INFO` on a clustered client answers for one node only), else `redis`
+/// itself.
+pub async fn primary_clients(
+    redis: &fred::prelude::Client,
+) -> anyhow::Result<Vec<fred::prelude::Client>> {
+    use fred::prelude::{ClientLike, ClusterInterface, Config, ServerConfig};
+    let Some(routing) = redis.cached_cluster_state() else {
+        return Ok(vec![redis.clone()]);
+    };
+    let mut clients = Vec::new();
+    for node in routing.unique_primary_nodes() {
+        let config = Config {
+            server: ServerConfig::new_centralized(node.host.to_string(), node.port),
+            ..Config::default()
+        };
+        let client = fred::prelude::Client::new(config, None, None, None);
+        client.init().await?;
+        clients.push(client);
+    }
+    Ok(clients)
+}
+
+/// [`redis_info_number`] summed over `nodes`.
+pub async fn redis_info_sum(
+    nodes: &[fred::prelude::Client],
+    section: fred::types::InfoKind,
+    field: &str,
+) -> anyhow::Result<i64> {
+    let mut sum = 0;
+    for node in nodes {
+        sum += redis_info_number(node, section.clone(), field).await?;
+    }
+    Ok(sum)
+}
+
+/// [`command_calls`] summed over `nodes`.
+pub async fn command_calls_sum(
+    nodes: &[fred::prelude::Client],
+) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
+    let mut sum = std::collections::BTreeMap::new();
+    for node in nodes {
+        for (name, calls) in command_calls(node).await? {
+            *sum.entry(name).or_insert(0) += calls;
+        }
+    }
+    Ok(sum)
+}
+
 /// One numeric field of Redis `INFO <section>` (`used_memory`,
 /// `total_commands_processed`, …); 0 when absent.
 pub async fn redis_info_number(

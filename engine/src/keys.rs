@@ -9,8 +9,8 @@
 //! <prefix>{pN}:r:<rid>:i:<item>:pc        hash: customer -> units held (max_per_customer items)
 //! <prefix>{pN}:r:<rid>:i:<item>:pcr       hash: customer -> counted units of retired orders
 //! <prefix>{pN}:o:<order>                  hash: the order (see lua/includes/common.lua)
-//! <prefix>{pN}:idem:<customer>:<key>      string: the first answer to an Idempotency-Key
-//! <prefix>{pN}:idemg:<customer>:<key>     string: fingerprint guard in the customer's partition
+//! <prefix>{pN}:idem:<customer>:<key>      string: the first answer to an Idempotency-Key (where the guard cannot hold it)
+//! <prefix>{pN}:idemg:<customer>:<key>     string: guard in the customer's partition (the first answer, or the fingerprint)
 //! <prefix>{pN}:inflight                   zset: unsettled orders by last change (ms)
 //! <prefix>{pN}:resting                    zset: archived orders at a final pair, by rest time (ms)
 //! <prefix>{pN}:wheel                      zset: delayed tasks '<kind>|<order>' by due time (ms)

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::TestEnv;
-use engine::domain::{Order, OrderStatus, PaymentStatus};
+use engine::domain::{Order, OrderStatus, PaymentStatus, PlaceOrder};
 use engine::engine::PlaceError;
 use engine::events::{Event, EventKind, Payload};
 use engine::keys::{Lane, Topic};
@@ -368,10 +368,12 @@ on_both_deployments!(
 /// and reserves nothing more; with another request it is refused, even for
 /// a restaurant in another partition; a refused placement leaves no trace.
 /// The customer's guard is kept by the script where it may share the call
-/// (always on a standalone Redis), by a command before it elsewhere. On a
-/// Cluster the first round's customer shares `first`'s partition (the script
-/// keeps the guard; the command refuses the key for `other`), the second's
-/// shares `other`'s (the command keeps it; the script refuses).
+/// (always on a standalone Redis), and then it is the key's first answer
+/// (one key per placement); by a command before it elsewhere, a bare
+/// fingerprint beside the answer. On a Cluster the first round's customer
+/// shares `first`'s partition (the script keeps the guard; the command
+/// refuses the key for `other`), the second's shares `other`'s (the command
+/// keeps it; the script refuses).
 async fn idempotency_keys_return_the_first_answer_and_refuse_reuse(env: TestEnv) {
     let keys = env.engine.keys().clone();
     // Two restaurants in different partitions.
@@ -401,19 +403,42 @@ async fn idempotency_keys_return_the_first_answer_and_refuse_reuse(env: TestEnv)
     let rounds = [customer(p), customer(keys.partition_of_restaurant(&other))];
 
     for (round, c1) in rounds.into_iter().enumerate() {
+        let kept_by_script =
+            !env.engine.redis().is_clustered() || keys.partition_of_customer(&c1) == p;
+        // What the guard holds for `request`: its first answer when the
+        // script keeps it, else its bare fingerprint.
+        let guards = |held: Option<String>, request: &PlaceOrder, order: Option<uuid::Uuid>| {
+            let held = held.expect("a placed order's key has its guard");
+            if kept_by_script {
+                let record: serde_json::Value = serde_json::from_str(&held).unwrap();
+                assert_eq!(record["fp"], request.fingerprint().as_str());
+                if let Some(order) = order {
+                    assert_eq!(record["order"], order.to_string().as_str());
+                }
+            } else {
+                assert_eq!(held, request.fingerprint());
+            }
+        };
         let request = env.request(&c1, first, &[("pie", 1)], 4_000, "same-key");
         let a = env.engine.place_order(&request).await.unwrap();
-        // A guard gone before the key's answer is put back by a repeat.
-        let _: i64 = env
-            .engine
-            .redis()
-            .del(keys.idempotency_guard(&c1, "same-key"))
-            .await
-            .unwrap();
+        let answer = keys.idempotency(p, &c1, "same-key");
+        let separate: i64 = env.engine.redis().exists(&answer).await.unwrap();
+        assert_eq!(separate == 1, !kept_by_script, "one key per placement");
+        if !kept_by_script {
+            // A guard gone before the key's answer is put back by a repeat.
+            let _: i64 = env
+                .engine
+                .redis()
+                .del(keys.idempotency_guard(&c1, "same-key"))
+                .await
+                .unwrap();
+        }
         let b = env.engine.place_order(&request).await.unwrap();
         assert_eq!(a.order_id, b.order_id);
+        let replayed = env.engine.replay(&request).await.unwrap().unwrap();
+        assert_eq!(replayed.order_id, a.order_id);
         let (held, ttl) = guard_of(&c1, "same-key").await;
-        assert_eq!(held, Some(request.fingerprint()));
+        guards(held, &request, Some(a.order_id));
         assert!(ttl > 0, "the guard never expires: {ttl}");
         assert!(!a.duplicate && b.duplicate);
         assert_eq!(
@@ -433,7 +458,7 @@ async fn idempotency_keys_return_the_first_answer_and_refuse_reuse(env: TestEnv)
         ));
         // Refused requests leave the first request's guard as it was.
         let (held, _) = guard_of(&c1, "same-key").await;
-        assert_eq!(held, Some(request.fingerprint()));
+        guards(held, &request, Some(a.order_id));
         // Another customer may use the same key.
         let c2 = env.request(&format!("{c1}-2"), first, &[("pie", 1)], 4_000, "same-key");
         assert!(!env.engine.place_order(&c2).await.unwrap().duplicate);
@@ -458,7 +483,7 @@ async fn idempotency_keys_return_the_first_answer_and_refuse_reuse(env: TestEnv)
         let fixed = env.request(&c1, first, &[("pie", 1)], 4_000, "k3");
         assert!(!env.engine.place_order(&fixed).await.unwrap().duplicate);
         let (held, ttl) = guard_of(&c1, "k3").await;
-        assert_eq!(held, Some(fixed.fingerprint()));
+        guards(held, &fixed, None);
         assert!(ttl > 0, "the guard never expires: {ttl}");
     }
     assert_eq!(env.orders().await.len(), 6);

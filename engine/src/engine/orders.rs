@@ -10,29 +10,25 @@ impl Engine {
     /// answering a retry while new placements are refused.
     pub async fn replay(&self, request: &PlaceOrder) -> Result<Option<Placed>, EngineError> {
         let keys = self.keys();
-        let p = keys.partition_of_restaurant(&request.restaurant);
-        let record: Option<String> = self
+        let guard: Option<String> = self
             .redis()
-            .get(keys.idempotency(p, &request.customer, &request.idempotency_key))
+            .get(keys.idempotency_guard(&request.customer, &request.idempotency_key))
             .await?;
-        let Some(record) = record else {
-            return Ok(None);
-        };
-        let record: serde_json::Value =
-            serde_json::from_str(&record).map_err(|_| EngineError::Reply {
-                script: "place_order",
-                reply: vec![record.clone()],
-            })?;
-        let order_id = record["order"].as_str().and_then(|id| id.parse().ok());
-        match (record["fp"].as_str(), order_id, record["total"].as_i64()) {
-            (Some(fp), Some(order_id), Some(total)) if fp == request.fingerprint() => {
-                Ok(Some(Placed {
-                    order_id,
-                    total,
-                    duplicate: true,
-                }))
+        // The guard holds the answer itself when the script kept it (see
+        // `place_order`), else the bare fingerprint.
+        let record = match guard {
+            Some(record) if record.starts_with('{') => Some(record),
+            Some(_) => {
+                let p = keys.partition_of_restaurant(&request.restaurant);
+                self.redis()
+                    .get(keys.idempotency(p, &request.customer, &request.idempotency_key))
+                    .await?
             }
-            _ => Ok(None),
+            None => None,
+        };
+        match record {
+            Some(record) => first_answer(&record, &request.fingerprint()),
+            None => Ok(None),
         }
     }
 
@@ -40,15 +36,15 @@ impl Engine {
     /// restaurant, every item and the total, reserves all lines or none, and
     /// emits OrderPlaced.
     ///
-    /// The key's first answer lives in the restaurant's partition (same slot
-    /// as the order, so the script sees it). A fingerprint guard in the
-    /// customer's partition catches the same key reused for a restaurant of
-    /// another partition; a refusal leaves no guard of its own, so it changes
-    /// nothing. Where the guard may share the script's call (always on a
-    /// standalone Redis; on a Cluster when the customer's partition is the
-    /// restaurant's), the script reads it with the key's answer and writes it
-    /// with the order: one round trip. Elsewhere it is set first (`SET NX
-    /// GET`) and removed again if the script refuses.
+    /// A guard in the customer's partition catches the same key reused for
+    /// a restaurant of another partition; a refusal leaves no guard of its
+    /// own, so it changes nothing. Where the guard may share the script's
+    /// call (always on a standalone Redis; on a Cluster when the customer's
+    /// partition is the restaurant's), the guard is the key's first answer
+    /// (fingerprint, order, total), read and written by the script: one key
+    /// and one round trip. Elsewhere the guard holds the bare fingerprint,
+    /// set first (`SET NX GET`) and removed again if the script refuses, and
+    /// the answer lives in the restaurant's partition (the order's slot).
     pub async fn place_order(&self, request: &PlaceOrder) -> Result<Placed, PlaceError> {
         let keys = self.keys();
         let fingerprint = request.fingerprint();
@@ -69,12 +65,19 @@ impl Engine {
                 true,
             )
             .await?;
-        if let Some(previous) = &previous
-            && previous != &fingerprint
-        {
-            return Err(PlaceError::IdempotencyConflict {
-                order: "another request".into(),
-            });
+        if let Some(previous) = &previous {
+            // The guard holds a first answer when a placement for a
+            // restaurant of the customer's own partition kept it.
+            if previous.starts_with('{')
+                && let Some(placed) = first_answer(previous, &fingerprint)?
+            {
+                return Ok(placed);
+            }
+            if previous != &fingerprint {
+                return Err(PlaceError::IdempotencyConflict {
+                    order: "another request".into(),
+                });
+            }
         }
         let result = self.run_place_order(request, p, &fingerprint, None).await;
         if result.is_err() && previous.is_none() {
@@ -285,4 +288,25 @@ fn placed(placement: Placement, rid: &str) -> Result<Placed, PlaceError> {
         PlaceRefusal::LimitExceeded(items) => PlaceError::LimitExceeded(items),
         PlaceRefusal::PriceChanged { current_total } => PlaceError::PriceChanged { current_total },
     })
+}
+
+/// The first answer a key's record holds (JSON: fingerprint, order, total),
+/// if it answered the request with `fingerprint`.
+fn first_answer(record: &str, fingerprint: &str) -> Result<Option<Placed>, EngineError> {
+    let parsed: serde_json::Value =
+        serde_json::from_str(record).map_err(|_| EngineError::Reply {
+            script: "place_order",
+            reply: vec![record.to_string()],
+        })?;
+    let order_id = parsed["order"].as_str().and_then(|id| id.parse().ok());
+    Ok(
+        match (parsed["fp"].as_str(), order_id, parsed["total"].as_i64()) {
+            (Some(fp), Some(order_id), Some(total)) if fp == fingerprint => Some(Placed {
+                order_id,
+                total,
+                duplicate: true,
+            }),
+            _ => None,
+        },
+    )
 }
