@@ -425,13 +425,16 @@ async fn idempotency_keys_return_the_first_answer_and_refuse_reuse(env: TestEnv)
         let separate: i64 = env.engine.redis().exists(&answer).await.unwrap();
         assert_eq!(separate == 1, !kept_by_script, "one key per placement");
         if !kept_by_script {
-            // A guard gone before the key's answer is put back by a repeat.
+            // A guard gone before the key's answer: the answer is still
+            // replayed, and a repeat puts the guard back.
             let _: i64 = env
                 .engine
                 .redis()
                 .del(keys.idempotency_guard(&c1, "same-key"))
                 .await
                 .unwrap();
+            let replayed = env.engine.replay(&request).await.unwrap().unwrap();
+            assert_eq!(replayed.order_id, a.order_id);
         }
         let b = env.engine.place_order(&request).await.unwrap();
         assert_eq!(a.order_id, b.order_id);

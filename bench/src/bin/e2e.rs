@@ -67,7 +67,8 @@ struct Watched {
 impl Watched {
     /// CPU seconds so far. PostgreSQL's backends and autovacuum workers
     /// come and go: every `postgres` process now, and the ones gone, which
-    /// the postmaster waited for (its children's time).
+    /// the postmaster waited for (its children's time); the pids given for
+    /// `postgres` on the command line only name it.
     fn cpu(&self) -> f64 {
         if self.name == "postgres" {
             return postgres_pids()

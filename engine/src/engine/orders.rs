@@ -15,16 +15,17 @@ impl Engine {
             .get(keys.idempotency_guard(&request.customer, &request.idempotency_key))
             .await?;
         // The guard holds the answer itself when the script kept it (see
-        // `place_order`), else the bare fingerprint.
+        // `place_order`); else the answer is in the restaurant's partition,
+        // the guard holding the bare fingerprint or already gone (it is set
+        // before the answer, so it expires first).
         let record = match guard {
             Some(record) if record.starts_with('{') => Some(record),
-            Some(_) => {
+            _ => {
                 let p = keys.partition_of_restaurant(&request.restaurant);
                 self.redis()
                     .get(keys.idempotency(p, &request.customer, &request.idempotency_key))
                     .await?
             }
-            None => None,
         };
         match record {
             Some(record) => first_answer(&record, &request.fingerprint()),
