@@ -31,7 +31,8 @@
     nothing (the ones before it stay recorded).
   Events: PaymentAuthorized, PaymentDeclined, PaymentCaptured, PaymentVoided,
     PaymentRefunded on pay_stream; OrderApproved or OrderRejected on order_stream;
-    RestaurantApproved (automatic) on rest_stream.
+    RestaurantApproved (automatic) on rest_stream. A sale: PaymentCaptured
+    (sale, approved) alone.
   Automatic approval: PENDING+authorized of an order placed while its
     restaurant approved automatically (the order's `auto`, set by
     place_order; an order without it asks the restaurant: open and
@@ -40,9 +41,9 @@
     holds the order's payment, captures next without another hop.
   A sale: 'authorized' then 'captured' (one provider call) of a PENDING
     order that approves automatically is one transition, PENDING -> APPROVED
-    and NONE -> CAPTURED, told by two events instead of four:
-    PaymentCaptured with sale = true (it stands for the authorization too)
-    and OrderApproved with automatic = true (for RestaurantApproved).
+    and NONE -> CAPTURED, told by one event instead of four: PaymentCaptured
+    with sale = true (it stands for PaymentAuthorized) and approved = true
+    (for RestaurantApproved and OrderApproved).
   Timers: PENDING -> PAID cancels payment_window and, unless approved
     automatically, sets approval_timeout; a rejection cancels every timer of
     the order.
@@ -129,8 +130,8 @@ local function record_sale(now)
   if psp_ref ~= '' then o.psp = psp_ref end
   save(inflight, o, {'pay', 'psp', 'status', 'decision'}, now)
   timer_clear(timers, 'payment_window', o.id)
-  emit(pay_stream, o, 'PaymentCaptured', {ref = o.psp, amount = tonumber(o.total), sale = true}, now)
-  emit(order_stream, o, 'OrderApproved', {automatic = true}, now)
+  emit(pay_stream, o, 'PaymentCaptured',
+    {ref = o.psp, amount = tonumber(o.total), sale = true, approved = true}, now)
 end
 
 local now = now_ms()

@@ -109,8 +109,12 @@ impl OrderRow {
             Payload::PaymentDeclined(_) => self.payment_status = "DECLINED".into(),
             Payload::PaymentCaptured(fact) => {
                 self.payment_status = "CAPTURED".into();
-                // A sale stands for its authorization too.
-                if fact.sale && self.status == "PENDING" {
+                // A sale stands for its authorization too; one that approved
+                // its order, for the approvals as well.
+                if fact.approved {
+                    self.status = "APPROVED".into();
+                    self.decision = Some("approved".into());
+                } else if fact.sale && self.status == "PENDING" {
                     self.status = "PAID".into();
                 }
             }
@@ -118,7 +122,8 @@ impl OrderRow {
             Payload::PaymentRefunded(_) => self.payment_status = "REFUNDED".into(),
             Payload::OrderApproved(approval) => {
                 self.status = "APPROVED".into();
-                // A sale's approval stands for its `RestaurantApproved`.
+                // A sale's approval as earlier versions wrote it stands for
+                // its `RestaurantApproved`.
                 if approval.automatic {
                     self.decision = Some("approved".into());
                 }
@@ -212,8 +217,9 @@ mod tests {
         );
     }
 
-    /// A sale's two events (`PaymentCaptured` sale, `OrderApproved`
-    /// automatic) fold to the row its four would: approved, captured,
+    /// A sale's one event (`PaymentCaptured` sale and approved), and the
+    /// two earlier versions wrote (`PaymentCaptured` sale, `OrderApproved`
+    /// automatic), fold to the row its four would: approved, captured,
     /// decided, with the provider's reference; only the counts differ.
     #[test]
     fn a_sale_folds_like_its_four_events() {
@@ -260,11 +266,21 @@ mod tests {
             serde_json::json!({"automatic": true}),
         );
         approved.at = four[4].at;
-        let sale = fold(&[placed, captured, approved]).unwrap();
+        let mut one = event(
+            id,
+            2,
+            "PaymentCaptured",
+            serde_json::json!({"ref": "x", "amount": 10, "sale": true, "approved": true}),
+        );
+        one.at = four[4].at;
+        let sale = fold(&[placed.clone(), one]).unwrap();
         assert!(sale.is_complete());
         let mut expected = fold(&four).unwrap();
-        (expected.last_seq, expected.events) = (3, 3);
+        (expected.last_seq, expected.events) = (2, 2);
         assert_eq!(sale, expected);
+        let earlier = fold(&[placed, captured, approved]).unwrap();
+        (expected.last_seq, expected.events) = (3, 3);
+        assert_eq!(earlier, expected);
         assert_eq!(
             (
                 sale.status.as_str(),

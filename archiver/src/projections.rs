@@ -407,6 +407,7 @@ mod tests {
             failed: None,
             corrected: false,
             sale: false,
+            approved: false,
         };
         vec![
             event(

@@ -204,6 +204,12 @@ pub struct PaymentFact {
     /// `PaymentAuthorized` that is not written.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub sale: bool,
+    /// A sale's `PaymentCaptured` that also approved its order (the
+    /// restaurant approves automatically): the one event of the
+    /// transition, standing for `RestaurantApproved` and `OrderApproved`
+    /// too. Earlier versions wrote an `OrderApproved` (automatic) after it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub approved: bool,
 }
 
 /// `RestaurantApproved`, `OrderApproved`.
@@ -212,8 +218,9 @@ pub struct Approval {
     /// The restaurant's approval was taken by `record_payment` with the
     /// authorization (it approves automatically). A `RestaurantApproved`
     /// with it: the hop that recorded it goes on to the capture itself. An
-    /// `OrderApproved` with it: a sale, recorded in one step, whose
-    /// `RestaurantApproved` is not written (this event stands for it).
+    /// `OrderApproved` with it: a sale as earlier versions wrote it (its
+    /// `RestaurantApproved` not written); a sale now is one
+    /// `PaymentCaptured` (`approved`).
     #[serde(default)]
     pub automatic: bool,
 }

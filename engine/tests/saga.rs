@@ -817,8 +817,8 @@ async fn event_of(env: &TestEnv, order: &Order, kind: EventKind) -> Event {
 /// An order placed while its restaurant approves automatically takes its
 /// approval with the authorization and is captured in the same provider call
 /// (a sale), also when the restaurant closed after the order was placed: one
-/// transition told by two events (`PaymentCaptured` sale, `OrderApproved`
-/// automatic) after `OrderPlaced`; an order of a restaurant that answers
+/// transition told by one event (`PaymentCaptured`, sale and approved)
+/// after `OrderPlaced`; an order of a restaurant that answers
 /// by hand waits, PAID and undecided, with its approval timeout set. The
 /// group earlier versions kept on `payments` is dropped when the payment
 /// worker starts.
@@ -870,23 +870,12 @@ async fn automatic_approval_rides_with_the_authorization() {
                 .unwrap_or_else(|| panic!("{stream} {entry} is gone"));
             kinds.push(Event::parse(stream, entry, fields).unwrap().kind);
         }
-        assert_eq!(
-            kinds,
-            [
-                EventKind::OrderPlaced,
-                EventKind::PaymentCaptured,
-                EventKind::OrderApproved
-            ]
-        );
+        assert_eq!(kinds, [EventKind::OrderPlaced, EventKind::PaymentCaptured]);
         let captured = event_of(&env, &order, EventKind::PaymentCaptured).await;
         assert!(
-            matches!(captured.payload(), Ok(Payload::PaymentCaptured(p)) if p.sale && p.amount == order.total),
+            matches!(captured.payload(), Ok(Payload::PaymentCaptured(p))
+                if p.sale && p.approved && p.amount == order.total),
             "{captured:?}"
-        );
-        let approved = event_of(&env, &order, EventKind::OrderApproved).await;
-        assert!(
-            matches!(approved.payload(), Ok(Payload::OrderApproved(a)) if a.automatic),
-            "{approved:?}"
         );
         let payment = env.sim.payment(&id.to_string()).expect("at the provider");
         assert_eq!(payment.state, "captured");

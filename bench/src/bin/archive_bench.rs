@@ -33,11 +33,11 @@ struct Args {
     batch: u64,
 }
 
-/// A sale's events, then its dispatch.
-const KINDS: [EventKind; 4] = [
+/// A sale's events (placed, then captured and approved in one), then its
+/// dispatch.
+const KINDS: [EventKind; 3] = [
     EventKind::OrderPlaced,
     EventKind::PaymentCaptured,
-    EventKind::OrderApproved,
     EventKind::OrderDispatched,
 ];
 
@@ -80,9 +80,8 @@ async fn main() -> anyhow::Result<()> {
                         i % 64
                     ),
                     EventKind::PaymentCaptured => {
-                        r#"{"ref":"psp_1","amount":12000,"sale":true}"#.to_string()
+                        r#"{"ref":"psp_1","amount":12000,"sale":true,"approved":true}"#.to_string()
                     }
-                    EventKind::OrderApproved => r#"{"automatic":true}"#.to_string(),
                     _ => r#"{"by":"restaurant"}"#.to_string(),
                 };
                 let _: String = engine

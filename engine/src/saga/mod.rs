@@ -8,9 +8,9 @@
 //!   its restaurant approved automatically (`OrderPlaced` says so) is
 //!   authorized and captured in one provider call (a sale) and recorded in
 //!   one `record_payment` that takes the approval too: such a saga is one
-//!   hop (`OrderPlaced` → captured), one provider call, one script and two
-//!   more events (`PaymentCaptured` with `sale`, `OrderApproved` with
-//!   `automatic`), neither of which asks this group for anything.
+//!   hop (`OrderPlaced` → captured), one provider call, one script and one
+//!   more event (`PaymentCaptured` with `sale` and `approved`, on the
+//!   `payments` stream, which this group does not read).
 //! - **order** (reads `timers`): acts on delayed tasks that fell due —
 //!   rejects an order whose payment window or approval timeout passed,
 //!   sends the purchase-confirmation notice once and schedules the automatic
