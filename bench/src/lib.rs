@@ -132,10 +132,25 @@ pub async fn redis_info_sum(
 pub async fn command_calls_sum(
     nodes: &[fred::prelude::Client],
 ) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
+    command_stat_sum(nodes, "calls").await
+}
+
+/// Microseconds Redis spent inside each command (`INFO commandstats`
+/// `usec`; a script's include its inner calls'), summed over `nodes`.
+pub async fn command_usec_sum(
+    nodes: &[fred::prelude::Client],
+) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
+    command_stat_sum(nodes, "usec").await
+}
+
+async fn command_stat_sum(
+    nodes: &[fred::prelude::Client],
+    stat: &str,
+) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
     let mut sum = std::collections::BTreeMap::new();
     for node in nodes {
-        for (name, calls) in command_calls(node).await? {
-            *sum.entry(name).or_insert(0) += calls;
+        for (name, n) in command_stat(node, stat).await? {
+            *sum.entry(name).or_insert(0) += n;
         }
     }
     Ok(sum)
@@ -163,6 +178,14 @@ pub async fn redis_info_number(
 pub async fn command_calls(
     redis: &fred::prelude::Client,
 ) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
+    command_stat(redis, "calls").await
+}
+
+/// One field (`calls`, `usec`) of every command's `INFO commandstats` line.
+async fn command_stat(
+    redis: &fred::prelude::Client,
+    stat: &str,
+) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
     use fred::prelude::ClientLike;
     let info: String = redis
         .info(Some(fred::types::InfoKind::CommandStats))
@@ -171,13 +194,11 @@ pub async fn command_calls(
         .lines()
         .filter_map(|l| {
             let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = rest
-                .strip_prefix("calls=")?
-                .split(',')
-                .next()?
-                .parse()
-                .ok()?;
-            Some((name.to_string(), calls))
+            let n = rest.split(',').find_map(|kv| {
+                let (k, v) = kv.split_once('=')?;
+                (k == stat).then(|| v.parse().ok()).flatten()
+            })?;
+            Some((name.to_string(), n))
         })
         .collect())
 }
@@ -189,19 +210,31 @@ pub fn command_mix(
     after: &std::collections::BTreeMap<String, u64>,
     units: f64,
 ) -> String {
-    let mut mix: Vec<(String, f64)> = after
+    per_unit(before, after, units, 0.05)
         .iter()
-        .map(|(name, calls)| {
-            let delta = calls - before.get(name).copied().unwrap_or(0);
-            (name.clone(), delta as f64 / units)
-        })
-        .filter(|(_, per)| *per >= 0.05)
-        .collect();
-    mix.sort_by(|a, b| b.1.total_cmp(&a.1));
-    mix.iter()
         .map(|(name, per)| format!("{name} {per:.1}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Each command's growth between two readings (calls, usec) per unit of
+/// work, those of at least `min`, most first.
+pub fn per_unit(
+    before: &std::collections::BTreeMap<String, u64>,
+    after: &std::collections::BTreeMap<String, u64>,
+    units: f64,
+    min: f64,
+) -> Vec<(String, f64)> {
+    let mut per: Vec<(String, f64)> = after
+        .iter()
+        .map(|(name, n)| {
+            let was = before.get(name).copied().unwrap_or(0);
+            (name.clone(), n.saturating_sub(was) as f64 / units)
+        })
+        .filter(|(_, n)| *n >= min)
+        .collect();
+    per.sort_by(|a, b| b.1.total_cmp(&a.1));
+    per
 }
 
 /// How a load tool reaches a running lunchrush: the variables

@@ -14,7 +14,9 @@
 //! A step is sustained when the load generator kept its schedule, nothing
 //! was refused, placement p99 stayed under 20 ms and the backlog drained
 //! within a second of the step's end (plus 10% of its length). The
-//! capacity is the highest sustained settled rate.
+//! capacity is the highest sustained settled rate. A search of more than one
+//! rate ends with a step at half the capacity (latencies with headroom),
+//! reported below the table.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -111,6 +113,9 @@ struct Step {
     commands_per_order: f64,
     /// The commands behind it, most frequent first: (command, calls per order).
     commands: Vec<(String, f64)>,
+    /// µs Redis spent inside each command per order, most first (a
+    /// script's include its inner calls').
+    usec: Vec<(String, f64)>,
     /// (process, µs of CPU per settled order).
     cpu_us: Vec<(String, f64)>,
     sustained: bool,
@@ -243,6 +248,7 @@ async fn run_step(
     .await?;
     let cpu0: Vec<f64> = watched.iter().map(Watched::cpu).collect();
     let calls0 = bench::command_calls_sum(redis).await?;
+    let usec0 = bench::command_usec_sum(redis).await?;
     let started = Instant::now();
     let total = (rate * length.as_secs_f64()).round() as u64;
     let mut tasks = Vec::with_capacity(total as usize);
@@ -297,6 +303,7 @@ async fn run_step(
     )
     .await?;
     let calls1 = bench::command_calls_sum(redis).await?;
+    let usec1 = bench::command_usec_sum(redis).await?;
     let mut latencies = load.latencies_us.lock().unwrap().clone();
     latencies.sort_unstable();
     let months: Vec<std::time::SystemTime> = ids.iter().map(engine::ids::created_at).collect();
@@ -331,18 +338,8 @@ async fn run_step(
         captured_p50_ms: row.get(0),
         captured_p99_ms: row.get(1),
         commands_per_order: (commands1 - commands0) as f64 / orders,
-        commands: {
-            let mut per: Vec<(String, f64)> = calls1
-                .iter()
-                .map(|(name, n)| {
-                    let before = calls0.get(name).copied().unwrap_or(0);
-                    (name.clone(), n.saturating_sub(before) as f64 / orders)
-                })
-                .filter(|(_, n)| *n >= 0.05)
-                .collect();
-            per.sort_by(|a, b| b.1.total_cmp(&a.1));
-            per
-        },
+        commands: bench::per_unit(&calls0, &calls1, orders, 0.05),
+        usec: bench::per_unit(&usec0, &usec1, orders, 1.0),
         cpu_us: watched
             .iter()
             .zip(cpu0.iter().zip(&cpu1))
@@ -477,6 +474,19 @@ async fn main() -> anyhow::Result<()> {
         .iter()
         .filter(|s| s.sustained)
         .max_by(|a, b| a.settled_per_s.total_cmp(&b.settled_per_s));
+    // A stepped search ends with a step at half the capacity found: the
+    // latencies an operator sees with headroom.
+    let half = match best {
+        Some(best) if args.rates.len() > 1 => {
+            let rate = (best.offered / 20.0).round() * 10.0;
+            let step = run_step(
+                &load, &primaries, &engine, &pool, &watched, rate, args.step, &mut first,
+            )
+            .await?;
+            Some(step)
+        }
+        _ => None,
+    };
     let mut md = table(&steps, &watched);
     // The mix at the reported rate, or at the last step when none held
     // (a one-rate before/after still shows where the commands go).
@@ -492,9 +502,51 @@ async fn main() -> anyhow::Result<()> {
             step.offered,
             mix.join(", ")
         );
+        let inside: Vec<String> = step
+            .usec
+            .iter()
+            .take(6)
+            .map(|(name, us)| format!("{name} {us:.0}"))
+            .collect();
+        let scripts = step
+            .usec
+            .iter()
+            .find(|(n, _)| n == "evalsha")
+            .map_or(0.0, |u| u.1);
+        let redis = step
+            .cpu_us
+            .iter()
+            .find(|(n, _)| n == "redis")
+            .map_or(0.0, |c| c.1);
+        let _ = writeln!(
+            md,
+            "\nRedis µs per order inside commands (INFO commandstats usec; a script's include its inner calls'): {}. \
+             Scripts take {:.0} of redis-server's {:.0} µs of CPU per order; the rest is reading, replying, \
+             the AOF's writes and fsyncs, and the event loop.",
+            inside.join(", "),
+            scripts,
+            redis
+        );
     }
     match best {
         Some(best) => {
+            if let Some(half) = &half {
+                let _ = writeln!(
+                    md,
+                    "\nAt half of it ({:.0}/s offered, run last): placement p50 / p99 {:.1} / {:.1} ms; placed → captured p50 / p99 {:.1} / {:.1} ms; {:.0} settled and archived/s{}",
+                    half.offered,
+                    half.place_p50_ms,
+                    half.place_p99_ms,
+                    half.captured_p50_ms,
+                    half.captured_p99_ms,
+                    half.settled_per_s,
+                    if half.sustained {
+                        ""
+                    } else {
+                        " (not sustained)"
+                    }
+                );
+            }
             let _ = writeln!(
                 md,
                 "\ncapacity={:.0} settled and archived orders/s (offered {:.0}/s); placement p99 {:.1} ms; placed → captured p50 {:.1} ms / p99 {:.1} ms",
