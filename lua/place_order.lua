@@ -124,23 +124,23 @@ for i = 1, n do
   rcall('HSET', item_key, 'stock', stock - line[2], 'sv', sv + 1)
   if line[4] == 1 then rcall('HINCRBY', pc_key, customer, line[2]) end
 end
+-- The new order, written at once (no change tracking: every field is new):
+-- its hash at version 1 with its one event, in flight, its payment window set.
 local now = now_ms()
+local at = tostring(now)
 local auto = r[3] == '1'
-local o = track({id = order_id, saga = saga, cust = customer, rid = rid, status = 'PENDING',
-  reason = '', pay = 'NONE', total = tostring(total), lines = cjson.encode(lines),
-  ver = '0', seq = '0', created = tostring(now), decision = '', psp = '', evs = '',
-  auto = auto and '1' or '0'}, order_key)
-for _, f in ipairs({'id', 'saga', 'cust', 'rid', 'status', 'reason', 'pay', 'total', 'lines',
-    'seq', 'created', 'decision', 'psp', 'evs', 'auto'}) do
-  touch(o, f)
-end
-save(inflight, o, {}, now)
+local placed = {}
+for i = 1, n do placed[i] = {lines[i][1], lines[i][2], lines[i][3]} end
+local event = rcall('XADD', stream, '*', 'v', '1', 'type', 'OrderPlaced', 'order', order_id,
+  'saga', saga, 'seq', '1', 'ts', at,
+  'data', cjson.encode({c = customer, r = rid, t = total, l = placed, a = auto}))
+rcall('HSET', order_key, 'id', order_id, 'saga', saga, 'cust', customer, 'rid', rid,
+  'status', 'PENDING', 'reason', '', 'pay', 'NONE', 'total', tostring(total),
+  'lines', cjson.encode(lines), 'ver', '1', 'seq', '1', 'created', at, 'updated', at,
+  'decision', '', 'psp', '', 'evs', stream .. '|' .. event .. ' ', 'auto', auto and '1' or '0')
+rcall('ZADD', inflight, at, order_id)
 timer_set(timers, 'payment_window', order_id, now + payment_window)
 -- The key's first answer, where the next request with the key looks.
 rcall('SET', guarded == '1' and guard_key or idem_key,
   cjson.encode({fp = fingerprint, order = order_id, total = total}), 'PX', idem_ttl)
-local placed = {}
-for i = 1, n do placed[i] = {lines[i][1], lines[i][2], lines[i][3]} end
-emit(stream, o, 'OrderPlaced', {c = customer, r = rid, t = total, l = placed, a = auto}, now)
-flush(o)
 return {'ok', order_id, tostring(total), 'PENDING'}

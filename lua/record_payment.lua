@@ -60,17 +60,36 @@
 local o = load_order(order_key)
 if not o then return {'err', '', '', '0', '', '', 'not_found'} end
 
-local TARGETS = {authorized = 'AUTHORIZED', declined = 'DECLINED', captured = 'CAPTURED',
-  voided = 'VOIDED', refunded = 'REFUNDED', capture_failed = 'VOIDED', corrected = 'VOIDED'}
-local EVENTS = {AUTHORIZED = 'PaymentAuthorized', DECLINED = 'PaymentDeclined',
-  CAPTURED = 'PaymentCaptured', VOIDED = 'PaymentVoided', REFUNDED = 'PaymentRefunded'}
-
 -- Whether the restaurant approves this order without being asked.
 local function approves_automatically()
   if o.auto == '1' or o.auto == '0' then return o.auto == '1' end
   local r = rcall('HMGET', restaurant_key, 'open', 'auto')
   return r[1] == '1' and r[2] == '1'
 end
+
+local now = now_ms()
+-- A sale of an order its restaurant approves automatically (see the
+-- header): one known change, written at once.
+if outcome == 'authorized' and more == 'captured' and o.pay == 'NONE'
+    and o.status == 'PENDING' and approves_automatically() then
+  local psp = psp_ref ~= '' and psp_ref or (o.psp or '')
+  local seq, ver, at = tostring(o.seq + 1), tostring(o.ver + 1), tostring(now)
+  local event = rcall('XADD', pay_stream, '*', 'v', '1', 'type', 'PaymentCaptured', 'order', o.id,
+    'saga', o.saga, 'seq', seq, 'ts', at, 'data',
+    cjson.encode({ref = psp, amount = tonumber(o.total), sale = true, approved = true}))
+  rcall('HSET', order_key, 'status', 'APPROVED', 'pay', 'CAPTURED', 'decision', 'approved',
+    'psp', psp, 'ver', ver, 'seq', seq, 'updated', at,
+    'evs', (o.evs or '') .. pay_stream .. '|' .. event .. ' ')
+  timer_clear(timers, 'payment_window', o.id)
+  -- Settled (approved and captured): out of the in-flight index.
+  rcall('ZREM', inflight, o.id)
+  return {'ok', 'APPROVED', 'CAPTURED', ver, 'approved', o.reason or '', ''}
+end
+
+local TARGETS = {authorized = 'AUTHORIZED', declined = 'DECLINED', captured = 'CAPTURED',
+  voided = 'VOIDED', refunded = 'REFUNDED', capture_failed = 'VOIDED', corrected = 'VOIDED'}
+local EVENTS = {AUTHORIZED = 'PaymentAuthorized', DECLINED = 'PaymentDeclined',
+  CAPTURED = 'PaymentCaptured', VOIDED = 'PaymentVoided', REFUNDED = 'PaymentRefunded'}
 
 -- Records one outcome: 'ok', 'noop' or 'err' (nothing changed).
 local function record(outcome, now)
@@ -124,22 +143,6 @@ local function record(outcome, now)
   return 'ok'
 end
 
--- A sale of an order its restaurant approves automatically (see the header).
-local function record_sale(now)
-  o.status, o.pay, o.decision = 'APPROVED', 'CAPTURED', 'approved'
-  if psp_ref ~= '' then o.psp = psp_ref end
-  save(inflight, o, {'pay', 'psp', 'status', 'decision'}, now)
-  timer_clear(timers, 'payment_window', o.id)
-  emit(pay_stream, o, 'PaymentCaptured',
-    {ref = o.psp, amount = tonumber(o.total), sale = true, approved = true}, now)
-end
-
-local now = now_ms()
-if outcome == 'authorized' and more == 'captured' and o.pay == 'NONE'
-    and o.status == 'PENDING' and approves_automatically() then
-  record_sale(now)
-  return reply('ok', o)
-end
 local outcomes = {outcome}
 for further in string.gmatch(more, '[^,]+') do outcomes[#outcomes + 1] = further end
 assert(#outcomes <= 3, 'at most three outcomes in one step')
