@@ -41,6 +41,9 @@ struct Args {
     /// How long each step offers its rate.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     step: Duration,
+    /// Skip the last step at half the capacity found (a smoke run).
+    #[arg(long)]
+    no_half: bool,
     /// Restaurants (all auto-approving) the orders spread over (Zipf-free:
     /// round robin).
     #[arg(long, default_value_t = 200)]
@@ -477,7 +480,7 @@ async fn main() -> anyhow::Result<()> {
     // A stepped search ends with a step at half the capacity found: the
     // latencies an operator sees with headroom.
     let half = match best {
-        Some(best) if args.rates.len() > 1 => {
+        Some(best) if args.rates.len() > 1 && !args.no_half => {
             let rate = (best.offered / 20.0).round() * 10.0;
             let step = run_step(
                 &load, &primaries, &engine, &pool, &watched, rate, args.step, &mut first,
