@@ -27,9 +27,8 @@ for i = 1, #due, 2 do
   rcall('ZREM', wheel, member)
   local sep = string.find(member, '|', 1, true)
   local kind, order_id = string.sub(member, 1, sep - 1), string.sub(member, sep + 1)
-  rcall('XADD', stream, '*', 'v', '1', 'type', 'TimerFired', 'order', '', 'saga', '',
-    'seq', '0', 'ts', tostring(now),
-    'data', cjson.encode({o = order_id, k = kind, due = at, fired = now}))
+  append_event(stream, 'TimerFired', '', '', '0', now,
+    {o = order_id, k = kind, due = at, fired = now})
   fired = fired + 1
 end
 local next_due = rcall('ZRANGE', wheel, 0, 0, 'WITHSCORES')

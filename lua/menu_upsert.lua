@@ -60,9 +60,7 @@ end
 rcall('SADD', items_key, item)
 local f = rcall('HMGET', item_key, 'name', 'price', 'stock', 'available', 'max_pc')
 local seq = rcall('HINCRBY', restaurant_key, 'mseq', 1)
-rcall('XADD', stream, '*', 'v', '1', 'type', 'MenuItemUpserted', 'order', '', 'saga', '',
-  'seq', tostring(seq), 'ts', tostring(now_ms()),
-  'data', cjson.encode({r = rid, i = item, name = f[1], price = tonumber(f[2]),
-    stock = tonumber(f[3]), delta = delta, available = f[4] == '1',
-    max_pc = tonumber(f[5] or '0')}))
+append_event(stream, 'MenuItemUpserted', '', '', seq, now_ms(),
+  {r = rid, i = item, name = f[1], price = tonumber(f[2]), stock = tonumber(f[3]),
+    delta = delta, available = f[4] == '1', max_pc = tonumber(f[5] or '0')})
 return {'ok', f[1] or '', f[2] or '0', f[3] or '0', f[4] or '0', f[5] or '0'}

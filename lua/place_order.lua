@@ -131,9 +131,8 @@ local at = tostring(now)
 local auto = r[3] == '1'
 local placed = {}
 for i = 1, n do placed[i] = {lines[i][1], lines[i][2], lines[i][3]} end
-local event = rcall('XADD', stream, '*', 'v', '1', 'type', 'OrderPlaced', 'order', order_id,
-  'saga', saga, 'seq', '1', 'ts', at,
-  'data', cjson.encode({c = customer, r = rid, t = total, l = placed, a = auto}))
+local event = append_event(stream, 'OrderPlaced', order_id, saga, '1', at,
+  {c = customer, r = rid, t = total, l = placed, a = auto})
 rcall('HSET', order_key, 'id', order_id, 'saga', saga, 'cust', customer, 'rid', rid,
   'status', 'PENDING', 'reason', '', 'pay', 'NONE', 'total', tostring(total),
   'lines', cjson.encode(lines), 'ver', '1', 'seq', '1', 'created', at, 'updated', at,

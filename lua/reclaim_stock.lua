@@ -37,7 +37,6 @@ end
 local now_stock = rcall('HINCRBY', item_key, 'stock', units)
 rcall('HINCRBY', item_key, 'sv', 1)
 local seq = rcall('HINCRBY', restaurant_key, 'mseq', 1)
-rcall('XADD', stream, '*', 'v', '1', 'type', 'StockReclaimed', 'order', '', 'saga', '',
-  'seq', tostring(seq), 'ts', tostring(now_ms()),
-  'data', cjson.encode({r = rid, i = item, units = units, stock = now_stock}))
+append_event(stream, 'StockReclaimed', '', '', seq, now_ms(),
+  {r = rid, i = item, units = units, stock = now_stock})
 return {'ok', tostring(now_stock)}

@@ -74,9 +74,8 @@ if outcome == 'authorized' and more == 'captured' and o.pay == 'NONE'
     and o.status == 'PENDING' and approves_automatically() then
   local psp = psp_ref ~= '' and psp_ref or (o.psp or '')
   local seq, ver, at = tostring(o.seq + 1), tostring(o.ver + 1), tostring(now)
-  local event = rcall('XADD', pay_stream, '*', 'v', '1', 'type', 'PaymentCaptured', 'order', o.id,
-    'saga', o.saga, 'seq', seq, 'ts', at, 'data',
-    cjson.encode({ref = psp, amount = tonumber(o.total), sale = true, approved = true}))
+  local event = append_event(pay_stream, 'PaymentCaptured', o.id, o.saga, seq, at,
+    {ref = psp, amount = tonumber(o.total), sale = true, approved = true})
   rcall('HSET', order_key, 'status', 'APPROVED', 'pay', 'CAPTURED', 'decision', 'approved',
     'psp', psp, 'ver', ver, 'seq', seq, 'updated', at,
     'evs', (o.evs or '') .. pay_stream .. '|' .. event .. ' ')

@@ -29,7 +29,6 @@ if #fields > 0 then rcall('HSET', restaurant_key, unpack(fields)) end
 rcall('SADD', set_key, rid)
 local r = rcall('HMGET', restaurant_key, 'name', 'open', 'auto')
 local seq = rcall('HINCRBY', restaurant_key, 'mseq', 1)
-rcall('XADD', stream, '*', 'v', '1', 'type', 'RestaurantUpserted', 'order', '', 'saga', '',
-  'seq', tostring(seq), 'ts', tostring(now_ms()),
-  'data', cjson.encode({r = rid, name = r[1], open = r[2] == '1', auto = r[3] == '1'}))
+append_event(stream, 'RestaurantUpserted', '', '', seq, now_ms(),
+  {r = rid, name = r[1], open = r[2] == '1', auto = r[3] == '1'})
 return {'ok', r[1] or '', r[2] or '0', r[3] or '0'}

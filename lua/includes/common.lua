@@ -43,14 +43,20 @@ local function load_order(key)
   return track(o, key)
 end
 
+-- Appends one event to `stream` in the entry layout every reader parses
+-- (`engine::events`): version, type, order and saga ('' for none), sequence
+-- number, Redis time (ms), JSON data. Returns the entry id.
+local function append_event(stream, etype, order_id, saga, seq, ts, data)
+  return rcall('XADD', stream, '*', 'v', '1', 'type', etype, 'order', order_id, 'saga', saga,
+    'seq', tostring(seq), 'ts', tostring(ts), 'data', cjson.encode(data))
+end
+
 -- Appends one saga event to `stream` and records where it went on the order
 -- (order events carry a per-order sequence number: gaps or repeats in the
 -- archive prove a bug). Written with the order's other changes by `flush`.
 local function emit(stream, o, etype, data, now)
   o.seq = tonumber(o.seq) + 1
-  local id = rcall('XADD', stream, '*',
-    'v', '1', 'type', etype, 'order', o.id, 'saga', o.saga,
-    'seq', tostring(o.seq), 'ts', tostring(now), 'data', cjson.encode(data))
+  local id = append_event(stream, etype, o.id, o.saga, o.seq, now, data)
   o.evs = (o.evs or '') .. stream .. '|' .. id .. ' '
   touch(o, 'seq')
   touch(o, 'evs')
