@@ -57,33 +57,39 @@
   the payment state machine instead, which only moves forward.
   Bounded: O(lines × outcomes), outcomes <= 3.
 ]]
-local o = load_order(order_key)
-if not o then return {'err', '', '', '0', '', '', 'not_found'} end
-
--- Whether the restaurant approves this order without being asked.
-local function approves_automatically()
-  if o.auto == '1' or o.auto == '0' then return o.auto == '1' end
+-- Whether the restaurant approves an order (its `auto`) without being asked.
+local function approves_automatically(auto)
+  if auto == '1' or auto == '0' then return auto == '1' end
   local r = rcall('HMGET', restaurant_key, 'open', 'auto')
   return r[1] == '1' and r[2] == '1'
 end
 
-local now = now_ms()
 -- A sale of an order its restaurant approves automatically (see the
--- header): one known change, written at once.
-if outcome == 'authorized' and more == 'captured' and o.pay == 'NONE'
-    and o.status == 'PENDING' and approves_automatically() then
-  local psp = psp_ref ~= '' and psp_ref or (o.psp or '')
-  local seq, ver, at = tostring(o.seq + 1), tostring(o.ver + 1), tostring(now)
-  local event = append_event(pay_stream, 'PaymentCaptured', o.id, o.saga, seq, at,
-    {ref = psp, amount = tonumber(o.total), sale = true, approved = true})
-  rcall('HSET', order_key, 'status', 'APPROVED', 'pay', 'CAPTURED', 'decision', 'approved',
-    'psp', psp, 'ver', ver, 'seq', seq, 'updated', at,
-    'evs', (o.evs or '') .. pay_stream .. '|' .. event .. ' ')
-  timer_clear(timers, 'payment_window', o.id)
-  -- Settled (approved and captured): out of the in-flight index.
-  rcall('ZREM', inflight, o.id)
-  return {'ok', 'APPROVED', 'CAPTURED', ver, 'approved', o.reason or '', ''}
+-- header): one known change, written at once from the fields it needs
+-- (no table of the whole order).
+if outcome == 'authorized' and more == 'captured' then
+  local id, saga, status, pay, auto, psp, seq, ver, total, evs, reason = unpack(rcall('HMGET',
+    order_key, 'id', 'saga', 'status', 'pay', 'auto', 'psp', 'seq', 'ver', 'total', 'evs', 'reason'))
+  if pay == 'NONE' and status == 'PENDING' and approves_automatically(auto) then
+    local now = now_ms()
+    if psp_ref ~= '' then psp = psp_ref end
+    seq, ver = string.format('%d', seq + 1), string.format('%d', ver + 1)
+    local at = string.format('%d', now)
+    local event = append_event(pay_stream, 'PaymentCaptured', id, saga, seq, at,
+      {ref = psp or '', amount = tonumber(total), sale = true, approved = true})
+    rcall('HSET', order_key, 'status', 'APPROVED', 'pay', 'CAPTURED', 'decision', 'approved',
+      'psp', psp or '', 'ver', ver, 'seq', seq, 'updated', at,
+      'evs', (evs or '') .. pay_stream .. '|' .. event .. ' ')
+    timer_clear(timers, 'payment_window', id)
+    -- Settled (approved and captured): out of the in-flight index.
+    rcall('ZREM', inflight, id)
+    return {'ok', 'APPROVED', 'CAPTURED', ver, 'approved', reason or '', ''}
+  end
 end
+
+local o = load_order(order_key)
+if not o then return {'err', '', '', '0', '', '', 'not_found'} end
+local now = now_ms()
 
 local TARGETS = {authorized = 'AUTHORIZED', declined = 'DECLINED', captured = 'CAPTURED',
   voided = 'VOIDED', refunded = 'REFUNDED', capture_failed = 'VOIDED', corrected = 'VOIDED'}
@@ -111,7 +117,7 @@ local function record(outcome, now)
     save(inflight, o, {'pay', 'psp', 'status'}, now)
     timer_clear(timers, 'payment_window', o.id)
     emit(pay_stream, o, event, data, now)
-    if approves_automatically() then
+    if approves_automatically(o.auto) then
       o.decision = 'approved'
       touch(o, 'decision')
       emit(rest_stream, o, 'RestaurantApproved', {automatic = true}, now)

@@ -1,6 +1,7 @@
 //! Bearer tokens: HS256 JWTs with `sub`, `role`, `rid` (restaurants only)
 //! and `exp`. `lunchrush token` mints them; every API request verifies one.
 
+use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -94,7 +95,13 @@ struct KeyMaterial {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
+    /// Tokens verified lately, by their whole text (see [`Keys::verify`]).
+    verified: std::sync::Mutex<HashMap<Box<str>, Claims>>,
 }
+
+/// How many verified tokens [`Keys::verify`] remembers; past it, it forgets
+/// them all and starts again (a bound, whatever the traffic).
+const VERIFIED_MAX: usize = 4096;
 
 impl std::fmt::Debug for Keys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -113,6 +120,7 @@ impl Keys {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
             validation,
+            verified: std::sync::Mutex::new(HashMap::new()),
         }))
     }
 
@@ -147,7 +155,38 @@ impl Keys {
     }
 
     /// Verifies signature, algorithm and expiry; returns the claims.
+    ///
+    /// A client sends the same token with every request until it expires:
+    /// a token verified before (same text, byte for byte) has only its
+    /// expiry checked again, not its signature and JSON. Only tokens that
+    /// passed every check are remembered, at most [`VERIFIED_MAX`].
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        self.verify_at(token, unix_now())
+    }
+
+    fn verify_at(&self, token: &str, now: u64) -> Result<Claims, TokenError> {
+        let leeway = self.0.validation.leeway;
+        let mut verified = self.0.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(claims) = verified.get(token) {
+            if claims.exp.saturating_add(leeway) < now {
+                verified.remove(token);
+                return Err(TokenError::Expired);
+            }
+            return Ok(claims.clone());
+        }
+        drop(verified);
+        let claims = self.verify_signed(token)?;
+        let mut verified = self.0.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if verified.len() >= VERIFIED_MAX {
+            verified.clear();
+        }
+        verified.insert(token.into(), claims.clone());
+        Ok(claims)
+    }
+
+    /// [`Keys::verify`] of a token not remembered: signature, algorithm,
+    /// expiry, start and claims.
+    fn verify_signed(&self, token: &str) -> Result<Claims, TokenError> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.0.decoding, &self.0.validation)
             .map_err(|e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
@@ -226,6 +265,49 @@ mod tests {
             jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &keys().0.encoding)
                 .unwrap();
         assert_eq!(keys().verify(&token), Err(TokenError::Expired));
+    }
+
+    #[test]
+    fn a_remembered_token_still_expires_and_its_tampered_copies_are_refused() {
+        let keys = keys();
+        let token = keys
+            .mint(Role::Customer, "c", None, Duration::from_secs(60))
+            .unwrap();
+        let now = unix_now();
+        assert_eq!(keys.verify_at(&token, now).unwrap().sub, "c");
+        // Remembered now: the same text is accepted until its expiry...
+        let exp = keys.verify_at(&token, now).unwrap().exp;
+        let leeway = keys.0.validation.leeway;
+        assert!(keys.verify_at(&token, exp + leeway).is_ok());
+        // ...and refused past it (leeway included), then forgotten.
+        assert_eq!(
+            keys.verify_at(&token, exp + leeway + 1),
+            Err(TokenError::Expired)
+        );
+        assert!(!keys.0.verified.lock().unwrap().contains_key(token.as_str()));
+        // Another text is verified in full, whatever was remembered.
+        assert!(keys.verify_at(&token, now).is_ok());
+        let mut tampered = token.clone();
+        tampered.pop();
+        tampered.push('A');
+        assert!(keys.verify_at(&tampered, now).is_err());
+    }
+
+    #[test]
+    fn the_remembered_tokens_are_bounded() {
+        let keys = keys();
+        for n in 0..VERIFIED_MAX + 10 {
+            let token = keys
+                .mint(
+                    Role::Customer,
+                    &format!("c{n}"),
+                    None,
+                    Duration::from_secs(60),
+                )
+                .unwrap();
+            keys.verify(&token).unwrap();
+            assert!(keys.0.verified.lock().unwrap().len() <= VERIFIED_MAX);
+        }
     }
 
     /// A token whose `nbf` (not before) lies in the future is refused until then.

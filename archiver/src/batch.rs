@@ -83,9 +83,9 @@ impl Archiver {
             vec![partitions.to_vec()]
         };
         let pages = slots.iter().map(|slot| {
-            let streams: Vec<String> = slot
+            let streams: Vec<fred::types::Key> = slot
                 .iter()
-                .flat_map(|&p| partition_streams(&self.engine, p))
+                .flat_map(|&p| self.streams[usize::from(p)].iter().cloned())
                 .collect();
             let ids: Vec<&str> = streams.iter().map(|_| id).collect();
             engine::saga::read_group(

@@ -172,12 +172,24 @@ pub struct Archiver {
     options: ArchiverOptions,
     permits: Arc<tokio::sync::Semaphore>,
     months: Arc<std::sync::Mutex<HashSet<(i32, u32)>>>,
+    /// Per partition: the streams it drains, named once (every read names
+    /// them).
+    streams: Arc<[Vec<fred::types::Key>]>,
 }
 
 impl Archiver {
     pub fn new(engine: Engine, pool: deadpool_postgres::Pool, options: ArchiverOptions) -> Self {
+        let streams = (0..engine.keys().partitions())
+            .map(|p| {
+                partition_streams(&engine, p)
+                    .into_iter()
+                    .map(Into::into)
+                    .collect()
+            })
+            .collect();
         Self {
             permits: Arc::new(tokio::sync::Semaphore::new(options.batches_in_flight_max)),
+            streams,
             engine,
             pool,
             options,

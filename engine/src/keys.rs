@@ -87,6 +87,9 @@ pub enum Lane {
 pub struct KeySpace {
     prefix: String,
     partitions: u16,
+    /// `<prefix>{pN}` of every partition, formatted once: every key name
+    /// starts with one.
+    bases: std::sync::Arc<[String]>,
 }
 
 impl KeySpace {
@@ -95,6 +98,9 @@ impl KeySpace {
         Self {
             prefix: prefix.to_string(),
             partitions,
+            bases: (0..partitions)
+                .map(|p| format!("{prefix}{{p{p}}}"))
+                .collect(),
         }
     }
 
@@ -122,9 +128,12 @@ impl KeySpace {
         ids::partition_of(order).filter(|&p| p < self.partitions)
     }
 
-    fn base(&self, partition: u16) -> String {
+    fn base(&self, partition: u16) -> std::borrow::Cow<'_, str> {
         debug_assert!(partition < self.partitions);
-        format!("{}{{p{partition}}}", self.prefix)
+        match self.bases.get(usize::from(partition)) {
+            Some(base) => std::borrow::Cow::Borrowed(base),
+            None => std::borrow::Cow::Owned(format!("{}{{p{partition}}}", self.prefix)),
+        }
     }
 
     pub fn restaurants(&self, p: u16) -> String {

@@ -298,7 +298,7 @@ pub async fn read_group(
     group: &str,
     consumer: &str,
     count: u64,
-    streams: Vec<String>,
+    streams: impl Into<fred::types::MultipleKeys> + Send,
     ids: Vec<&str>,
 ) -> Result<fred::types::streams::XReadResponse<String, String, String, String>, fred::error::Error>
 {

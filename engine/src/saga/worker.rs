@@ -13,6 +13,9 @@ pub struct Worker {
     options: WorkerOptions,
     /// Per (partition, topic): the XAUTOCLAIM cursor.
     cursors: HashMap<(u16, Topic), String>,
+    /// Per partition: the streams of the role's topics, named once (every
+    /// read names them).
+    streams: Vec<Vec<fred::types::Key>>,
 }
 
 /// An XAUTOCLAIM answer: the next cursor and the entries claimed.
@@ -36,6 +39,15 @@ impl Worker {
         role: Role,
         options: WorkerOptions,
     ) -> Self {
+        let keys = engine.keys();
+        let streams = (0..keys.partitions())
+            .map(|p| {
+                role.topics()
+                    .iter()
+                    .map(|t| keys.stream(p, *t).into())
+                    .collect()
+            })
+            .collect();
         Self {
             engine,
             psp,
@@ -43,6 +55,7 @@ impl Worker {
             role,
             options,
             cursors: HashMap::new(),
+            streams,
         }
     }
 
@@ -186,9 +199,9 @@ impl Worker {
             vec![(0..keys.partitions()).collect()]
         };
         let reads = shards.into_iter().map(|partitions| {
-            let streams: Vec<String> = partitions
+            let streams: Vec<fred::types::Key> = partitions
                 .iter()
-                .flat_map(|&p| self.role.topics().iter().map(move |t| keys.stream(p, *t)))
+                .flat_map(|&p| self.streams[usize::from(p)].iter().cloned())
                 .collect();
             let ids: Vec<&str> = streams.iter().map(|_| ">").collect();
             async move {

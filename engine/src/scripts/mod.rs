@@ -68,8 +68,9 @@ impl Script {
         keys: Vec<String>,
         args: Vec<String>,
     ) -> Result<Vec<String>, fred::error::Error> {
+        let (first_keys, first_args) = (shared(&keys), shared(&args));
         match client
-            .evalsha::<Vec<String>, _, _, _>(&self.sha, keys.clone(), args.clone())
+            .evalsha::<Vec<String>, _, _, _>(&self.sha, first_keys, first_args)
             .await
         {
             Err(error) if error.details().contains("NOSCRIPT") => {
@@ -90,6 +91,20 @@ impl Script {
         assert_eq!(sha, self.sha, "Redis and we agree on the script's SHA-1");
         Ok(())
     }
+}
+
+/// `parts` copied into one buffer and sent as its slices: one allocation
+/// for a call's names or arguments instead of one each (the strings stay
+/// for a NOSCRIPT retry).
+fn shared(parts: &[String]) -> Vec<bytes::Bytes> {
+    let mut buffer = bytes::BytesMut::with_capacity(parts.iter().map(String::len).sum());
+    parts
+        .iter()
+        .map(|part| {
+            buffer.extend_from_slice(part.as_bytes());
+            buffer.split().freeze()
+        })
+        .collect()
 }
 
 /// A script with its binding: takes typed keys and arguments, answers its
