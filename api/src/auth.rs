@@ -96,7 +96,13 @@ struct KeyMaterial {
     decoding: DecodingKey,
     validation: Validation,
     /// Tokens verified lately, by their whole text (see [`Keys::verify`]).
-    verified: std::sync::Mutex<HashMap<Box<str>, Claims>>,
+    verified: std::sync::Mutex<HashMap<Box<str>, Remembered>>,
+}
+
+/// A verified token's claims and when (Unix seconds) it was verified.
+struct Remembered {
+    claims: std::sync::Arc<Claims>,
+    at: u64,
 }
 
 /// How many verified tokens [`Keys::verify`] remembers; past it, it forgets
@@ -167,12 +173,16 @@ impl Keys {
     fn verify_at(&self, token: &str, now: u64) -> Result<Claims, TokenError> {
         let leeway = self.0.validation.leeway;
         let mut verified = self.0.verified.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(claims) = verified.get(token) {
-            if claims.exp.saturating_add(leeway) < now {
+        // Remembered, and the clock has not gone back since (its `nbf` held
+        // then, so it holds now).
+        if let Some(seen) = verified.get(token).filter(|seen| seen.at <= now) {
+            if seen.claims.exp.saturating_add(leeway) < now {
                 verified.remove(token);
                 return Err(TokenError::Expired);
             }
-            return Ok(claims.clone());
+            let claims = seen.claims.clone();
+            drop(verified);
+            return Ok(Claims::clone(&claims));
         }
         drop(verified);
         let claims = self.verify_signed(token)?;
@@ -180,7 +190,11 @@ impl Keys {
         if verified.len() >= VERIFIED_MAX {
             verified.clear();
         }
-        verified.insert(token.into(), claims.clone());
+        let remembered = Remembered {
+            claims: std::sync::Arc::new(claims.clone()),
+            at: now,
+        };
+        verified.insert(token.into(), remembered);
         Ok(claims)
     }
 
@@ -288,9 +302,33 @@ mod tests {
         // Another text is verified in full, whatever was remembered.
         assert!(keys.verify_at(&token, now).is_ok());
         let mut tampered = token.clone();
-        tampered.pop();
-        tampered.push('A');
+        let last = tampered.pop().unwrap();
+        tampered.push(if last == 'A' { 'E' } else { 'A' });
         assert!(keys.verify_at(&tampered, now).is_err());
+        // Remembered at a time the clock has since gone back past: verified
+        // in full again (its `nbf` is checked anew).
+        let claims = serde_json::json!({
+            "sub": "c", "role": "customer", "exp": now + 3600, "iat": now, "nbf": now + 600,
+        });
+        let starts =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &keys.0.encoding)
+                .unwrap();
+        let remembered = Remembered {
+            claims: std::sync::Arc::new(Claims {
+                sub: "c".into(),
+                role: Role::Customer,
+                rid: None,
+                exp: now + 3600,
+                iat: now,
+            }),
+            at: now + 600,
+        };
+        keys.0
+            .verified
+            .lock()
+            .unwrap()
+            .insert(starts.as_str().into(), remembered);
+        assert_eq!(keys.verify_at(&starts, now), Err(TokenError::NotYetValid));
     }
 
     #[test]

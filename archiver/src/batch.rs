@@ -85,7 +85,8 @@ impl Archiver {
         let pages = slots.iter().map(|slot| {
             let streams: Vec<fred::types::Key> = slot
                 .iter()
-                .flat_map(|&p| self.streams[usize::from(p)].iter().cloned())
+                .filter_map(|&p| self.streams.get(usize::from(p)))
+                .flat_map(|streams| streams.iter().cloned())
                 .collect();
             let ids: Vec<&str> = streams.iter().map(|_| id).collect();
             engine::saga::read_group(

@@ -100,6 +100,16 @@ fn postgres_pids() -> Vec<u32> {
     pids
 }
 
+/// The AOF's size and how many times it was rewritten, summed over the
+/// primaries (INFO persistence).
+async fn aof_state(redis: &[fred::prelude::Client]) -> anyhow::Result<(i64, i64)> {
+    let persistence = fred::types::InfoKind::Persistence;
+    Ok((
+        bench::redis_info_sum(redis, persistence.clone(), "aof_current_size").await?,
+        bench::redis_info_sum(redis, persistence, "aof_rewrites").await?,
+    ))
+}
+
 #[derive(Debug, Clone, Default)]
 struct Step {
     offered: f64,
@@ -121,6 +131,9 @@ struct Step {
     usec: Vec<(String, f64)>,
     /// (process, µs of CPU per settled order).
     cpu_us: Vec<(String, f64)>,
+    /// Bytes the AOF grew by per order (every primary); `None` when it was
+    /// rewritten during the step.
+    aof_bytes_per_order: Option<f64>,
     sustained: bool,
 }
 
@@ -252,6 +265,7 @@ async fn run_step(
     let cpu0: Vec<f64> = watched.iter().map(Watched::cpu).collect();
     let calls0 = bench::command_calls_sum(redis).await?;
     let usec0 = bench::command_usec_sum(redis).await?;
+    let aof0 = aof_state(redis).await?;
     let started = Instant::now();
     let total = (rate * length.as_secs_f64()).round() as u64;
     let mut tasks = Vec::with_capacity(total as usize);
@@ -307,6 +321,7 @@ async fn run_step(
     .await?;
     let calls1 = bench::command_calls_sum(redis).await?;
     let usec1 = bench::command_usec_sum(redis).await?;
+    let aof1 = aof_state(redis).await?;
     let mut latencies = load.latencies_us.lock().unwrap().clone();
     latencies.sort_unstable();
     let months: Vec<std::time::SystemTime> = ids.iter().map(engine::ids::created_at).collect();
@@ -343,6 +358,7 @@ async fn run_step(
         commands_per_order: (commands1 - commands0) as f64 / orders,
         commands: bench::per_unit(&calls0, &calls1, orders, 0.05),
         usec: bench::per_unit(&usec0, &usec1, orders, 1.0),
+        aof_bytes_per_order: (aof1.1 == aof0.1).then(|| (aof1.0 - aof0.0) as f64 / orders),
         cpu_us: watched
             .iter()
             .zip(cpu0.iter().zip(&cpu1))
@@ -530,6 +546,13 @@ async fn main() -> anyhow::Result<()> {
             scripts,
             redis
         );
+        if let Some(bytes) = step.aof_bytes_per_order {
+            let _ = writeln!(
+                md,
+                "\nRedis's AOF grew by {bytes:.0} bytes per order (INFO persistence aof_current_size; \
+                 what every fsync writes)."
+            );
+        }
     }
     match best {
         Some(best) => {

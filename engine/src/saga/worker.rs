@@ -201,7 +201,8 @@ impl Worker {
         let reads = shards.into_iter().map(|partitions| {
             let streams: Vec<fred::types::Key> = partitions
                 .iter()
-                .flat_map(|&p| self.streams[usize::from(p)].iter().cloned())
+                .filter_map(|&p| self.streams.get(usize::from(p)))
+                .flat_map(|streams| streams.iter().cloned())
                 .collect();
             let ids: Vec<&str> = streams.iter().map(|_| ">").collect();
             async move {
