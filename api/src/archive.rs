@@ -2,7 +2,7 @@
 //!
 //! An order that settled and rested for the live retention leaves Redis
 //! (`engine::retire`); PostgreSQL's projections then answer for it with the
-//! same fields Redis held: `orders` and `payments` rows, and the lines in
+//! same fields Redis held: its `orders` row, and the lines in
 //! the order they were placed (from its `OrderPlaced` event). Only orders at
 //! a final pair are answered from here: an order that vanished from Redis
 //! any other way is reconciliation's business, not a read's.
@@ -54,11 +54,10 @@ pub async fn retired_order(
             "SELECT coalesce(o.saga_id::text, ''), coalesce(o.customer, ''), \
              coalesce(o.restaurant_id, ''), o.status, coalesce(o.reason, ''), o.payment_status, \
              coalesce(o.decision, ''), coalesce(o.total, 0), o.created_at, o.updated_at, o.last_seq, \
-             coalesce(p.provider_ref, ''), \
+             coalesce(o.provider_ref, ''), \
              (SELECT e.payload FROM saga_events e WHERE e.order_id = o.order_id \
               AND e.part_time = $2 AND e.type = 'OrderPlaced' LIMIT 1) \
-             FROM orders o LEFT JOIN payments p USING (order_id) \
-             WHERE o.order_id = $1 AND o.events = o.last_seq",
+             FROM orders o WHERE o.order_id = $1 AND o.events = o.last_seq",
             &[id, &created],
         )
         .await?;

@@ -1,6 +1,6 @@
-//! Projections: an order's archived events folded, in sequence, into the row
-//! `orders` and `payments` hold — the same state Redis holds, rebuilt from
-//! the log alone.
+//! Projections: an order's archived events folded, in sequence, into its
+//! `orders` row (the `payments` view reads it too) — the same state Redis
+//! holds, rebuilt from the log alone.
 
 use std::time::SystemTime;
 

@@ -1,4 +1,4 @@
-//! The projection tables (`orders`, `payments`) brought up to date in the
+//! The projection table (`orders`; `payments` is a view of it) brought up to date in the
 //! batch's transaction: each touched order's row moved on by the batch's
 //! events when they continue it, refolded from its archived history
 //! otherwise; writers of one order serialized by an advisory lock.
@@ -83,15 +83,13 @@ fn continued(row: OrderRow, events: &[Archived]) -> Option<OrderRow> {
     Some(row)
 }
 
-/// The projection rows of `ids` as they are (`payments` gives the provider
-/// reference).
+/// The projection rows of `ids` as they are.
 async fn current_rows(tx: &Tx<'_>, ids: &[Uuid]) -> Result<HashMap<Uuid, OrderRow>, ArchiveError> {
     let rows = query(
         tx,
         "SELECT o.order_id, o.saga_id, o.customer, o.restaurant_id, o.status, o.reason, \
          o.payment_status, o.decision, o.total, o.created_at, o.updated_at, o.last_seq, o.events, \
-         p.provider_ref FROM orders o LEFT JOIN payments p USING (order_id) \
-         WHERE o.order_id = ANY($1)",
+         o.provider_ref FROM orders o WHERE o.order_id = ANY($1)",
         &[&ids],
     )
     .await?;
@@ -161,7 +159,6 @@ pub(crate) async fn project_orders(
     let moved = move_on(tx, rest, mode).await?;
     write_orders(tx, &moved).await?;
     folded.extend(moved);
-    write_payments(tx, &folded).await?;
     Ok(folded
         .iter()
         .filter(|r| r.is_final())
@@ -249,10 +246,11 @@ struct OrderColumns {
     updated_at: Vec<Option<SystemTime>>,
     last_seq: Vec<i64>,
     events: Vec<i32>,
+    provider_ref: Vec<Option<String>>,
 }
 
 impl OrderColumns {
-    fn as_params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 13] {
+    fn as_params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 14] {
         [
             &self.order_id,
             &self.saga_id,
@@ -267,6 +265,7 @@ impl OrderColumns {
             &self.updated_at,
             &self.last_seq,
             &self.events,
+            &self.provider_ref,
         ]
     }
 }
@@ -291,20 +290,22 @@ fn order_columns<'a>(rows: impl Iterator<Item = &'a OrderRow> + Clone) -> OrderC
         updated_at: column!(updated_at),
         last_seq: column!(last_seq),
         events: column!(events),
+        provider_ref: column!(provider_ref),
     }
 }
 
 /// Every column of `orders` from `UNNEST` arrays, replacing the row on
 /// conflict (a caller may add a `WHERE` to the update).
 const UPSERT_ORDERS: &str = "INSERT INTO orders (order_id, saga_id, customer, restaurant_id, status, \
-     reason, payment_status, decision, total, created_at, updated_at, last_seq, events) \
+     reason, payment_status, decision, total, created_at, updated_at, last_seq, events, provider_ref) \
      SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], \
-     $7::text[], $8::text[], $9::int8[], $10::timestamptz[], $11::timestamptz[], $12::int8[], $13::int4[]) \
+     $7::text[], $8::text[], $9::int8[], $10::timestamptz[], $11::timestamptz[], $12::int8[], $13::int4[], \
+     $14::text[]) \
      ON CONFLICT (order_id) DO UPDATE SET saga_id = EXCLUDED.saga_id, customer = EXCLUDED.customer, \
      restaurant_id = EXCLUDED.restaurant_id, status = EXCLUDED.status, reason = EXCLUDED.reason, \
      payment_status = EXCLUDED.payment_status, decision = EXCLUDED.decision, total = EXCLUDED.total, \
      created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at, last_seq = EXCLUDED.last_seq, \
-     events = EXCLUDED.events";
+     events = EXCLUDED.events, provider_ref = EXCLUDED.provider_ref";
 
 /// Upserts the `orders` rows of `folded`.
 async fn write_orders(tx: &Tx<'_>, folded: &[OrderRow]) -> Result<(), ArchiveError> {
@@ -312,31 +313,6 @@ async fn write_orders(tx: &Tx<'_>, folded: &[OrderRow]) -> Result<(), ArchiveErr
         return Ok(());
     }
     execute(tx, UPSERT_ORDERS, &order_columns(folded.iter()).as_params()).await?;
-    Ok(())
-}
-
-/// Upserts `payments` for the rows with a payment.
-async fn write_payments(tx: &Tx<'_>, folded: &[OrderRow]) -> Result<(), ArchiveError> {
-    let paid: Vec<_> = folded
-        .iter()
-        .filter(|r| r.payment_status != "NONE")
-        .collect();
-    if paid.is_empty() {
-        return Ok(());
-    }
-    let ids: Vec<Uuid> = paid.iter().map(|r| r.order_id).collect();
-    let statuses: Vec<String> = paid.iter().map(|r| r.payment_status.clone()).collect();
-    let refs: Vec<Option<String>> = paid.iter().map(|r| r.provider_ref.clone()).collect();
-    let amounts: Vec<Option<i64>> = paid.iter().map(|r| r.total).collect();
-    let times: Vec<Option<SystemTime>> = paid.iter().map(|r| r.updated_at).collect();
-    execute(tx,
-        "INSERT INTO payments (order_id, status, provider_ref, amount, updated_at) \
-         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int8[], $5::timestamptz[]) \
-         ON CONFLICT (order_id) DO UPDATE SET status = EXCLUDED.status, \
-         provider_ref = EXCLUDED.provider_ref, amount = EXCLUDED.amount, updated_at = EXCLUDED.updated_at",
-        &[&ids, &statuses, &refs, &amounts, &times],
-    )
-    .await?;
     Ok(())
 }
 

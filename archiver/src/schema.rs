@@ -15,6 +15,13 @@ const MIGRATION_LOCK_KEY: i64 = 0x6c75_6e63_6872_7573; // "lunchrus"
 /// Applies every migration not yet applied to the database at `url`.
 /// Returns the names of the migrations it applied.
 pub async fn migrate(url: &str) -> anyhow::Result<Vec<String>> {
+    migrate_to(url, None).await
+}
+
+/// [`migrate`] up to migration `version` only (`None`: all of them). A test
+/// of a migration applies the ones before it, writes rows in that schema,
+/// then applies the rest.
+pub async fn migrate_to(url: &str, version: Option<u32>) -> anyhow::Result<Vec<String>> {
     let (mut client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
         .with_context(|| format!("connect to {}", redact(url)))?;
@@ -23,7 +30,12 @@ pub async fn migrate(url: &str) -> anyhow::Result<Vec<String>> {
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
         .await
         .context("take the migration lock")?;
+    let target = match version {
+        Some(version) => refinery::Target::Version(version.try_into()?),
+        None => refinery::Target::Latest,
+    };
     let report = embedded::migrations::runner()
+        .set_target(target)
         .run_async(&mut client)
         .await
         .context("apply migrations");

@@ -198,43 +198,18 @@ pub(crate) async fn insert_dead_letters(tx: &Tx<'_>, dead: &[&Entry]) -> Result<
 
 /// The history tables, in one pass over the batch's typed events:
 /// `restaurant_history` and `menu_item_history` from the menu events,
-/// `timer_history` from TimerFired, `notifications` from NotificationSent,
-/// and `order_items` (one statement) from OrderPlaced.
+/// `timer_history` from TimerFired, `notifications` from NotificationSent.
+/// (An order's lines are its OrderPlaced event's: `order_items` is a view.)
 pub(crate) async fn insert_histories(
     tx: &Tx<'_>,
     events: &[Event],
     payloads: &[Option<Payload>],
 ) -> Result<(), ArchiveError> {
-    let (mut orders, mut items, mut qtys, mut prices) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (event, payload) in events.iter().zip(payloads) {
-        let Some(payload) = payload else {
-            continue;
-        };
-        match payload {
-            Payload::OrderPlaced(placed) => {
-                let Some(order) = event.order_id() else {
-                    continue;
-                };
-                for (item, qty, price) in &placed.lines {
-                    orders.push(order);
-                    items.push(item.clone());
-                    qtys.push(*qty as i32);
-                    prices.push(*price);
-                }
-            }
-            other => insert_history(tx, event, other).await?,
+        if let Some(payload) = payload {
+            insert_history(tx, event, payload).await?;
         }
     }
-    if orders.is_empty() {
-        return Ok(());
-    }
-    execute(tx,
-        "INSERT INTO order_items (order_id, item, qty, price) \
-         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::int4[], $4::int8[]) ON CONFLICT DO NOTHING",
-        &[&orders, &items, &qtys, &prices],
-    )
-    .await?;
     Ok(())
 }
 

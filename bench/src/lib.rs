@@ -38,6 +38,31 @@ pub fn cpu_seconds_with_exited_children(pid: u32) -> f64 {
     stat_seconds(pid, &[11, 12, 13, 14])
 }
 
+/// CPU seconds of every `postgres` process (the server, its backends,
+/// autovacuum workers), with the CPU of the ones gone, which the
+/// postmaster waited for (its children's time).
+pub fn postgres_cpu_seconds() -> f64 {
+    postgres_pids()
+        .into_iter()
+        .map(cpu_seconds_with_exited_children)
+        .sum()
+}
+
+/// Every pid whose command is `postgres` (the server and its backends).
+fn postgres_pids() -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim() == "postgres" {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
 /// The sum of `/proc/<pid>/stat` clock-tick fields, counted after ") ".
 fn stat_seconds(pid: u32, after_name: &[usize]) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();

@@ -9,9 +9,10 @@
 //! Starts Redis and a durable PostgreSQL (fsync on, as `lunchrush up` runs
 //! it), writes `--orders` × 6 saga events straight into the partition
 //! streams, times the archiver draining them (COPY into staging, INSERT …
-//! ON CONFLICT DO NOTHING, projections refolded, watermarks, XACK), then
-//! times `COPY … FROM STDIN BINARY` of the same rows. Prints both and the
-//! ratio; nothing is asserted.
+//! ON CONFLICT DO NOTHING, projections refolded, watermarks, XACK) and
+//! the CPU every `postgres` process spent meanwhile, then times `COPY …
+//! FROM STDIN BINARY` of the same rows. Prints both, the ratio and
+//! PostgreSQL's CPU per order archived; nothing is asserted.
 
 use std::time::{Duration, Instant};
 
@@ -110,8 +111,10 @@ async fn main() -> anyhow::Result<()> {
     let events = args.orders * KINDS.len();
 
     let started = Instant::now();
+    let postgres_cpu = bench::postgres_cpu_seconds();
     let archived = archiver.drain().await?;
     let archive_time = started.elapsed();
+    let postgres_cpu = bench::postgres_cpu_seconds() - postgres_cpu;
     anyhow::ensure!(
         archived as usize == events,
         "archived {archived} of {events}"
@@ -179,6 +182,11 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "  archiver (streams -> saga_events + projections, XACK) {:>10.0} events/s",
         rate(archive_time)
+    );
+    println!(
+        "  PostgreSQL CPU per order archived ({} events)         {:>10.1} µs",
+        KINDS.len(),
+        postgres_cpu * 1e6 / args.orders as f64
     );
     println!(
         "  plain binary COPY of the same rows (the limit)        {:>10.0} events/s",

@@ -76,28 +76,10 @@ impl Watched {
     /// `postgres` on the command line only name it.
     fn cpu(&self) -> f64 {
         if self.name == "postgres" {
-            return postgres_pids()
-                .into_iter()
-                .map(bench::cpu_seconds_with_exited_children)
-                .sum();
+            return bench::postgres_cpu_seconds();
         }
         self.pids.iter().map(|&p| bench::cpu_seconds(p)).sum()
     }
-}
-
-/// Every pid whose command is `postgres` (the server and its backends).
-fn postgres_pids() -> Vec<u32> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
-            continue;
-        };
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        if comm.trim() == "postgres" {
-            pids.push(pid);
-        }
-    }
-    pids
 }
 
 /// The AOF's size and how many times it was rewritten, summed over the

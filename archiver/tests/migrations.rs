@@ -1,0 +1,98 @@
+//! Migrations on data written in the schema before them, against a real
+//! PostgreSQL: what a running installation holds when it upgrades.
+
+use uuid::Uuid;
+
+/// V5 folds `payments` into `orders` and turns `payments` and
+/// `order_items` into views: every row written before it reads back the
+/// same through the views.
+#[tokio::test]
+async fn lean_projections_keep_what_the_tables_held() {
+    let stack = stack::LocalStack::temporary()
+        .await
+        .expect("start the stack");
+    let url = stack.postgres_url();
+    archiver::schema::migrate_to(&url, Some(4)).await.unwrap();
+    let pool = api::postgres_pool(&url).unwrap();
+    let client = pool.get().await.unwrap();
+    let (paid, unpaid) = (Uuid::now_v7(), Uuid::now_v7());
+    client
+        .execute(
+            "INSERT INTO orders (order_id, customer, restaurant_id, status, payment_status, total, \
+             created_at, updated_at, last_seq, events) VALUES \
+             ($1, 'c1', 'r1', 'APPROVED', 'CAPTURED', 12000, now(), now(), 2, 2), \
+             ($2, 'c2', 'r1', 'PENDING', 'NONE', 5000, now(), now(), 1, 1)",
+            &[&paid, &unpaid],
+        )
+        .await
+        .unwrap();
+    client
+        .execute(
+            "INSERT INTO payments (order_id, status, provider_ref, amount, updated_at) \
+             SELECT order_id, payment_status, 'psp_7', total, updated_at FROM orders WHERE order_id = $1",
+            &[&paid],
+        )
+        .await
+        .unwrap();
+    // The lines as the archive holds them: in the order's OrderPlaced.
+    client
+        .batch_execute("SELECT saga_events_ensure_month(now())")
+        .await
+        .unwrap();
+    client
+        .execute(
+            "INSERT INTO saga_events (stream, entry_id, entry_ms, entry_seq, order_id, seq, type, \
+             schema_version, payload, event_time, part_time) VALUES \
+             ('{p0}:orders', '1-0', 1, 0, $1, 1, 'OrderPlaced', 1, \
+              '{\"c\":\"c1\",\"r\":\"r1\",\"t\":12000,\"l\":[[\"soup\",2,4000],[\"tea\",1,4000]]}', now(), now()), \
+             ('{p0}:orders', '2-0', 2, 0, $2, 1, 'OrderPlaced', 1, \
+              '{\"c\":\"c2\",\"r\":\"r1\",\"t\":0,\"l\":{}}', now(), now())",
+            &[&paid, &unpaid],
+        )
+        .await
+        .unwrap();
+
+    let applied = archiver::schema::migrate(&url).await.unwrap();
+    assert_eq!(applied.len(), 1, "only V5 was left: {applied:?}");
+
+    let payments = client
+        .query(
+            "SELECT order_id, status, provider_ref, amount FROM payments ORDER BY order_id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let payments: Vec<(Uuid, String, Option<String>, Option<i64>)> = payments
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    assert_eq!(
+        payments,
+        vec![(
+            paid,
+            "CAPTURED".to_string(),
+            Some("psp_7".to_string()),
+            Some(12000)
+        )],
+        "an order without a payment has no payments row, as before"
+    );
+    let items = client
+        .query(
+            "SELECT order_id, item, qty, price FROM order_items ORDER BY order_id, item",
+            &[],
+        )
+        .await
+        .unwrap();
+    let items: Vec<(Uuid, String, i32, i64)> = items
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    assert_eq!(
+        items,
+        vec![
+            (paid, "soup".to_string(), 2, 4000),
+            (paid, "tea".to_string(), 1, 4000)
+        ],
+        "an order placed without lines has none"
+    );
+}
