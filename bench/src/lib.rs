@@ -117,6 +117,58 @@ where
     results.into_iter().collect()
 }
 
+/// Turns on Redis's latency monitor where it is off, on every server in
+/// `redis`: events of 1 ms or more are recorded, so `LATENCY LATEST` can
+/// tell the event loop's stalls (an AOF fsync among them).
+pub async fn latency_monitor_on(redis: &[fred::prelude::Client]) -> anyhow::Result<()> {
+    use fred::prelude::ConfigInterface;
+    for client in redis {
+        let current: Vec<String> = client.config_get("latency-monitor-threshold").await?;
+        if current.get(1).map(String::as_str) == Some("0") {
+            client
+                .config_set::<_, _>("latency-monitor-threshold", 1)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Forgets the latency events recorded so far (`LATENCY RESET`) on every
+/// server in `redis`.
+pub async fn latency_reset(redis: &[fred::prelude::Client]) -> anyhow::Result<()> {
+    use fred::prelude::ClientLike;
+    for client in redis {
+        let _: i64 = client.custom(fred::cmd!("LATENCY"), vec!["RESET"]).await?;
+    }
+    Ok(())
+}
+
+/// The longest stall of the AOF in the event loop since the last
+/// [`latency_reset`] (its write or fsync: `LATENCY LATEST`'s `aof-*`
+/// events), ms, over every server in `redis`; 0 when none reached 1 ms.
+pub async fn aof_stall_max_ms(redis: &[fred::prelude::Client]) -> anyhow::Result<i64> {
+    use fred::prelude::ClientLike;
+    use fred::types::Value;
+    let mut longest = 0;
+    for client in redis {
+        let events: Vec<Value> = client.custom(fred::cmd!("LATENCY"), vec!["LATEST"]).await?;
+        for event in events {
+            let Value::Array(fields) = event else {
+                continue;
+            };
+            let name = fields
+                .first()
+                .and_then(Value::as_string)
+                .unwrap_or_default();
+            if name.starts_with("aof-") {
+                let max = fields.get(3).and_then(Value::as_i64).unwrap_or(0);
+                longest = longest.max(max);
+            }
+        }
+    }
+    Ok(longest)
+}
+
 /// A client per Redis server that takes writes: each primary of a Cluster
 /// (`INFO` on a clustered client answers for one node only), else `redis`
 /// itself.

@@ -116,6 +116,9 @@ struct Step {
     /// Bytes the AOF grew by per order (every primary); `None` when it was
     /// rewritten during the step.
     aof_bytes_per_order: Option<f64>,
+    /// The longest the AOF's write or fsync held Redis's event loop during
+    /// the step (ms, any primary): every request queued behind it waited.
+    aof_stall_ms: i64,
     sustained: bool,
 }
 
@@ -248,6 +251,7 @@ async fn run_step(
     let calls0 = bench::command_calls_sum(redis).await?;
     let usec0 = bench::command_usec_sum(redis).await?;
     let aof0 = aof_state(redis).await?;
+    bench::latency_reset(redis).await?;
     let started = Instant::now();
     let total = (rate * length.as_secs_f64()).round() as u64;
     let mut tasks = Vec::with_capacity(total as usize);
@@ -304,6 +308,7 @@ async fn run_step(
     let calls1 = bench::command_calls_sum(redis).await?;
     let usec1 = bench::command_usec_sum(redis).await?;
     let aof1 = aof_state(redis).await?;
+    let aof_stall_ms = bench::aof_stall_max_ms(redis).await?;
     let mut latencies = load.latencies_us.lock().unwrap().clone();
     latencies.sort_unstable();
     let months: Vec<std::time::SystemTime> = ids.iter().map(engine::ids::created_at).collect();
@@ -341,6 +346,7 @@ async fn run_step(
         commands: bench::per_unit(&calls0, &calls1, orders, 0.05),
         usec: bench::per_unit(&usec0, &usec1, orders, 1.0),
         aof_bytes_per_order: (aof1.1 == aof0.1).then(|| (aof1.0 - aof0.0) as f64 / orders),
+        aof_stall_ms,
         cpu_us: watched
             .iter()
             .zip(cpu0.iter().zip(&cpu1))
@@ -359,13 +365,16 @@ fn table(steps: &[Step], watched: &[Watched]) -> String {
     let mut md = String::new();
     let _ = write!(
         md,
-        "| offered/s | orders | placed/s | settled+archived/s | drained after | placement p50 / p99 ms | placed → captured p50 / p99 ms | Redis cmds/order |"
+        "| offered/s | orders | placed/s | settled+archived/s | drained after | placement p50 / p99 ms | placed → captured p50 / p99 ms | longest AOF stall ms | Redis cmds/order |"
     );
     for w in watched {
         let _ = write!(md, " {} µs/order |", w.name);
     }
     let _ = writeln!(md, " sustained |");
-    let _ = write!(md, "| --- | --- | --- | --- | --- | --- | --- | --- |");
+    let _ = write!(
+        md,
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    );
     for _ in watched {
         let _ = write!(md, " --- |");
     }
@@ -373,7 +382,7 @@ fn table(steps: &[Step], watched: &[Watched]) -> String {
     for s in steps {
         let _ = write!(
             md,
-            "| {:.0} | {} | {:.0} | {:.0} | {:.1} s | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} |",
+            "| {:.0} | {} | {:.0} | {:.0} | {:.1} s | {:.1} / {:.1} | {:.1} / {:.1} | {} | {:.1} |",
             s.offered,
             s.placed,
             s.placed_per_s,
@@ -383,6 +392,7 @@ fn table(steps: &[Step], watched: &[Watched]) -> String {
             s.place_p99_ms,
             s.captured_p50_ms,
             s.captured_p99_ms,
+            s.aof_stall_ms,
             s.commands_per_order
         );
         for (_, us) in &s.cpu_us {
@@ -413,6 +423,7 @@ async fn main() -> anyhow::Result<()> {
     redis.init().await?;
     // Commands are counted on every primary of a Cluster.
     let primaries = bench::primary_clients(&redis).await?;
+    bench::latency_monitor_on(&primaries).await?;
     let config = engine::Config {
         redis_url: args.stack.redis.clone(),
         postgres_url: args.stack.postgres.clone(),
@@ -527,6 +538,13 @@ async fn main() -> anyhow::Result<()> {
             inside.join(", "),
             scripts,
             redis
+        );
+        let _ = writeln!(
+            md,
+            "\nLongest AOF stall: the longest Redis's event loop was held by writing or fsyncing its \
+             AOF during the step (`LATENCY LATEST`, `aof-*` events of 1 ms or more; the largest over \
+             the primaries). Every request queued behind it waited as long: a placement p99 close to \
+             the step's longest stall is the disk's, not the CPU's."
         );
         if let Some(bytes) = step.aof_bytes_per_order {
             let _ = writeln!(
