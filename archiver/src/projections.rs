@@ -1,7 +1,7 @@
-//! The projection table (`orders`; `payments` is a view of it) brought up to date in the
-//! batch's transaction: each touched order's row moved on by the batch's
-//! events when they continue it, refolded from its archived history
-//! otherwise; writers of one order serialized by an advisory lock.
+//! The projection table (`orders`; `payments` is a view of it) brought up
+//! to date in the batch's transaction: each touched order's row moved on by
+//! the batch's events when they continue it, refolded from its archived
+//! history otherwise; writers of one order serialized by an advisory lock.
 
 use super::*;
 use crate::project::decode;
