@@ -83,11 +83,7 @@ impl Archiver {
             vec![partitions.to_vec()]
         };
         let pages = slots.iter().map(|slot| {
-            let streams: Vec<fred::types::Key> = slot
-                .iter()
-                .filter_map(|&p| self.streams.get(usize::from(p)))
-                .flat_map(|streams| streams.iter().cloned())
-                .collect();
+            let streams = self.streams.of(slot);
             let ids: Vec<&str> = streams.iter().map(|_| id).collect();
             engine::saga::read_group(
                 self.engine.redis(),

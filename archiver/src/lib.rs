@@ -172,21 +172,13 @@ pub struct Archiver {
     options: ArchiverOptions,
     permits: Arc<tokio::sync::Semaphore>,
     months: Arc<std::sync::Mutex<HashSet<(i32, u32)>>>,
-    /// Per partition: the streams it drains, named once (every read names
-    /// them).
-    streams: Arc<[Vec<fred::types::Key>]>,
+    /// The streams it drains, per partition.
+    streams: engine::streams::PartitionStreams,
 }
 
 impl Archiver {
     pub fn new(engine: Engine, pool: deadpool_postgres::Pool, options: ArchiverOptions) -> Self {
-        let streams = (0..engine.keys().partitions())
-            .map(|p| {
-                partition_streams(&engine, p)
-                    .into_iter()
-                    .map(Into::into)
-                    .collect()
-            })
-            .collect();
+        let streams = engine::streams::PartitionStreams::new(engine.keys(), &Topic::ALL);
         Self {
             permits: Arc::new(tokio::sync::Semaphore::new(options.batches_in_flight_max)),
             streams,

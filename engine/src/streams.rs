@@ -7,6 +7,33 @@ use std::collections::HashMap;
 use fred::prelude::*;
 use fred::types::Value;
 
+/// Every partition's streams of some topics, named once: a reader names
+/// them on every read (one XREADGROUP over many streams), and formatting
+/// the names each time showed in its profile. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct PartitionStreams(std::sync::Arc<[Vec<fred::types::Key>]>);
+
+impl PartitionStreams {
+    /// The streams of `topics` of each partition of `keys`.
+    pub fn new(keys: &crate::keys::KeySpace, topics: &[crate::keys::Topic]) -> Self {
+        Self(
+            (0..keys.partitions())
+                .map(|p| topics.iter().map(|&t| keys.stream(p, t).into()).collect())
+                .collect(),
+        )
+    }
+
+    /// The streams of `partitions`, partition by partition (none for a
+    /// partition beyond the key space).
+    pub fn of(&self, partitions: &[u16]) -> Vec<fred::types::Key> {
+        partitions
+            .iter()
+            .filter_map(|&p| self.0.get(usize::from(p)))
+            .flat_map(|streams| streams.iter().cloned())
+            .collect()
+    }
+}
+
 /// `ms-seq` → (ms, seq).
 pub fn parse_entry_id(id: &str) -> Option<(i64, i64)> {
     let (ms, seq) = id.split_once('-')?;

@@ -2,7 +2,7 @@
 //! handlers, acknowledges, and gives poison up to the operator queues.
 
 use super::*;
-use crate::streams::Acks;
+use crate::streams::{Acks, PartitionStreams};
 
 /// One consumer of one group.
 pub struct Worker {
@@ -13,9 +13,8 @@ pub struct Worker {
     options: WorkerOptions,
     /// Per (partition, topic): the XAUTOCLAIM cursor.
     cursors: HashMap<(u16, Topic), String>,
-    /// Per partition: the streams of the role's topics, named once (every
-    /// read names them).
-    streams: Vec<Vec<fred::types::Key>>,
+    /// The streams of the role's topics, per partition.
+    streams: PartitionStreams,
 }
 
 /// An XAUTOCLAIM answer: the next cursor and the entries claimed.
@@ -39,15 +38,7 @@ impl Worker {
         role: Role,
         options: WorkerOptions,
     ) -> Self {
-        let keys = engine.keys();
-        let streams = (0..keys.partitions())
-            .map(|p| {
-                role.topics()
-                    .iter()
-                    .map(|t| keys.stream(p, *t).into())
-                    .collect()
-            })
-            .collect();
+        let streams = PartitionStreams::new(engine.keys(), role.topics());
         Self {
             engine,
             psp,
@@ -199,11 +190,7 @@ impl Worker {
             vec![(0..keys.partitions()).collect()]
         };
         let reads = shards.into_iter().map(|partitions| {
-            let streams: Vec<fred::types::Key> = partitions
-                .iter()
-                .filter_map(|&p| self.streams.get(usize::from(p)))
-                .flat_map(|streams| streams.iter().cloned())
-                .collect();
+            let streams = self.streams.of(&partitions);
             let ids: Vec<&str> = streams.iter().map(|_| ">").collect();
             async move {
                 read_group(
