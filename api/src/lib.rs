@@ -82,9 +82,23 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/admin/actions"),
 ];
 
-/// What every handler can reach.
+/// What every handler can reach: one shared allocation, so the clone each
+/// request's extractors and layers take is one reference count, not one per
+/// field (they showed in the engine's profile).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The fields of [`AppState`].
+#[derive(Clone)]
+pub struct Shared {
     pub engine: engine::Engine,
     pub redis: fred::prelude::Client,
     pub postgres: deadpool_postgres::Pool,
@@ -117,7 +131,7 @@ impl AppState {
         jwt_secret: &[u8],
         limits: admission::Limits,
     ) -> Self {
-        Self {
+        Self(Arc::new(Shared {
             redis: engine.redis().clone(),
             postgres,
             keys: auth::Keys::new(jwt_secret),
@@ -138,7 +152,7 @@ impl AppState {
                 Arc::new(engine::notify::LogNotifier),
             )),
             engine,
-        }
+        }))
     }
 
     /// The console re-drives through `psp` (the workers' client, so their
@@ -148,13 +162,13 @@ impl AppState {
         psp: engine::psp::PspClient,
         notifier: Arc<dyn engine::notify::Notifier>,
     ) -> Self {
-        self.console = Arc::new(admin::Console::new(psp, notifier));
+        Arc::make_mut(&mut self.0).console = Arc::new(admin::Console::new(psp, notifier));
         self
     }
 
     /// Refuses placements while `breaker` (the payment hops') is open.
     pub fn with_breaker(mut self, breaker: Arc<engine::breaker::Breaker>) -> Self {
-        self.breaker = Some(breaker);
+        Arc::make_mut(&mut self.0).breaker = Some(breaker);
         self
     }
 
