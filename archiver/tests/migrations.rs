@@ -114,3 +114,58 @@ async fn lean_projections_keep_what_the_tables_held() {
         .get(0);
     assert_eq!(over_one, 1);
 }
+
+/// V7: an order event is unique by `(order_id, seq)` alone, a menu event
+/// (no order) by `(stream, entry_id)`. Rows written before it stay; after
+/// it, the archive's insert skips a second copy of either kind (a
+/// redelivery, even under another entry id for an order event) and keeps
+/// every event that is new.
+#[tokio::test]
+async fn each_event_stays_unique_by_its_one_key() {
+    let stack = stack::LocalStack::temporary()
+        .await
+        .expect("start the stack");
+    let url = stack.postgres_url();
+    archiver::schema::migrate_to(&url, Some(6)).await.unwrap();
+    let pool = api::postgres_pool(&url).unwrap();
+    let client = pool.get().await.unwrap();
+    client
+        .batch_execute("SELECT saga_events_ensure_month(now())")
+        .await
+        .unwrap();
+    let order = Uuid::now_v7();
+    let insert = "INSERT INTO saga_events (stream, entry_id, entry_ms, entry_seq, order_id, seq, \
+                  type, schema_version, payload, event_time, part_time) \
+                  VALUES ($1, $2, 1, 0, $3, $4, 'E', 1, '{}', now(), date_trunc('month', now())) \
+                  ON CONFLICT DO NOTHING";
+    let put = async |stream: &str, entry: &str, order: Option<Uuid>, seq: i64| -> u64 {
+        client
+            .execute(insert, &[&stream, &entry, &order, &seq])
+            .await
+            .unwrap()
+    };
+    assert_eq!(put("{p0}:orders", "1-0", Some(order), 1).await, 1);
+    assert_eq!(put("{p0}:menu", "1-0", None, 1).await, 1);
+
+    let applied = archiver::schema::migrate(&url).await.unwrap();
+    assert!(
+        applied
+            .iter()
+            .any(|m| m.contains("order_events_unique_once")),
+        "V7 applied: {applied:?}"
+    );
+
+    // Redeliveries: the same entries, and the order's event under another id.
+    assert_eq!(put("{p0}:orders", "1-0", Some(order), 1).await, 0);
+    assert_eq!(put("{p0}:orders", "9-0", Some(order), 1).await, 0);
+    assert_eq!(put("{p0}:menu", "1-0", None, 1).await, 0);
+    // New events: the order's next, another menu entry.
+    assert_eq!(put("{p0}:orders", "2-0", Some(order), 2).await, 1);
+    assert_eq!(put("{p0}:menu", "2-0", None, 2).await, 1);
+    let rows: i64 = client
+        .query_one("SELECT count(*) FROM saga_events", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 4);
+}
