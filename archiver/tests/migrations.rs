@@ -3,6 +3,20 @@
 
 use uuid::Uuid;
 
+/// A fresh PostgreSQL migrated up to `version` only: its stack (kept for
+/// the test's length), URL and a pool.
+async fn at_version(version: u32) -> (stack::LocalStack, String, deadpool_postgres::Pool) {
+    let stack = stack::LocalStack::temporary()
+        .await
+        .expect("start the stack");
+    let url = stack.postgres_url();
+    archiver::schema::migrate_to(&url, Some(version))
+        .await
+        .unwrap();
+    let pool = api::postgres_pool(&url).unwrap();
+    (stack, url, pool)
+}
+
 /// V5 folds `payments` into `orders` and turns `payments` and
 /// `order_items` into views: every row written before it reads back the
 /// same through the views. An OrderPlaced whose lines do not decode (the
@@ -10,12 +24,7 @@ use uuid::Uuid;
 /// no query of the view fails on them (V6).
 #[tokio::test]
 async fn lean_projections_keep_what_the_tables_held() {
-    let stack = stack::LocalStack::temporary()
-        .await
-        .expect("start the stack");
-    let url = stack.postgres_url();
-    archiver::schema::migrate_to(&url, Some(4)).await.unwrap();
-    let pool = api::postgres_pool(&url).unwrap();
+    let (_stack, url, pool) = at_version(4).await;
     let client = pool.get().await.unwrap();
     let (paid, unpaid, odd) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
     client
@@ -122,12 +131,7 @@ async fn lean_projections_keep_what_the_tables_held() {
 /// every event that is new.
 #[tokio::test]
 async fn each_event_stays_unique_by_its_one_key() {
-    let stack = stack::LocalStack::temporary()
-        .await
-        .expect("start the stack");
-    let url = stack.postgres_url();
-    archiver::schema::migrate_to(&url, Some(6)).await.unwrap();
-    let pool = api::postgres_pool(&url).unwrap();
+    let (_stack, url, pool) = at_version(6).await;
     let client = pool.get().await.unwrap();
     client
         .batch_execute("SELECT saga_events_ensure_month(now())")
