@@ -3,8 +3,9 @@
 
 use uuid::Uuid;
 
-/// A fresh PostgreSQL migrated up to `version` only: its stack (kept for
-/// the test's length), URL and a pool.
+/// A fresh PostgreSQL migrated up to `version` only (at least V2), with
+/// this month's archive partition: its stack (kept for the test's length),
+/// URL and a pool.
 async fn at_version(version: u32) -> (stack::LocalStack, String, deadpool_postgres::Pool) {
     let stack = stack::LocalStack::temporary()
         .await
@@ -14,7 +15,18 @@ async fn at_version(version: u32) -> (stack::LocalStack, String, deadpool_postgr
         .await
         .unwrap();
     let pool = api::postgres_pool(&url).unwrap();
+    pool.get()
+        .await
+        .unwrap()
+        .batch_execute("SELECT saga_events_ensure_month(now())")
+        .await
+        .unwrap();
     (stack, url, pool)
+}
+
+/// The one number `sql` (a `count(*)`) answers.
+async fn count(client: &deadpool_postgres::Client, sql: &str) -> i64 {
+    client.query_one(sql, &[]).await.unwrap().get(0)
 }
 
 /// V5 folds `payments` into `orders` and turns `payments` and
@@ -46,10 +58,6 @@ async fn lean_projections_keep_what_the_tables_held() {
         .await
         .unwrap();
     // The lines as the archive holds them: in the order's OrderPlaced.
-    client
-        .batch_execute("SELECT saga_events_ensure_month(now())")
-        .await
-        .unwrap();
     client
         .execute(
             "INSERT INTO saga_events (stream, entry_id, entry_ms, entry_seq, order_id, seq, type, \
@@ -116,11 +124,7 @@ async fn lean_projections_keep_what_the_tables_held() {
         "an order placed without lines has none, bad lines are left out"
     );
     // A filter the planner may evaluate before the view's own checks.
-    let over_one: i64 = client
-        .query_one("SELECT count(*) FROM order_items WHERE qty > 1", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let over_one = count(&client, "SELECT count(*) FROM order_items WHERE qty > 1").await;
     assert_eq!(over_one, 1);
 }
 
@@ -133,10 +137,6 @@ async fn lean_projections_keep_what_the_tables_held() {
 async fn each_event_stays_unique_by_its_one_key() {
     let (_stack, url, pool) = at_version(6).await;
     let client = pool.get().await.unwrap();
-    client
-        .batch_execute("SELECT saga_events_ensure_month(now())")
-        .await
-        .unwrap();
     let order = Uuid::now_v7();
     let insert = "INSERT INTO saga_events (stream, entry_id, entry_ms, entry_seq, order_id, seq, \
                   type, schema_version, payload, event_time, part_time) \
@@ -166,10 +166,5 @@ async fn each_event_stays_unique_by_its_one_key() {
     // New events: the order's next, another menu entry.
     assert_eq!(put("{p0}:orders", "2-0", Some(order), 2).await, 1);
     assert_eq!(put("{p0}:menu", "2-0", None, 2).await, 1);
-    let rows: i64 = client
-        .query_one("SELECT count(*) FROM saga_events", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(rows, 4);
+    assert_eq!(count(&client, "SELECT count(*) FROM saga_events").await, 4);
 }
