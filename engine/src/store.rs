@@ -103,6 +103,47 @@ async fn eviction_policy<C: ServerInterface + ClientLike>(
         .to_string())
 }
 
+/// The `hash-max-listpack-value` an order needs to be stored compactly: its
+/// longest values (the lines, the list of its events) stay under it, so
+/// Redis keeps its hash as one listpack (~430 B an order at rest) instead
+/// of a hashtable (~1.4 KB). `lunchrush up` starts Redis with it.
+pub const COMPACT_HASH_VALUE_BYTES: u64 = 1024;
+
+/// Warns (once per node) where Redis would keep order hashes as hashtables:
+/// correct, but each live order then costs about 1 KB more. Says nothing
+/// where CONFIG is disabled (managed Redis services).
+pub async fn warn_unless_compact_hashes(client: &Client) {
+    let servers = if client.is_clustered() {
+        client.active_connections()
+    } else {
+        Vec::new()
+    };
+    if servers.is_empty() {
+        warn_unless_compact(listpack_value(client).await, "redis");
+    }
+    for server in servers {
+        let value = listpack_value(&client.with_cluster_node(&server)).await;
+        warn_unless_compact(value, &server.to_string());
+    }
+}
+
+fn warn_unless_compact(value: Option<u64>, server: &str) {
+    if let Some(value) = value.filter(|v| *v < COMPACT_HASH_VALUE_BYTES) {
+        tracing::warn!(
+            server,
+            value,
+            "Redis keeps a hash holding a value longer than hash-max-listpack-value as a \
+             hashtable: each live order costs about 1 KB more than with \
+             `hash-max-listpack-value {COMPACT_HASH_VALUE_BYTES}`."
+        );
+    }
+}
+
+async fn listpack_value<C: ConfigInterface + ClientLike>(client: &C) -> Option<u64> {
+    let answer: Vec<String> = client.config_get("hash-max-listpack-value").await.ok()?;
+    answer.get(1)?.parse().ok()
+}
+
 /// Redis's clock in milliseconds (TIME): the one clock every script and
 /// timer uses, whatever the engines' own clocks say.
 pub async fn server_time_ms(client: &Client) -> Result<i64, fred::error::Error> {

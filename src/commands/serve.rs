@@ -83,6 +83,7 @@ pub async fn run_engine(
 ) -> anyhow::Result<()> {
     let redis = engine::store::connect(&config).await?;
     engine::store::ensure_no_eviction(&redis).await?;
+    engine::store::warn_unless_compact_hashes(&redis).await;
     let engine = engine::Engine::new(redis.clone(), config.clone())
         .await
         .context("load the Lua scripts")?;

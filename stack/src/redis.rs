@@ -121,6 +121,10 @@ impl RedisServer {
             .args(["--appendfsync", options.appendfsync.as_str()])
             // Any eviction policy silently drops queue entries and stock keys.
             .args(["--maxmemory-policy", "noeviction"])
+            // An order's hash holds values of a few hundred bytes (its lines,
+            // its event list): up to this size Redis keeps a hash as one
+            // listpack (~430 B an order) instead of a hashtable (~1.4 KB).
+            .args(["--hash-max-listpack-value", "1024"])
             // The AOF is the persistence; RDB snapshots would only add fork pauses.
             .args(["--save", ""])
             .args(["--daemonize", "no"])

@@ -49,6 +49,12 @@ async fn standalone_stack_serves_and_cleans_up() {
         redis.command(&["CONFIG", "GET", "appendonly"]).unwrap(),
         "appendonly\nyes"
     );
+    assert_eq!(
+        redis
+            .command(&["CONFIG", "GET", "hash-max-listpack-value"])
+            .unwrap(),
+        "hash-max-listpack-value\n1024"
+    );
     let answer = query_one(&stack.postgres_url(), "SELECT 'ready'::text").await;
     assert_eq!(answer, "ready");
     let pids = stack.pids();
