@@ -147,11 +147,7 @@ impl HotSpots {
 /// cardinality), method (a closed set: anything unusual is `other`) and
 /// status, and times it.
 pub async fn track(request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".into());
+    let route = request.extensions().get::<MatchedPath>().cloned();
     let method = METHODS
         .iter()
         .find(|m| **m == request.method().as_str())
@@ -159,12 +155,51 @@ pub async fn track(request: Request, next: Next) -> Response {
         .unwrap_or("other");
     let started = Instant::now();
     let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
-    metrics::counter!("lunchrush_http_requests_total", "route" => route.clone(), "method" => method, "status" => status)
-        .increment(1);
-    metrics::histogram!("lunchrush_http_request_seconds", "route" => route)
-        .record(started.elapsed().as_secs_f64());
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    let series = request_series(route, method, response.status().as_u16());
+    series.requests.increment(1);
+    series.seconds.record(started.elapsed().as_secs_f64());
     response
+}
+
+/// One (route, method, status)'s request counter and its route's latency
+/// histogram.
+#[derive(Clone)]
+struct RequestSeries {
+    requests: metrics::Counter,
+    seconds: metrics::Histogram,
+}
+
+/// Request series by route, then (method, status): each registered once,
+/// so a request bumps two handles instead of building, hashing and looking
+/// up its labels twice. As bounded as the labels: routes are the router's
+/// templates, methods and statuses closed sets.
+type SeriesByRoute = HashMap<String, HashMap<(&'static str, u16), RequestSeries>>;
+
+static REQUEST_SERIES: std::sync::LazyLock<std::sync::RwLock<SeriesByRoute>> =
+    std::sync::LazyLock::new(Default::default);
+
+fn request_series(route: &str, method: &'static str, status: u16) -> RequestSeries {
+    use std::sync::PoisonError;
+    let known = REQUEST_SERIES
+        .read()
+        .unwrap_or_else(PoisonError::into_inner);
+    if let Some(series) = known.get(route).and_then(|s| s.get(&(method, status))) {
+        return series.clone();
+    }
+    drop(known);
+    let series = RequestSeries {
+        requests: metrics::counter!("lunchrush_http_requests_total",
+            "route" => route.to_string(), "method" => method, "status" => status.to_string()),
+        seconds: metrics::histogram!("lunchrush_http_request_seconds", "route" => route.to_string()),
+    };
+    REQUEST_SERIES
+        .write()
+        .unwrap_or_else(PoisonError::into_inner)
+        .entry(route.to_string())
+        .or_default()
+        .insert((method, status), series.clone());
+    series
 }
 
 /// Stream gauges from XINFO GROUPS, summed over partitions.
