@@ -13,8 +13,11 @@
 //!
 //! A step is sustained when the load generator kept its schedule, nothing
 //! was refused, placement p99 stayed under 20 ms and the backlog drained
-//! within a second of the step's end (plus 10% of its length). The
-//! capacity is the highest sustained settled rate. A search of more than one
+//! within a second of the step's end (plus 10% of its length). A step that
+//! missed only by p99, behind an AOF stall of 20 ms or more (this machine's
+//! disk held Redis's event loop once), runs once more at the same rate and
+//! that run decides; both rows are reported. The capacity is the highest
+//! sustained settled rate. A search of more than one
 //! rate ends with a step at half the capacity (latencies with headroom),
 //! reported below the table.
 
@@ -61,7 +64,12 @@ struct Args {
     out: Option<std::path::PathBuf>,
 }
 
+#[path = "e2e/report.rs"]
+mod report;
+
 const DISHES: usize = 5;
+/// A step is sustained only with placement p99 under this (ms).
+const P99_MAX_MS: f64 = 20.0;
 
 /// Processes watched for CPU: name and pids.
 struct Watched {
@@ -120,6 +128,21 @@ struct Step {
     /// the step (ms, any primary): every request queued behind it waited.
     aof_stall_ms: i64,
     sustained: bool,
+    /// Missed only by p99, behind an AOF stall of the target or longer: the
+    /// same rate ran once more (the next row) and that run decides.
+    ran_again: bool,
+}
+
+impl Step {
+    /// Missed only because the disk held Redis past the latency target once.
+    fn held_by_the_disk(&self) -> bool {
+        !self.sustained
+            && self.refused == 0
+            && !self.behind_schedule
+            && self.drained_after_s < 1.0
+            && self.place_p99_ms >= P99_MAX_MS
+            && self.aof_stall_ms as f64 >= P99_MAX_MS
+    }
 }
 
 struct Load {
@@ -353,65 +376,13 @@ async fn run_step(
             .map(|(w, (a, b))| (w.name.clone(), (b - a) / orders * 1e6))
             .collect(),
         sustained: false,
+        ran_again: false,
     };
     step.sustained = !step.behind_schedule
         && step.refused == 0
-        && step.place_p99_ms < 20.0
+        && step.place_p99_ms < P99_MAX_MS
         && drained_after < Duration::from_secs(1) + length / 10;
     Ok(step)
-}
-
-fn table(steps: &[Step], watched: &[Watched]) -> String {
-    let mut md = String::new();
-    let _ = write!(
-        md,
-        "| offered/s | orders | placed/s | settled+archived/s | drained after | placement p50 / p99 ms | placed → captured p50 / p99 ms | longest AOF stall ms | Redis cmds/order |"
-    );
-    for w in watched {
-        let _ = write!(md, " {} µs/order |", w.name);
-    }
-    let _ = writeln!(md, " sustained |");
-    let _ = write!(
-        md,
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
-    );
-    for _ in watched {
-        let _ = write!(md, " --- |");
-    }
-    let _ = writeln!(md, " --- |");
-    for s in steps {
-        let _ = write!(
-            md,
-            "| {:.0} | {} | {:.0} | {:.0} | {:.1} s | {:.1} / {:.1} | {:.1} / {:.1} | {} | {:.1} |",
-            s.offered,
-            s.placed,
-            s.placed_per_s,
-            s.settled_per_s,
-            s.drained_after_s,
-            s.place_p50_ms,
-            s.place_p99_ms,
-            s.captured_p50_ms,
-            s.captured_p99_ms,
-            s.aof_stall_ms,
-            s.commands_per_order
-        );
-        for (_, us) in &s.cpu_us {
-            let _ = write!(md, " {us:.0} |");
-        }
-        let why = if s.sustained {
-            "yes".to_string()
-        } else if s.refused > 0 {
-            format!("no: {} refused", s.refused)
-        } else if s.behind_schedule {
-            "no: the load fell behind".into()
-        } else if s.place_p99_ms >= 20.0 {
-            "no: p99 ≥ 20 ms".into()
-        } else {
-            "no: backlog".into()
-        };
-        let _ = writeln!(md, " {why} |");
-    }
-    md
 }
 
 // One thread: the load wakes once per request, and a second thread would only
@@ -463,23 +434,36 @@ async fn main() -> anyhow::Result<()> {
     load.seed().await?;
     let mut steps = Vec::new();
     let mut first = 0;
-    for &rate in &args.rates {
-        let step = run_step(
+    let mut next = 0;
+    while let Some(&rate) = args.rates.get(next) {
+        let mut step = run_step(
             &load, &primaries, &engine, &pool, &watched, rate, args.step, &mut first,
         )
         .await?;
+        // One stall of this machine's disk decides no capacity: such a step
+        // runs once more, and both rows stay in the report.
+        let retry = !steps.last().is_some_and(|s: &Step| s.ran_again);
+        step.ran_again = retry && step.held_by_the_disk();
         eprintln!(
-            "[e2e] offered {:.0}/s: settled+archived {:.0}/s, placement p99 {:.1} ms, placed→captured p50 {:.1} ms, sustained {}",
+            "[e2e] offered {:.0}/s: settled+archived {:.0}/s, placement p99 {:.1} ms, placed→captured p50 {:.1} ms, sustained {}{}",
             step.offered,
             step.settled_per_s,
             step.place_p99_ms,
             step.captured_p50_ms,
-            step.sustained
+            step.sustained,
+            if step.ran_again {
+                " (held by the disk: once more)"
+            } else {
+                ""
+            }
         );
-        let stop = !step.sustained;
+        let (sustained, again) = (step.sustained, step.ran_again);
         steps.push(step);
-        if stop {
+        if !sustained && !again {
             break;
+        }
+        if !again {
+            next += 1;
         }
     }
     let best = steps
@@ -499,7 +483,7 @@ async fn main() -> anyhow::Result<()> {
         }
         _ => None,
     };
-    let mut md = table(&steps, &watched);
+    let mut md = report::table(&steps, &watched);
     // The mix at the reported rate, or at the last step when none held
     // (a one-rate before/after still shows where the commands go).
     if let Some(step) = best.or(steps.last()) {
