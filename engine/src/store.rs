@@ -66,20 +66,35 @@ pub async fn connect(config: &Config) -> Result<Client, StoreError> {
 
 /// Fails unless every node's `maxmemory-policy` is `noeviction`.
 pub async fn ensure_no_eviction(client: &Client) -> Result<(), StoreError> {
+    for node in nodes(client) {
+        let policy = match &node {
+            Some(server) => eviction_policy(&client.with_cluster_node(server)).await?,
+            None => eviction_policy(client).await?,
+        };
+        check_policy(node_name(&node), policy)?;
+    }
+    Ok(())
+}
+
+/// The nodes a per-node check asks: each primary of a Cluster fred is
+/// connected to (replicas are not asked: give them the primaries'
+/// configuration), or the one standalone server (`None`).
+fn nodes(client: &Client) -> Vec<Option<Server>> {
     let servers = if client.is_clustered() {
         client.active_connections()
     } else {
         Vec::new()
     };
     if servers.is_empty() {
-        let policy = eviction_policy(client).await?;
-        return check_policy("redis".to_string(), policy);
+        vec![None]
+    } else {
+        servers.into_iter().map(Some).collect()
     }
-    for server in servers {
-        let policy = eviction_policy(&client.with_cluster_node(&server)).await?;
-        check_policy(server.to_string(), policy)?;
-    }
-    Ok(())
+}
+
+fn node_name(node: &Option<Server>) -> String {
+    node.as_ref()
+        .map_or_else(|| "redis".to_string(), ToString::to_string)
 }
 
 fn check_policy(server: String, policy: String) -> Result<(), StoreError> {
@@ -103,27 +118,24 @@ async fn eviction_policy<C: ServerInterface + ClientLike>(
         .to_string())
 }
 
-/// The `hash-max-listpack-value` an order needs to be stored compactly: its
-/// longest values (the lines, the list of its events) stay under it, so
+/// The `hash-max-listpack-value` lunchrush asks for. An order's longest
+/// values (its lines, the list of its events) stay under it for all but the
+/// largest orders (from about a dozen lines with 64-character ids), so
 /// Redis keeps its hash as one listpack (~430 B an order at rest) instead
-/// of a hashtable (~1.4 KB). `lunchrush up` starts Redis with it.
+/// of a hashtable (~1.4 KB). A larger order falls back to a hashtable:
+/// correct, only bigger. `lunchrush up` starts Redis with it.
 pub const COMPACT_HASH_VALUE_BYTES: u64 = 1024;
 
 /// Warns (once per node) where Redis would keep order hashes as hashtables:
 /// correct, but each live order then costs about 1 KB more. Says nothing
 /// where CONFIG is disabled (managed Redis services).
 pub async fn warn_unless_compact_hashes(client: &Client) {
-    let servers = if client.is_clustered() {
-        client.active_connections()
-    } else {
-        Vec::new()
-    };
-    if servers.is_empty() {
-        warn_unless_compact(listpack_value(client).await, "redis");
-    }
-    for server in servers {
-        let value = listpack_value(&client.with_cluster_node(&server)).await;
-        warn_unless_compact(value, &server.to_string());
+    for node in nodes(client) {
+        let value = match &node {
+            Some(server) => listpack_value(&client.with_cluster_node(server)).await,
+            None => listpack_value(client).await,
+        };
+        warn_unless_compact(value, &node_name(&node));
     }
 }
 
