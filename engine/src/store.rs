@@ -66,35 +66,32 @@ pub async fn connect(config: &Config) -> Result<Client, StoreError> {
 
 /// Fails unless every node's `maxmemory-policy` is `noeviction`.
 pub async fn ensure_no_eviction(client: &Client) -> Result<(), StoreError> {
-    for node in nodes(client) {
-        let policy = match &node {
-            Some(server) => eviction_policy(&client.with_cluster_node(server)).await?,
-            None => eviction_policy(client).await?,
-        };
-        check_policy(node_name(&node), policy)?;
+    for (name, node) in nodes(client) {
+        check_policy(name, eviction_policy(&node).await?)?;
     }
     Ok(())
 }
 
-/// The nodes a per-node check asks: each primary of a Cluster fred is
-/// connected to (replicas are not asked: give them the primaries'
-/// configuration), or the one standalone server (`None`).
-fn nodes(client: &Client) -> Vec<Option<Server>> {
+/// The nodes a per-node check asks, by name, each with a handle that sends
+/// to it: each primary of a Cluster fred is connected to (replicas are not
+/// asked: give them the primaries' configuration), or the one standalone
+/// server.
+fn nodes(client: &Client) -> Vec<(String, fred::clients::WithOptions<Client>)> {
     let servers = if client.is_clustered() {
         client.active_connections()
     } else {
         Vec::new()
     };
     if servers.is_empty() {
-        vec![None]
-    } else {
-        servers.into_iter().map(Some).collect()
+        return vec![(
+            "redis".to_string(),
+            client.with_options(&Options::default()),
+        )];
     }
-}
-
-fn node_name(node: &Option<Server>) -> String {
-    node.as_ref()
-        .map_or_else(|| "redis".to_string(), ToString::to_string)
+    servers
+        .into_iter()
+        .map(|server| (server.to_string(), client.with_cluster_node(server)))
+        .collect()
 }
 
 fn check_policy(server: String, policy: String) -> Result<(), StoreError> {
@@ -130,12 +127,8 @@ pub const COMPACT_HASH_VALUE_BYTES: u64 = 1024;
 /// correct, but each live order then costs about 1 KB more. Says nothing
 /// where CONFIG is disabled (managed Redis services).
 pub async fn warn_unless_compact_hashes(client: &Client) {
-    for node in nodes(client) {
-        let value = match &node {
-            Some(server) => listpack_value(&client.with_cluster_node(server)).await,
-            None => listpack_value(client).await,
-        };
-        warn_unless_compact(value, &node_name(&node));
+    for (name, node) in nodes(client) {
+        warn_unless_compact(listpack_value(&node).await, &name);
     }
 }
 
