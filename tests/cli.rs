@@ -257,3 +257,60 @@ fn down_purge_stops_up_and_leaves_nothing() {
         assert!(!outside.exists(), "{} left behind", outside.display());
     }
 }
+
+/// `serve` against a Redis that may evict keys (an order or a stock count
+/// could vanish) refuses to start: it exits with the reason and never prints
+/// READY, so a supervisor waiting for READY does not route traffic to it.
+#[test]
+fn serve_refuses_an_evicting_redis_before_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = stack::redis::RedisServer::start(stack::redis::RedisOptions {
+        dir: dir.path().to_path_buf(),
+        preferred_port: None,
+        appendfsync: stack::redis::AppendFsync::Everysec,
+    })
+    .unwrap();
+    redis
+        .command(&["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"])
+        .unwrap();
+    let mut serve = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--redis-url",
+            &redis.url(),
+        ])
+        .env("LUNCHRUSH_JWT_SECRET", "s".repeat(32))
+        .env(
+            "LUNCHRUSH_POSTGRES_URL",
+            "postgres://nobody@127.0.0.1:1/none",
+        )
+        .env("LUNCHRUSH_PSP_URL", "http://127.0.0.1:1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while serve.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = serve.kill();
+            panic!("serve kept running against an evicting Redis");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = serve.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        !stdout.contains("READY"),
+        "READY before the check: {stdout}"
+    );
+    assert!(
+        stderr.contains("allkeys-lru"),
+        "the reason is named: {stderr}"
+    );
+}

@@ -908,3 +908,21 @@ async fn automatic_approval_rides_with_the_authorization() {
     }
     env.stop_workers().await;
 }
+
+/// Before anything archives or pays, the streams the retired groups lived on
+/// may not exist yet: there is nothing to drop, and dropping is not an error.
+#[tokio::test]
+async fn dropping_retired_groups_from_missing_streams_is_nothing_to_do() {
+    let env = TestEnv::standalone().await;
+    let keys = env.engine.keys().clone();
+    let streams: Vec<String> = (0..keys.partitions())
+        .map(|p| keys.stream(p, Topic::Payments))
+        .collect();
+    let redis = env.engine.redis();
+    let _: i64 = redis.del(streams.clone()).await.unwrap();
+    engine::saga::drop_retired_groups(&env.engine)
+        .await
+        .expect("a missing stream has no group to drop");
+    let exist: i64 = redis.exists(streams).await.unwrap();
+    assert_eq!(exist, 0, "dropping a group must not create its stream");
+}

@@ -47,14 +47,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listen on {}", args.listen))?;
-    println!("READY api=http://{}", listener.local_addr()?);
-    run_engine(
+    let api_url = format!("http://{}", listener.local_addr()?);
+    let setup = EngineSetup {
         config,
-        args.jwt_secret,
+        jwt_secret: args.jwt_secret,
         limits,
-        notifier(args.notify_webhook.as_deref()),
+        notifier: notifier(args.notify_webhook.as_deref()),
+        workers: (!args.no_workers).then(|| worker_options(args.reclaim_idle)),
+    };
+    run_engine(
+        setup,
         listener,
-        (!args.no_workers).then(|| worker_options(args.reclaim_idle)),
+        move || println!("READY api={api_url}"),
         crate::shutdown::signal(),
     )
     .await?;
@@ -69,18 +73,34 @@ pub fn worker_options(reclaim_idle: std::time::Duration) -> engine::saga::Worker
     }
 }
 
-/// Connects, loads the scripts, creates the consumer groups, starts the
-/// workers and serves the API until `shutdown`; then stops the workers
-/// (each finishes its batch) and closes the connections.
+/// What [`run_engine`] runs: the engine's settings, the API's secret and
+/// admission limits, where notifications go, and the saga workers (none for
+/// an API-only process).
+pub struct EngineSetup {
+    pub config: engine::Config,
+    pub jwt_secret: String,
+    pub limits: api::admission::Limits,
+    pub notifier: std::sync::Arc<dyn engine::notify::Notifier>,
+    pub workers: Option<engine::saga::WorkerOptions>,
+}
+
+/// Connects, checks Redis's settings, loads the scripts, creates the
+/// consumer groups, starts the workers, calls `ready` and serves the API
+/// until `shutdown`; then stops the workers (each finishes its batch) and
+/// closes the connections. `ready` is not called when a step before it fails.
 pub async fn run_engine(
-    config: engine::Config,
-    jwt_secret: String,
-    limits: api::admission::Limits,
-    notifier: std::sync::Arc<dyn engine::notify::Notifier>,
+    setup: EngineSetup,
     listener: tokio::net::TcpListener,
-    workers: Option<engine::saga::WorkerOptions>,
+    ready: impl FnOnce() + Send + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let EngineSetup {
+        config,
+        jwt_secret,
+        limits,
+        notifier,
+        workers,
+    } = setup;
     let redis = engine::store::connect(&config).await?;
     engine::store::ensure_no_eviction(&redis).await?;
     engine::store::warn_unless_compact_hashes(&redis).await;
@@ -118,6 +138,7 @@ pub async fn run_engine(
     let listen = listener.local_addr()?;
     tracing::info!(%listen, workers = workers.is_some(), partitions = config.partitions,
         "Engine serving.");
+    ready();
     let served = api::serve(listener, state, shutdown).await;
     if let Some(publisher) = publisher {
         publisher.abort();

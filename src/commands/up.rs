@@ -151,14 +151,6 @@ pub async fn start(args: UpArgs) -> anyhow::Result<Running> {
         .tuning
         .config(stack.redis_url(), stack.postgres_url(), psp_url)?;
 
-    let api_url = format!("http://{listen}");
-    write_stack_env(&home, &api_url, listen, &jwt_secret, &config)?;
-    println!(
-        "READY api={api_url} redis={} postgres={}",
-        config.redis_url, config.postgres_url
-    );
-    tracing::info!(home = %home.display(), "Local stack is up; Ctrl-C stops it.");
-
     let limits = args.admission.limits()?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let archiver_task = tokio::spawn(super::archive::start(
@@ -166,21 +158,31 @@ pub async fn start(args: UpArgs) -> anyhow::Result<Running> {
         archiver::ArchiverOptions::new(super::archive::default_consumer()),
         stopped.clone(),
     ));
-    let notifier = super::serve::notifier(args.notify_webhook.as_deref());
-    let mut engine_stopped = stopped;
-    let engine_task = tokio::spawn(super::serve::run_engine(
-        config.clone(),
-        jwt_secret.clone(),
+    let setup = super::serve::EngineSetup {
+        config: config.clone(),
+        jwt_secret: jwt_secret.clone(),
         limits,
-        notifier,
-        listener,
-        Some(engine::saga::WorkerOptions::new(
+        notifier: super::serve::notifier(args.notify_webhook.as_deref()),
+        workers: Some(engine::saga::WorkerOptions::new(
             engine::saga::consumer_name(),
         )),
-        async move {
-            let _ = engine_stopped.wait_for(|stop| *stop).await;
-        },
-    ));
+    };
+    let engine_task = match start_engine(setup, listener, stopped).await {
+        Ok(task) => task,
+        Err(error) => {
+            let _ = stop.send(true);
+            let _ = std::fs::remove_file(&pid_file);
+            return Err(error);
+        }
+    };
+
+    let api_url = format!("http://{listen}");
+    write_stack_env(&home, &api_url, listen, &jwt_secret, &config)?;
+    println!(
+        "READY api={api_url} redis={} postgres={}",
+        config.redis_url, config.postgres_url
+    );
+    tracing::info!(home = %home.display(), "Local stack is up; Ctrl-C stops it.");
     Ok(Running {
         api_url,
         config,
@@ -189,6 +191,35 @@ pub async fn start(args: UpArgs) -> anyhow::Result<Running> {
         engine_task,
         archiver_task,
         stack,
+    })
+}
+
+/// Runs the engine (API and workers) until `stopped` turns true; returns
+/// once it is ready to serve, or with the reason it could not start (an
+/// evicting Redis, scripts that do not load).
+async fn start_engine(
+    setup: super::serve::EngineSetup,
+    listener: tokio::net::TcpListener,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
+    let (ready, engine_ready) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(super::serve::run_engine(
+        setup,
+        listener,
+        move || {
+            let _ = ready.send(());
+        },
+        async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        },
+    ));
+    if engine_ready.await.is_ok() {
+        return Ok(task);
+    }
+    Err(match task.await {
+        Ok(Err(error)) => error,
+        Ok(Ok(())) => anyhow::anyhow!("the engine stopped before it was ready"),
+        Err(panic) => anyhow::Error::new(panic).context("the engine task"),
     })
 }
 
