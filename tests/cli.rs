@@ -287,6 +287,8 @@ fn serve_refuses_an_evicting_redis_before_ready() {
             "postgres://nobody@127.0.0.1:1/none",
         )
         .env("LUNCHRUSH_PSP_URL", "http://127.0.0.1:1")
+        // Polled before its pipes are read: keep its stderr short.
+        .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

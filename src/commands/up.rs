@@ -96,8 +96,6 @@ impl Running {
     }
 }
 
-/// Starts the local stack, the simulator, the archiver, the workers and the
-/// API, writes stack.env and prints the READY line.
 /// The local servers under `home`, on the ports of the previous run when
 /// they are free, with the migrations applied.
 async fn start_stack(
@@ -124,18 +122,35 @@ async fn start_stack(
     Ok(stack)
 }
 
+/// Starts the local stack, the simulator, the archiver, the workers and the
+/// API, writes stack.env and prints the READY line.
 pub async fn start(args: UpArgs) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&args.home)
         .with_context(|| format!("create {}", args.home.display()))?;
     let home = std::fs::canonicalize(&args.home)?;
     let previous = read_env_file(&home.join("stack.env"));
-    let previous_port = |key: &str| previous.get(key).and_then(|url| port_of(url));
     let stack = start_stack(&args, &home, &previous).await?;
-    // `lunchrush down` finds this process here.
+    // `lunchrush down` finds this process here (a failed start removes it).
     let pid_file = super::down::pid_file(&home);
     std::fs::write(&pid_file, format!("{}\n", std::process::id()))
         .with_context(|| format!("write {}", pid_file.display()))?;
+    let running = start_on(args, &home, &previous, stack).await;
+    if running.is_err() {
+        let _ = std::fs::remove_file(&pid_file);
+    }
+    running
+}
 
+/// Starts the simulator, the archiver, the workers and the API on the local
+/// `stack`, writes stack.env and prints READY once the engine is ready;
+/// on failure stops what it started (the stack with it).
+async fn start_on(
+    args: UpArgs,
+    home: &Path,
+    previous: &HashMap<String, String>,
+    stack: LocalStack,
+) -> anyhow::Result<Running> {
+    let previous_port = |key: &str| previous.get(key).and_then(|url| port_of(url));
     let jwt_secret = args
         .jwt_secret
         .or_else(|| previous.get("LUNCHRUSH_JWT_SECRET").cloned())
@@ -145,13 +160,15 @@ pub async fn start(args: UpArgs) -> anyhow::Result<Running> {
     let listen = listener.local_addr()?;
     let psp_url = match args.psp_url {
         Some(url) => url,
-        None => start_simulator(&home, &args.faults, previous_port("LUNCHRUSH_PSP_URL")).await?,
+        None => start_simulator(home, &args.faults, previous_port("LUNCHRUSH_PSP_URL")).await?,
     };
     let config = args
         .tuning
         .config(stack.redis_url(), stack.postgres_url(), psp_url)?;
 
     let limits = args.admission.limits()?;
+    let api_url = format!("http://{listen}");
+    write_stack_env(home, &api_url, listen, &jwt_secret, &config)?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let archiver_task = tokio::spawn(super::archive::start(
         config.clone(),
@@ -170,14 +187,12 @@ pub async fn start(args: UpArgs) -> anyhow::Result<Running> {
     let engine_task = match start_engine(setup, listener, stopped).await {
         Ok(task) => task,
         Err(error) => {
+            // The archiver stops before the stack it reads goes.
             let _ = stop.send(true);
-            let _ = std::fs::remove_file(&pid_file);
+            let _ = archiver_task.await;
             return Err(error);
         }
     };
-
-    let api_url = format!("http://{listen}");
-    write_stack_env(&home, &api_url, listen, &jwt_secret, &config)?;
     println!(
         "READY api={api_url} redis={} postgres={}",
         config.redis_url, config.postgres_url
