@@ -273,7 +273,7 @@ fn serve_refuses_an_evicting_redis_before_ready() {
     redis
         .command(&["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"])
         .unwrap();
-    let mut serve = Command::new(BIN)
+    let serve = Command::new(BIN)
         .args([
             "serve",
             "--listen",
@@ -287,21 +287,19 @@ fn serve_refuses_an_evicting_redis_before_ready() {
             "postgres://nobody@127.0.0.1:1/none",
         )
         .env("LUNCHRUSH_PSP_URL", "http://127.0.0.1:1")
-        // Polled before its pipes are read: keep its stderr short.
-        .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while serve.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = serve.kill();
-            panic!("serve kept running against an evicting Redis");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = serve.wait_with_output().unwrap();
+    // Its exit, with both pipes read meanwhile, awaited up to a deadline.
+    let pid = serve.id();
+    let (exited, exit) = std::sync::mpsc::channel();
+    std::thread::spawn(move || exited.send(serve.wait_with_output()));
+    let Ok(out) = exit.recv_timeout(Duration::from_secs(30)) else {
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        panic!("serve kept running against an evicting Redis");
+    };
+    let out = out.unwrap();
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),

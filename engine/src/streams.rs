@@ -73,6 +73,14 @@ fn fields(record: Value) -> HashMap<String, Value> {
         .collect()
 }
 
+/// Whether Redis refused a stream command because the stream does not exist:
+/// XINFO answers "no such key", XGROUP "The XGROUP subcommand requires the
+/// key to exist".
+pub fn is_missing_stream(error: &fred::error::Error) -> bool {
+    let details = error.details();
+    details.contains("no such key") || details.contains("requires the key to exist")
+}
+
 /// The consumer groups of a stream (empty when the stream does not exist).
 pub async fn group_infos(
     redis: &Client,
@@ -80,7 +88,7 @@ pub async fn group_infos(
 ) -> Result<Vec<GroupInfo>, fred::error::Error> {
     let raw: Value = match redis.xinfo_groups(stream).await {
         Ok(raw) => raw,
-        Err(error) if error.details().contains("no such key") => return Ok(Vec::new()),
+        Err(error) if is_missing_stream(&error) => return Ok(Vec::new()),
         Err(error) => return Err(error),
     };
     Ok(raw

@@ -199,20 +199,15 @@ pub async fn drop_retired_groups(engine: &Engine) -> Result<(), EngineError> {
             let stream = keys.stream(p, topic);
             let dropped: Result<i64, _> = engine.redis().xgroup_destroy(stream, group).await;
             match dropped {
-                // A stream not created yet has no group to drop (Redis
-                // answers "The XGROUP subcommand requires the key to exist").
-                Err(error) if !is_missing_key(&error) => return Err(error.into()),
+                // A stream not created yet has no group to drop.
+                Err(error) if !crate::streams::is_missing_stream(&error) => {
+                    return Err(error.into());
+                }
                 _ => {}
             }
         }
     }
     Ok(())
-}
-
-/// Whether Redis refused an XGROUP subcommand because its stream does not exist.
-fn is_missing_key(error: &fred::error::Error) -> bool {
-    let details = error.details();
-    details.contains("requires the key to exist") || details.contains("no such key")
 }
 
 /// Why one event could not be handled now (it stays pending and is retried).
