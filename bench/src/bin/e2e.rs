@@ -78,7 +78,8 @@ struct Watched {
 }
 
 impl Watched {
-    /// CPU seconds so far. PostgreSQL's backends and autovacuum workers
+    /// CPU seconds so far, the children each process waited for included
+    /// (redis-server's AOF rewrites). PostgreSQL's backends and autovacuum workers
     /// come and go: every `postgres` process now, and the ones gone, which
     /// the postmaster waited for (its children's time); the pids given for
     /// `postgres` on the command line only name it.
@@ -86,7 +87,10 @@ impl Watched {
         if self.name == "postgres" {
             return bench::postgres_cpu_seconds();
         }
-        self.pids.iter().map(|&p| bench::cpu_seconds(p)).sum()
+        self.pids
+            .iter()
+            .map(|&p| bench::cpu_seconds_with_exited_children(p))
+            .sum()
     }
 }
 
