@@ -139,7 +139,7 @@ impl Archiver {
 
     /// Takes over entries other archivers left pending too long.
     pub async fn reclaim(&self, p: u16) -> Result<(), ArchiveError> {
-        for stream in partition_streams(&self.engine, p) {
+        for stream in self.streams.names(p) {
             let _: fred::types::Value = self
                 .engine
                 .redis()

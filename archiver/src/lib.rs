@@ -153,14 +153,6 @@ fn ms_time(ms: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
 }
 
-/// The streams of one partition the archiver drains.
-fn partition_streams(engine: &Engine, p: u16) -> Vec<String> {
-    Topic::ALL
-        .iter()
-        .map(|topic| engine.keys().stream(p, *topic))
-        .collect()
-}
-
 fn is_dead_letter_stream(stream: &str) -> bool {
     stream.ends_with(":dead") || stream.ends_with(":parked")
 }

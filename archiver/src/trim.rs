@@ -9,7 +9,7 @@ impl Archiver {
     pub async fn trim_partition(&self, p: u16) -> Result<u64, ArchiveError> {
         let client = self.pool.get().await?;
         let mut removed = 0u64;
-        for stream in partition_streams(&self.engine, p) {
+        for stream in self.streams.names(p) {
             let length: u64 = self.engine.redis().xlen(stream.as_str()).await?;
             if length == 0 {
                 continue;

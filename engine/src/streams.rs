@@ -32,6 +32,14 @@ impl PartitionStreams {
             .flat_map(|streams| streams.iter().cloned())
             .collect()
     }
+
+    /// The names of partition `p`'s streams (none beyond the key space).
+    pub fn names(&self, p: u16) -> Vec<String> {
+        self.of(&[p])
+            .iter()
+            .map(|key| key.as_str_lossy().into_owned())
+            .collect()
+    }
 }
 
 /// `ms-seq` → (ms, seq).
@@ -305,5 +313,18 @@ mod tests {
         assert_eq!(super::parse_entry_id("a-1"), None);
         assert_eq!(super::parse_entry_id("+1-+1"), None);
         assert_eq!(super::parse_entry_id("1--1"), None);
+    }
+
+    #[test]
+    fn a_partitions_stream_names_are_its_keys_by_topic() {
+        use crate::keys::{KeySpace, Topic};
+        let keys = KeySpace::new("t:", 4);
+        let streams = super::PartitionStreams::new(&keys, &Topic::ALL);
+        let expected: Vec<String> = Topic::ALL.iter().map(|&t| keys.stream(2, t)).collect();
+        assert_eq!(streams.names(2), expected);
+        assert!(
+            streams.names(4).is_empty(),
+            "no partition 4 in a space of 4"
+        );
     }
 }
