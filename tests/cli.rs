@@ -296,6 +296,7 @@ fn serve_refuses_an_evicting_redis_before_ready() {
     let (exited, exit) = std::sync::mpsc::channel();
     std::thread::spawn(move || exited.send(serve.wait_with_output()));
     let Ok(out) = exit.recv_timeout(Duration::from_secs(30)) else {
+        // SAFETY: signalling our own child.
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         panic!("serve kept running against an evicting Redis");
     };

@@ -128,10 +128,10 @@ impl RedisServer {
             // The AOF is the persistence; RDB snapshots would only add fork pauses.
             .args(["--save", ""])
             // Rewrite the AOF from 512 MB (and twice its last rewrite), not
-            // from the default 64 MB: while the data set is small, a lunch peak (~3 KB of
-            // AOF an order) would otherwise fork a rewrite every few
-            // seconds, each a pause of the event loop and a child taking a
-            // core. A restart replays at most that much.
+            // from the default 64 MB: while the data set is small, a lunch
+            // peak (~3 KB of AOF an order) would otherwise fork a rewrite
+            // every few seconds, each a pause of the event loop and a child
+            // taking a core. A restart replays at most that much.
             .args(["--auto-aof-rewrite-min-size", "512mb"])
             .args(["--daemonize", "no"])
             .args(["--protected-mode", "no"]);

@@ -55,6 +55,13 @@ async fn standalone_stack_serves_and_cleans_up() {
             .unwrap(),
         "hash-max-listpack-value\n1024"
     );
+    // The AOF's bound (docs/operations.md): rewritten from 512 MB.
+    assert_eq!(
+        redis
+            .command(&["CONFIG", "GET", "auto-aof-rewrite-min-size"])
+            .unwrap(),
+        "auto-aof-rewrite-min-size\n536870912"
+    );
     let answer = query_one(&stack.postgres_url(), "SELECT 'ready'::text").await;
     assert_eq!(answer, "ready");
     let pids = stack.pids();

@@ -79,10 +79,10 @@ struct Watched {
 
 impl Watched {
     /// CPU seconds so far, the children each process waited for included
-    /// (redis-server's AOF rewrites). PostgreSQL's backends and autovacuum workers
-    /// come and go: every `postgres` process now, and the ones gone, which
-    /// the postmaster waited for (its children's time); the pids given for
-    /// `postgres` on the command line only name it.
+    /// (redis-server's AOF rewrites). PostgreSQL's backends and autovacuum
+    /// workers come and go: every `postgres` process now, and the ones
+    /// gone, which the postmaster waited for (its children's time); the
+    /// pids given for `postgres` on the command line only name it.
     fn cpu(&self) -> f64 {
         if self.name == "postgres" {
             return bench::postgres_cpu_seconds();
