@@ -101,6 +101,9 @@ fn main() -> ExitCode {
     logging::init(cli.log_format);
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
+    // After a connection flood each worker hands its free memory back as
+    // it goes idle (mimalloc keeps it per thread).
+    builder.on_thread_park(api::heap::on_worker_park);
     if let Some(threads) = cli.worker_threads() {
         builder.worker_threads(threads);
     }

@@ -7,6 +7,7 @@
 //! - [`admission`]: rate limits, in-flight bound, deadlines.
 //! - [`menus`], [`orders`]: the v1 routes.
 //! - [`archive`]: retired orders read back from PostgreSQL.
+//! - [`heap`]: memory handed back after a connection flood.
 //! - [`health`], [`metrics`], [`openapi`]: operations endpoints.
 //! - [`admin`], [`console`]: the operations console (`/ops/`) and the
 //!   `/v1/admin/…` JSON behind it.
@@ -24,6 +25,7 @@ pub mod auth;
 pub mod console;
 pub mod extract;
 pub mod health;
+pub mod heap;
 pub mod menus;
 pub mod metrics;
 pub mod openapi;

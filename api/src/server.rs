@@ -127,9 +127,8 @@ impl Connections {
         ::metrics::gauge!("lunchrush_http_connections").set(open as f64);
     }
 
-    /// After a flood, hands the freed heap back to the system: the
-    /// allocator keeps freed memory for reuse, which after a burst of
-    /// thousands of connections is hundreds of megabytes never reused.
+    /// After a flood, hands the freed heap back to the system (see
+    /// [`crate::heap`]).
     fn closed(&self) {
         let open = self.open.fetch_sub(1, Ordering::Relaxed) - 1;
         ::metrics::gauge!("lunchrush_http_connections").set(open as f64);
@@ -141,21 +140,10 @@ impl Connections {
                 .compare_exchange(peak, open, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         {
-            tokio::task::spawn_blocking(trim_heap);
+            crate::heap::request_trim();
         }
     }
 }
-
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn trim_heap() {
-    // SAFETY: malloc_trim only releases free memory of the allocator's arenas.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn trim_heap() {}
 
 /// Serves the API on `listener` until `shutdown` completes, then lets the
 /// requests in flight finish (at most [`DRAIN_GRACE`]).

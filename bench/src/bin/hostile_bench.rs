@@ -29,6 +29,11 @@ use engine::keys::Lane;
 use fred::prelude::*;
 use futures::StreamExt;
 
+/// The allocator `lunchrush` runs with: the flood's memory is the shipped
+/// binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 struct Args {
     /// Orders placed for the bytes-per-order figure.
@@ -72,9 +77,17 @@ async fn memory_usage(client: &Client, key: &str) -> anyhow::Result<i64> {
     Ok(value.unwrap_or(0))
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // The runtime `lunchrush` builds: workers hand memory back as they park.
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_park(api::heap::on_worker_park)
+        .build()?
+        .block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     let stack = stack::LocalStack::temporary().await?;
     archiver::schema::migrate(&stack.postgres_url()).await?;
     let sim = stack::psp::PspSim::open(&stack.home().join("ledger.jsonl"), Default::default())?;
