@@ -127,7 +127,7 @@ impl Archiver {
             entries.extend(found.into_iter().map(|(id, fields)| Entry {
                 stream: stream.clone(),
                 id,
-                fields,
+                fields: fields.into(),
             }));
         }
         if !entries.is_empty() {

@@ -139,7 +139,7 @@ pub enum ArchiveError {
 struct Entry {
     stream: String,
     id: String,
-    fields: HashMap<String, String>,
+    fields: engine::entries::Fields,
 }
 
 pub use engine::streams::parse_entry_id;

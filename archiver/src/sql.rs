@@ -175,8 +175,8 @@ impl tokio_postgres::types::ToSql for Jsonb<'_> {
 
 pub(crate) async fn insert_dead_letters(tx: &Tx<'_>, dead: &[&Entry]) -> Result<(), ArchiveError> {
     for entry in dead {
-        let field = |k: &str| entry.fields.get(k).cloned();
-        let fields = json!(entry.fields);
+        let field = |k: &str| entry.fields.get(k).map(str::to_owned);
+        let fields = json!(entry.fields.to_map());
         execute(tx,
             "INSERT INTO dead_letters (stream, entry_id, source, source_id, group_name, reason, action, fields) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",

@@ -5,6 +5,7 @@
 //! (compact JSON). Consumers accept [`SCHEMA_VERSION`] and the one before it,
 //! so a deploy never strands sagas already in flight.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
@@ -56,7 +57,7 @@ impl Event {
         id: &str,
         mut fields: HashMap<String, String>,
     ) -> Result<Self, EventError> {
-        Self::parse_with(stream, id, |k| fields.remove(k))
+        Self::parse_with(stream, id, |k| fields.remove(k).map(Cow::Owned))
     }
 
     /// [`Event::parse`] of an entry that stays with its reader (for a dead
@@ -64,15 +65,17 @@ impl Event {
     pub fn parse_ref(
         stream: &str,
         id: &str,
-        fields: &HashMap<String, String>,
+        fields: &crate::entries::Fields,
     ) -> Result<Self, EventError> {
-        Self::parse_with(stream, id, |k| fields.get(k).cloned())
+        Self::parse_with(stream, id, |k| fields.get(k).map(Cow::Borrowed))
     }
 
-    fn parse_with(
+    /// The event of the fields `field` gives by name: borrowed where only
+    /// parsed (version, type, numbers), owned where the event keeps them.
+    fn parse_with<'a>(
         stream: &str,
         id: &str,
-        mut field: impl FnMut(&'static str) -> Option<String>,
+        mut field: impl FnMut(&'static str) -> Option<Cow<'a, str>>,
     ) -> Result<Self, EventError> {
         let version: u32 = field("v")
             .and_then(|v| v.parse().ok())
@@ -86,11 +89,11 @@ impl Event {
             id: id.to_string(),
             version,
             kind: EventKind::parse(&take("type")?).ok_or(EventError::Field("type"))?,
-            order: take("order")?,
-            saga: take("saga")?,
+            order: take("order")?.into_owned(),
+            saga: take("saga")?.into_owned(),
             seq: take("seq")?.parse().map_err(|_| EventError::Field("seq"))?,
             ts_ms: take("ts")?.parse().map_err(|_| EventError::Field("ts"))?,
-            data: take("data")?,
+            data: take("data")?.into_owned(),
         })
     }
 

@@ -19,6 +19,7 @@
 //! - [`reconcile`]: finding and fixing orphans on the Redis and provider side.
 //! - [`retire`]: live-state retention (settled, archived orders leave Redis).
 //! - [`streams`]: entry ids, group state and pending lists, parsed once.
+//! - [`entries`]: stream entries parsed straight from XREADGROUP replies.
 //! - [`ops`]: what the operations console reads and steers (funnel, stuck
 //!   sagas, lag, timers, the operator queues).
 //!
@@ -32,6 +33,7 @@ pub mod check;
 pub mod config;
 pub mod domain;
 pub mod engine;
+pub mod entries;
 pub mod events;
 pub mod ids;
 pub mod keys;

@@ -561,7 +561,7 @@ pub async fn resolve_letter(engine: &Engine, letter: &Letter) -> Result<bool, En
             vec![">"],
         )
         .await?;
-        if read.values().all(Vec::is_empty) {
+        if read.iter().all(|(_, entries)| entries.is_empty()) {
             break;
         }
     }

@@ -206,7 +206,7 @@ async fn a_crashed_consumers_batch_is_reclaimed_and_applied_once() {
         )
         .await
         .unwrap();
-        taken += page.values().map(Vec::len).sum::<usize>();
+        taken += page.iter().map(|(_, entries)| entries.len()).sum::<usize>();
     }
     assert_eq!(taken, 60, "the doomed consumer holds every OrderPlaced");
     assert_eq!(env.unsettled().await, 60);

@@ -189,8 +189,9 @@ impl Reconciler {
         )
         .await
         .unwrap_or_default()
-        .into_values()
-        .flatten()
+        .into_iter()
+        .flat_map(|(_, entries)| entries)
+        .map(|(id, fields)| (id, fields.to_map()))
         .collect()
     }
 

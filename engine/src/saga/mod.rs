@@ -292,7 +292,8 @@ pub fn catch_up(ours: PaymentStatus, provider: &str, capturing: bool) -> Vec<Pay
     }
 }
 
-/// XREADGROUP that treats "nothing new" (a nil reply) as an empty page.
+/// XREADGROUP, its reply parsed as a [`crate::entries::Page`] ("nothing
+/// new", a nil reply, is an empty page).
 pub async fn read_group(
     client: &Client,
     group: &str,
@@ -300,15 +301,11 @@ pub async fn read_group(
     count: u64,
     streams: impl Into<fred::types::MultipleKeys> + Send,
     ids: Vec<&str>,
-) -> Result<fred::types::streams::XReadResponse<String, String, String, String>, fred::error::Error>
-{
+) -> Result<crate::entries::Page, fred::error::Error> {
     let reply: Value = client
         .xreadgroup(group, consumer, Some(count), None, false, streams, ids)
         .await?;
-    if reply.is_null() {
-        return Ok(HashMap::new());
-    }
-    reply.into_xread_response()
+    crate::entries::page_of(reply)
 }
 
 /// The partition named by a stream key `<prefix>{pN}:<topic>`.

@@ -2,6 +2,7 @@
 //! handlers, acknowledges, and gives poison up to the operator queues.
 
 use super::*;
+use crate::entries::Fields;
 use crate::streams::{Acks, PartitionStreams};
 
 /// One consumer of one group.
@@ -292,7 +293,7 @@ impl Worker {
                     .into_iter()
                     .map(|(id, fields)| {
                         let count = deliveries.get(&id).copied().unwrap_or(1);
-                        (stream.clone(), id, fields, count)
+                        (stream.clone(), id, Fields::from(fields), count)
                     })
                     .collect();
                 let round = self.handle(entries, acks).await?;
@@ -327,7 +328,7 @@ impl Worker {
     /// Handles entries concurrently; the finished ones go to `acks`.
     async fn handle(
         &self,
-        entries: Vec<(String, String, HashMap<String, String>, u64)>,
+        entries: Vec<(String, String, Fields, u64)>,
         acks: &mut Acks,
     ) -> Result<Round, EngineError> {
         if entries.is_empty() {
@@ -394,7 +395,7 @@ impl Worker {
         &self,
         stream: &str,
         id: &str,
-        fields: HashMap<String, String>,
+        fields: Fields,
         deliveries: u64,
     ) -> Disposition {
         let event = match Event::parse_ref(stream, id, &fields) {
@@ -455,7 +456,7 @@ impl Worker {
         &self,
         stream: &str,
         id: &str,
-        fields: &HashMap<String, String>,
+        fields: &Fields,
         reason: &str,
         action: Option<PaymentAction>,
         deliveries: u64,
@@ -478,7 +479,7 @@ impl Worker {
         if let Some(action) = action {
             entry.push(("action".into(), action.as_str().into()));
         }
-        entry.extend(fields.iter().map(|(k, v)| (format!("f.{k}"), v.clone())));
+        entry.extend(fields.iter().map(|(k, v)| (format!("f.{k}"), v.to_owned())));
         let added: Result<String, _> = self
             .engine
             .redis()
