@@ -1,5 +1,6 @@
-//! `lunchrush`: the one binary. Every subcommand's flag is also an
-//! environment variable `LUNCHRUSH_*` (shown by `--help`).
+//! `lunchrush`: the one binary. Every flag that says where to connect and
+//! how to run is also an environment variable `LUNCHRUSH_*` (shown by
+//! `--help`); one-off switches (`--dry-run`, `--purge`) are flags only.
 //!
 //! # Layout
 //! - [`args`]: flags shared by several subcommands and the typed

@@ -249,6 +249,55 @@ mod tests {
         }
     }
 
+    /// `docs/keys.md`'s table names exactly the keys this module builds
+    /// (ids written as the table's placeholders), so the reference cannot
+    /// drift from the code.
+    #[test]
+    fn the_key_reference_lists_every_key_built_here() {
+        let keys = KeySpace::new("", 1);
+        let (r, i) = ("<rid>", "<item>");
+        let mut built = vec![
+            keys.restaurants(0),
+            keys.restaurant(0, r),
+            keys.items(0, r),
+            keys.item(0, r, i),
+            keys.item_per_customer(0, r, i),
+            keys.item_retired_per_customer(0, r, i),
+            keys.order(0, &uuid::Uuid::nil())
+                .replace(&uuid::Uuid::nil().to_string(), "<order>"),
+            keys.idempotency(0, "<customer>", "<key>"),
+            keys.idempotency_guard("<customer>", "<key>")
+                .replace("{p0}", "{pM}"),
+            keys.circuit(),
+            keys.inflight(0),
+            keys.resting(0),
+            keys.wheel(0),
+        ];
+        built.extend(Topic::ALL.iter().map(|&t| keys.stream(0, t)));
+        let mut built: Vec<String> = built.iter().map(|k| k.replace("{p0}", "{pN}")).collect();
+        built.sort();
+
+        // The first cell of each row of the table: one key in backticks, or
+        // several (`{pN}:orders`, `:payments`, …: the same partition's).
+        let mut documented: Vec<String> = include_str!("../../docs/keys.md")
+            .lines()
+            .filter_map(|line| line.strip_prefix("| `"))
+            .flat_map(|row| {
+                let cell = row.split(" | ").next().unwrap_or("");
+                format!("`{cell}")
+                    .split(", ")
+                    .map(|key| key.trim_matches('`').to_string())
+                    .collect::<Vec<_>>()
+            })
+            .map(|key| match key.strip_prefix(':') {
+                Some(topic) => format!("{{pN}}:{topic}"),
+                None => key,
+            })
+            .collect();
+        documented.sort();
+        assert_eq!(documented, built, "docs/keys.md against engine::keys");
+    }
+
     #[test]
     fn restaurant_partitions_are_stable_and_in_range() {
         let keys = KeySpace::new("", 16);
