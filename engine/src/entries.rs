@@ -14,7 +14,7 @@ use fred::error::{Error, ErrorKind};
 use fred::types::Value;
 
 /// One entry's fields, in the order Redis sent them.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fields(Vec<(String, String)>);
 
 impl Fields {
@@ -43,17 +43,6 @@ impl Fields {
 impl From<HashMap<String, String>> for Fields {
     fn from(map: HashMap<String, String>) -> Self {
         Self(map.into_iter().collect())
-    }
-}
-
-impl<const N: usize> From<[(&str, &str); N]> for Fields {
-    fn from(pairs: [(&str, &str); N]) -> Self {
-        Self(
-            pairs
-                .iter()
-                .map(|&(k, v)| (k.to_owned(), v.to_owned()))
-                .collect(),
-        )
     }
 }
 
