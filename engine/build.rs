@@ -49,6 +49,9 @@ struct Signature {
     args: Vec<Arg>,
     arg_tail: Option<Tail<Arg>>,
     reply: String,
+    /// The script's first line: `#!lua flags=allow-oom` for one that
+    /// finishes work already accepted, `#!lua` for one that takes new work.
+    shebang: &'static str,
     body: String,
 }
 
@@ -176,6 +179,16 @@ fn parse(name: &str, source: &str) -> Result<Signature, String> {
         .ok_or("no `Reply:` line")?
         .trim()
         .to_string();
+    let shebang = match header
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Memory:"))
+        .map(|m| m.split_whitespace().next().unwrap_or_default())
+    {
+        Some("finishes") => "#!lua flags=allow-oom",
+        Some("grows") => "#!lua",
+        Some(other) => return Err(format!("`Memory: {other}`: say `finishes` or `grows`")),
+        None => return Err("no `Memory:` line (`finishes` or `grows`)".into()),
+    };
     Ok(Signature {
         name: name.into(),
         keys,
@@ -183,6 +196,7 @@ fn parse(name: &str, source: &str) -> Result<Signature, String> {
         args,
         arg_tail,
         reply,
+        shebang,
         body: body.to_string(),
     })
 }
@@ -382,6 +396,12 @@ fn module(sig: &Signature, lua_dir: &Path) -> String {
     writeln!(rs, "    pub const NAME: &str = {name:?};").unwrap();
     writeln!(
         rs,
+        "    /// The first line: whether Redis runs it past `maxmemory`.\n    pub const SHEBANG: &str = {:?};",
+        sig.shebang
+    )
+    .unwrap();
+    writeln!(
+        rs,
         "    /// The prologue binding the header's names, then the file.\n    pub const BODY: &str = concat!({:?}, include_str!({:?}));",
         prologue(sig),
         path.display().to_string()
@@ -392,7 +412,7 @@ fn module(sig: &Signature, lua_dir: &Path) -> String {
     writeln!(rs, "    /// The script's typed signature.\n    #[derive(Debug, Clone, Copy)]\n    pub struct Binding;").unwrap();
     writeln!(
         rs,
-        "    impl super::Binding for Binding {{\n        const NAME: &'static str = NAME;\n        const BODY: &'static str = BODY;\n        type Keys = Keys;\n        type Args = Args;\n        type Reply = super::replies::{};\n        fn keys(keys: Keys) -> Vec<String> {{ keys.into_vec() }}\n        fn args(args: Args) -> Vec<String> {{ args.into_vec() }}\n    }}",
+        "    impl super::Binding for Binding {{\n        const NAME: &'static str = NAME;\n        const SHEBANG: &'static str = SHEBANG;\n        const BODY: &'static str = BODY;\n        type Keys = Keys;\n        type Args = Args;\n        type Reply = super::replies::{};\n        fn keys(keys: Keys) -> Vec<String> {{ keys.into_vec() }}\n        fn args(args: Args) -> Vec<String> {{ args.into_vec() }}\n    }}",
         sig.reply
     )
     .unwrap();

@@ -20,6 +20,7 @@
   Events: OrderDispatched or OrderConfirmed on order_stream.
   Timers: DISPATCHED sets confirm_notice; CONFIRMED (by anyone) cancels
     confirm_notice and auto_confirm in this same step.
+  Memory: finishes (work already accepted: runs past maxmemory, allow-oom).
   Bounded: O(1).
 ]]
 local o = load_order(order_key)

@@ -19,6 +19,7 @@
     'noop': already rejected (whatever the reason). 'err' detail: not_found,
     stale, too_late (a customer once the restaurant accepted, or later).
   Events: OrderRejected (reason cancelled) on order_stream.
+  Memory: finishes (work already accepted: runs past maxmemory, allow-oom).
   Bounded: O(lines).
 ]]
 local o = load_order(order_key)

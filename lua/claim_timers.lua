@@ -17,6 +17,7 @@
   Events: TimerFired on stream, one per timer: order '' (not an order
     event: no per-order sequence), data {o = order id, k = kind, due, fired}.
   Time: Redis server time (TIME), never an engine's clock.
+  Memory: finishes (work already accepted: runs past maxmemory, allow-oom).
   Bounded: O(limit * log(wheel size)).
 ]]
 local now = now_ms()

@@ -28,6 +28,7 @@
   Events: MenuItemUpserted on stream.
   Invariant: `supplied` (initial stock plus restocks) moves with every stock
   change, so supplied = on hand + units held by live orders stays true.
+  Memory: grows (new work: refused before it starts once Redis is past maxmemory).
   Bounded: O(1).
 ]]
 if rcall('EXISTS', restaurant_key) == 0 then return {'err', 'restaurant_not_found'} end

@@ -43,6 +43,7 @@
   placed (`auto`, `a` in OrderPlaced): record_payment approves it by that.
   Invariant: stock on hand never goes below zero; a customer never holds
   more than max_per_customer; either every line is reserved or none is.
+  Memory: grows (new work: refused before it starts once Redis is past maxmemory).
   Bounded: O(lines), lines <= 50.
 ]]
 local n = (#ARGV - LINE_ARGS + 1) / 2

@@ -22,6 +22,7 @@
     {'ok', stock} or {'err', 'stale' | 'not_found' | 'overdraw'}.
   Events: StockReclaimed on stream.
   Invariant: stock on hand + units held by live orders = supplied again.
+  Memory: finishes (work already accepted: runs past maxmemory, allow-oom).
   Bounded: O(customers listed).
 ]]
 if rcall('EXISTS', item_key) == 0 then return {'err', 'not_found'} end

@@ -17,6 +17,7 @@
     {'ok'} recorded; {'noop'} already recorded; {'err', 'not_found'}.
   Events: NotificationSent on stream (an order event: archived into
     `notifications`).
+  Memory: finishes (work already accepted: runs past maxmemory, allow-oom).
   Bounded: O(1).
 ]]
 local o = load_order(order_key)

@@ -55,6 +55,7 @@
   Why no version compare-and-set: these are facts that already happened at
   the provider; refusing one as stale would lose money. They are guarded by
   the payment state machine instead, which only moves forward.
+  Memory: finishes (work already accepted: runs past maxmemory, allow-oom).
   Bounded: O(lines × outcomes), outcomes <= 3.
 ]]
 -- Whether the restaurant approves an order (its `auto`) without being asked.

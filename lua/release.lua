@@ -19,6 +19,7 @@
     order is APPROVED or later: use cancel), decided (the restaurant approved
     and the capture is under way: the capture settles it).
   Events: OrderRejected on order_stream.
+  Memory: finishes (work already accepted: runs past maxmemory, allow-oom).
   Bounded: O(lines).
 ]]
 local o = load_order(order_key)

@@ -29,6 +29,7 @@
     (reason restaurant_rejected) on order_stream: stock released here; the payment
     worker voids the authorization.
   Timers: either answer cancels approval_timeout (a rejection, every timer).
+  Memory: finishes (work already accepted: runs past maxmemory, allow-oom).
   Bounded: O(lines).
 ]]
 local o = load_order(order_key)

@@ -17,6 +17,7 @@
     {'ok', name, open, auto_approve} or {'err', 'restaurant_not_found'} (patch
     of an unknown restaurant: nothing changed).
   Events: RestaurantUpserted on stream.
+  Memory: grows (new work: refused before it starts once Redis is past maxmemory).
   Bounded: O(1).
 ]]
 local exists = rcall('EXISTS', restaurant_key) == 1

@@ -44,6 +44,7 @@
   holds; counted lines move to the retired per-customer hash, so the
   per-customer counters (which keep limiting the customer) stay explained.
   The idempotency record stays until its TTL.
+  Memory: finishes (work already accepted: runs past maxmemory, allow-oom).
   Bounded: O(events + lines).
 ]]
 

@@ -16,6 +16,7 @@
   Output:
     {'ok', due} scheduled; {'noop', due} already scheduled;
     {'err', 'not_found' | 'status'} nothing changed.
+  Memory: finishes (work already accepted: runs past maxmemory, allow-oom).
   Bounded: O(log(wheel size)).
 ]]
 local o = load_order(order_key)

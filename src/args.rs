@@ -61,6 +61,61 @@ pub struct TuningArgs {
     pub live_retention: Retention,
     #[command(flatten)]
     pub psp: PspArgs,
+    #[command(flatten)]
+    pub memory: MemoryArgs,
+}
+
+/// The memory budget: how full Redis may get before new orders are refused
+/// (docs/operations.md, "When a resource runs out").
+#[derive(Debug, Clone, clap::Args)]
+pub struct MemoryArgs {
+    /// Budget for Redis's memory (e.g. 8gb); default: each primary's own
+    /// maxmemory (with none, nothing is refused and a warning is logged).
+    #[arg(long, env = "LUNCHRUSH_MEMORY_LIMIT", value_parser = parse_bytes)]
+    pub memory_limit: Option<u64>,
+    /// The fixed part of the reserve kept below the limit for work in
+    /// flight (default: 5% of the limit); each order in flight adds its own.
+    #[arg(long, env = "LUNCHRUSH_MEMORY_RESERVE", value_parser = parse_bytes)]
+    pub memory_reserve: Option<u64>,
+    /// How far below the high-water mark memory must fall before new orders
+    /// are taken again (default: 5% of the limit).
+    #[arg(long, env = "LUNCHRUSH_MEMORY_HYSTERESIS", value_parser = parse_bytes)]
+    pub memory_hysteresis: Option<u64>,
+}
+
+impl MemoryArgs {
+    pub fn options(&self) -> engine::budget::BudgetOptions {
+        engine::budget::BudgetOptions {
+            limit: self.memory_limit,
+            floor: self.memory_reserve,
+            hysteresis: self.memory_hysteresis,
+            ..engine::budget::BudgetOptions::default()
+        }
+    }
+}
+
+/// A size as Redis writes it: `1000`, `64k` (10^3), `64kb` (2^10), `m`,
+/// `mb`, `g`, `gb`.
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let lower = text.trim().to_ascii_lowercase();
+    let digits = lower.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = &lower[digits.len()..];
+    let scale: u64 = match unit {
+        "" | "b" => 1,
+        "k" => 1_000,
+        "kb" => 1 << 10,
+        "m" => 1_000_000,
+        "mb" => 1 << 20,
+        "g" => 1_000_000_000,
+        "gb" => 1 << 30,
+        other => return Err(format!("unknown unit {other:?}: use k, kb, m, mb, g or gb")),
+    };
+    let value: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (e.g. 512mb)"))?;
+    value
+        .checked_mul(scale)
+        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 /// A live retention: a duration, or `off` (`None`).
@@ -136,6 +191,7 @@ impl TuningArgs {
             },
             psp: self.psp.options(),
             live_retention: self.live_retention.0,
+            memory: self.memory.options(),
         };
         config.validate()?;
         Ok(config)

@@ -167,6 +167,18 @@ fn up_prints_ready_serves_and_stops_cleanly() {
 
     let pong = stack::redis::command_once(port_of(redis), &["PING"]).unwrap();
     assert_eq!(pong, "PONG");
+    // Redis gets a memory limit (by default half the machine's), which the
+    // engine's budget reads.
+    let maxmemory =
+        stack::redis::command_once(port_of(redis), &["CONFIG", "GET", "maxmemory"]).unwrap();
+    let maxmemory: u64 = maxmemory.lines().nth(1).unwrap().parse().unwrap();
+    let total_kib: u64 = std::fs::read_to_string("/proc/meminfo")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    assert_eq!(maxmemory, total_kib * 1024 / 2, "half the machine's memory");
     let psql = Command::new("psql")
         .args([postgres, "-tAc", "select count(*) from lunchrush_meta"])
         .output();
@@ -268,6 +280,7 @@ fn serve_refuses_an_evicting_redis_before_ready() {
         dir: dir.path().to_path_buf(),
         preferred_port: None,
         appendfsync: stack::redis::AppendFsync::Everysec,
+        maxmemory: None,
     })
     .unwrap();
     redis

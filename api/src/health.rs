@@ -1,7 +1,9 @@
 //! `GET /healthz` (the process runs) and `GET /readyz` (its dependencies
 //! answer: a load balancer should send traffic only when this is 200; with
 //! the provider's circuit open it stays 200 and says `degraded: provider`,
-//! since reads, menus and restaurant actions still work).
+//! since reads, menus and restaurant actions still work; likewise
+//! `degraded: redis_memory` past the memory budget, where new orders are
+//! refused and those in flight go on).
 
 use axum::Json;
 use axum::extract::State;
@@ -42,7 +44,27 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
             b.retry_in().unwrap_or_default()
         )),
     });
-    let degraded = provider.as_ref().is_some_and(|p| p != "ok");
+    // Past its memory budget (or refusing writes) Redis takes no new
+    // orders, but every order in flight goes on: ready, but degraded.
+    let mut degraded: Vec<&str> = Vec::new();
+    if provider.as_ref().is_some_and(|p| p != "ok") {
+        degraded.push("provider");
+    }
+    let refusal = state.engine.budget().refusal();
+    if let Some(refusal) = refusal {
+        degraded.push(refusal.as_str());
+    }
+    let reading = state.engine.budget().reading();
+    let memory = json!({
+        "state": refusal.map_or("ok", |r| r.as_str()),
+        "used_bytes": reading.used,
+        "limit_bytes": reading.limit,
+        "high_water_bytes": reading.high_water,
+        "low_water_bytes": reading.low_water,
+        "reserve_bytes": reading.reserve,
+        "orders_in_flight": reading.in_flight,
+        "refused": reading.refused,
+    });
     let describe = |r: Result<(), String>| match r {
         Ok(()) => json!("ok"),
         Err(e) => json!(e),
@@ -50,14 +72,15 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
     (
         status,
         Json(json!({
-            "status": match (status == StatusCode::OK, degraded) {
-                (true, false) => "ready",
-                (true, true) => "degraded: provider",
-                (false, _) => "not_ready",
+            "status": match (status == StatusCode::OK, degraded.is_empty()) {
+                (true, true) => "ready".to_string(),
+                (true, false) => format!("degraded: {}", degraded.join(", ")),
+                (false, _) => "not_ready".to_string(),
             },
             "redis": describe(redis.map_err(|e| e.to_string())),
             "postgres": describe(postgres),
             "provider": provider.unwrap_or(json!("not called by this process")),
+            "redis_memory": memory,
         })),
     )
 }

@@ -23,10 +23,8 @@ fn common_errors(mut responses: Value, with_body: bool) -> Value {
         problem("the role may not do this, or not for this restaurant"),
     );
     map.insert("429".into(), problem("rate limited; see Retry-After"));
-    map.insert(
-        "503".into(),
-        problem("shed under load or a dependency timed out; see Retry-After"),
-    );
+    map.entry("503")
+        .or_insert_with(|| problem("shed under load or a dependency timed out; see Retry-After"));
     if with_body {
         map.insert(
             "400".into(),
@@ -106,6 +104,7 @@ fn base() -> Value {
                     "responses": common_errors(json!({
                         "202": ok("placed; stock reserved; the saga continues", "Placed"),
                         "409": problem("out_of_stock (items named), restaurant_closed, item_unavailable, limit_exceeded, or price_changed (current_total given)"),
+                        "503": problem("nothing reserved; see Retry-After: capacity_exhausted (Redis at its memory budget: orders in flight finish, new ones wait), store_unwritable (Redis refuses writes: a failed AOF write, a failover), payment_unavailable (the provider is failing or the unpaid backlog is too long), overloaded, deadline_exceeded"),
                     }), true)}
             },
             "/v1/orders/{id}": {"get": {"summary": "an order (owner, its restaurant, admin)", "security": [{"bearer": []}],

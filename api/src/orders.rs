@@ -124,6 +124,16 @@ fn place_problem(error: PlaceError) -> Problem {
     }
 }
 
+/// A placement Redis refused tells the budget at once, so the next ones
+/// are refused before they reach Redis.
+fn note_refused(state: &AppState, error: &PlaceError) {
+    if let PlaceError::Engine(engine::EngineError::Redis(e)) = error
+        && let Some(refusal) = engine::budget::Refusal::of(e)
+    {
+        state.engine.budget().note_refused(refusal, e);
+    }
+}
+
 pub async fn place(
     State(state): State<AppState>,
     auth: Auth,
@@ -160,6 +170,16 @@ pub async fn place(
         body.expected_total,
         key,
     )?;
+    if let Some(refusal) = state.engine.budget().refusal() {
+        // As below: a retry of an order already placed gets its first answer.
+        if let Some(placed) = state.engine.replay(&request).await? {
+            return Ok(placed_response(&placed));
+        }
+        let problem = crate::problem::refused(refusal);
+        metrics::counter!("lunchrush_placements_refused_total", "code" => problem.code)
+            .increment(1);
+        return Err(problem);
+    }
     if let Some((why, retry_after)) = state.payments_unavailable() {
         // A retry of an order already placed still gets its first answer:
         // the order exists and will be paid once the provider is back.
@@ -188,6 +208,7 @@ pub async fn place(
         state.hot_spots.record(&request.restaurant);
     }
     let placed = result.map_err(|error| {
+        note_refused(&state, &error);
         let problem = place_problem(error);
         metrics::counter!("lunchrush_placements_refused_total", "code" => problem.code)
             .increment(1);

@@ -137,6 +137,10 @@ impl IntoResponse for Problem {
 
 impl From<engine::EngineError> for Problem {
     fn from(error: engine::EngineError) -> Self {
+        if let Some(refusal) = error.refused_write() {
+            tracing::warn!(%error, "Redis refused a write.");
+            return refused(refusal);
+        }
         tracing::error!(%error, "Engine failure.");
         Problem::unavailable(
             "store_unavailable",
@@ -144,6 +148,30 @@ impl From<engine::EngineError> for Problem {
         )
     }
 }
+
+/// The answer while Redis takes no new work: `capacity_exhausted` at its
+/// memory budget, `store_unwritable` while it refuses writes (it cannot
+/// persist them, or it became a replica). Nothing was changed.
+pub fn refused(refusal: engine::budget::Refusal) -> Problem {
+    match refusal {
+        engine::budget::Refusal::Memory => Problem::unavailable(
+            "capacity_exhausted",
+            "the order store is at its memory budget: orders in flight are finishing and \
+             new ones are refused until memory is freed; retry later",
+        )
+        .retry_after(CAPACITY_RETRY_AFTER_SECS),
+        engine::budget::Refusal::Unwritable => Problem::unavailable(
+            "store_unwritable",
+            "the order store refuses writes now (it cannot persist them, or it is failing \
+             over); nothing was changed; retry later",
+        )
+        .retry_after(CAPACITY_RETRY_AFTER_SECS),
+    }
+}
+
+/// `Retry-After` of a refusal for memory or writes: the budget frees
+/// memory as the archive drains, in seconds to minutes.
+pub const CAPACITY_RETRY_AFTER_SECS: u64 = 5;
 
 impl From<engine::domain::Invalid> for Problem {
     fn from(invalid: engine::domain::Invalid) -> Self {

@@ -158,6 +158,8 @@ pub async fn serve(
     let refusals = Arc::new(tokio::sync::Semaphore::new(REFUSALS_DRAINING_MAX));
     let connections = Arc::new(Connections::default());
     let router = crate::router(state.clone());
+    let (budget_stop, budget_stopped) = tokio::sync::watch::channel(false);
+    let budget = tokio::spawn(engine::budget::watch(state.engine.clone(), budget_stopped));
     let gatherer = tokio::spawn(crate::metrics::gather(state));
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -212,6 +214,8 @@ pub async fn serve(
     }
     drop(listener);
     gatherer.abort();
+    let _ = budget_stop.send(true);
+    budget.abort();
     if tokio::time::timeout(DRAIN_GRACE, graceful.shutdown())
         .await
         .is_err()

@@ -162,19 +162,18 @@ impl Archiver {
     /// Re-adding one is harmless: the retire script re-checks everything.
     pub(crate) async fn mark_resting(&self, resting: &[(Uuid, i64)]) -> Result<(), ArchiveError> {
         let keys = self.engine.keys();
-        let mut by_partition: HashMap<u16, Vec<(f64, String)>> = HashMap::new();
+        let mut by_partition: HashMap<u16, Vec<(i64, String)>> = HashMap::new();
         for (id, at) in resting {
             if let Some(p) = keys.partition_of_order(id) {
                 by_partition
                     .entry(p)
                     .or_default()
-                    .push((*at as f64, id.to_string()));
+                    .push((*at, id.to_string()));
             }
         }
-        let redis = self.engine.redis();
-        let adds = by_partition.into_iter().map(|(p, members)| {
-            redis.zadd::<i64, _, _>(keys.resting(p), None, None, false, false, members)
-        });
+        let adds = by_partition
+            .into_iter()
+            .map(|(p, orders)| self.engine.mark_resting(p, orders));
         for added in futures::future::join_all(adds).await {
             added?;
         }

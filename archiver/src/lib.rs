@@ -132,6 +132,8 @@ pub enum ArchiveError {
     Postgres(#[from] tokio_postgres::Error),
     #[error("postgres pool: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
+    #[error(transparent)]
+    Engine(#[from] engine::EngineError),
 }
 
 /// A stream entry as read.

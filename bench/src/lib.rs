@@ -95,6 +95,7 @@ pub fn start_redis(dir: &std::path::Path) -> anyhow::Result<stack::RedisServer> 
         dir: dir.join("redis"),
         preferred_port: None,
         appendfsync: stack::AppendFsync::Everysec,
+        maxmemory: None,
     })?)
 }
 

@@ -59,6 +59,8 @@ pub struct Config {
     /// How long a settled, archived order stays in Redis before it is
     /// retired to the archive (`None`: never; see [`crate::retire`]).
     pub live_retention: Option<std::time::Duration>,
+    /// How full Redis may get before new orders are refused.
+    pub memory: crate::budget::BudgetOptions,
 }
 
 /// The default live retention.
@@ -75,6 +77,7 @@ impl Default for Config {
             timers: Timers::default(),
             psp: crate::breaker::PspOptions::default(),
             live_retention: Some(LIVE_RETENTION_DEFAULT),
+            memory: crate::budget::BudgetOptions::default(),
         }
     }
 }

@@ -29,6 +29,7 @@
 //! one Lua script.
 
 pub mod breaker;
+pub mod budget;
 pub mod check;
 pub mod config;
 pub mod domain;

@@ -76,7 +76,7 @@ pub async fn ensure_no_eviction(client: &Client) -> Result<(), StoreError> {
 /// to it: each primary of a Cluster fred is connected to (replicas are not
 /// asked: give them the primaries' configuration), or the one standalone
 /// server.
-fn nodes(client: &Client) -> Vec<(String, fred::clients::WithOptions<Client>)> {
+pub(crate) fn nodes(client: &Client) -> Vec<(String, fred::clients::WithOptions<Client>)> {
     let servers = if client.is_clustered() {
         client.active_connections()
     } else {

@@ -341,6 +341,7 @@ fn random_interleavings_keep_the_rule() {
         dir: dir.path().join("redis"),
         preferred_port: None,
         appendfsync: AppendFsync::No,
+        maxmemory: None,
     })
     .unwrap();
     let sim = PspSim::open(&dir.path().join("ledger.jsonl"), Faults::default()).unwrap();

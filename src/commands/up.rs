@@ -42,6 +42,12 @@ pub struct UpArgs {
     /// Start a Redis Cluster with this many masters instead of one server.
     #[arg(long, env = "LUNCHRUSH_CLUSTER_MASTERS")]
     pub cluster_masters: Option<usize>,
+    /// Redis's maxmemory (e.g. 8gb; a Cluster's is split between its
+    /// masters). Default: half the machine's memory, leaving room for the
+    /// AOF rewrite's copy-on-write and PostgreSQL. New orders are refused
+    /// before it is reached (docs/operations.md).
+    #[arg(long, env = "LUNCHRUSH_REDIS_MAXMEMORY", value_parser = crate::args::parse_bytes)]
+    pub redis_maxmemory: Option<u64>,
     /// HS256 secret for API tokens; generated (and kept in stack.env) when unset.
     #[arg(long, env = "LUNCHRUSH_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
@@ -111,6 +117,16 @@ async fn start_stack(
         Some(_) => anyhow::bail!("--cluster-masters must be at least 1"),
         None => RedisMode::Standalone,
     };
+    let maxmemory = match args.redis_maxmemory {
+        Some(bytes) => bytes,
+        None => default_maxmemory().context("read the machine's memory (/proc/meminfo)")?,
+    };
+    anyhow::ensure!(
+        maxmemory >= MAXMEMORY_MIN,
+        "--redis-maxmemory {maxmemory} is below {MAXMEMORY_MIN} bytes: Redis could not hold a lunch peak's orders in flight"
+    );
+    let nodes = args.cluster_masters.unwrap_or(1).max(1) as u64;
+    options.redis_maxmemory = Some(maxmemory / nodes);
     options.redis_port = previous_port("LUNCHRUSH_REDIS_URL");
     options.postgres_port = previous_port("LUNCHRUSH_POSTGRES_URL");
     let stack = LocalStack::start(options)
@@ -120,6 +136,20 @@ async fn start_stack(
         .await
         .context("apply the migrations")?;
     Ok(stack)
+}
+
+/// The smallest `--redis-maxmemory` `up` accepts.
+const MAXMEMORY_MIN: u64 = 64 << 20;
+
+/// Half of the machine's memory (`MemTotal`): Redis's default limit.
+fn default_maxmemory() -> anyhow::Result<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo")?;
+    let kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no MemTotal line")?;
+    Ok(kib * 1024 / 2)
 }
 
 /// Starts the local stack, the simulator, the archiver, the workers and the

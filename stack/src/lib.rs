@@ -93,6 +93,8 @@ pub struct StackOptions {
     /// Ports to try first (a second `lunchrush up` keeps its URLs).
     pub redis_port: Option<u16>,
     pub postgres_port: Option<u16>,
+    /// Each Redis node's `maxmemory` (`None`: no limit).
+    pub redis_maxmemory: Option<u64>,
     /// `true` for a stack that keeps data (`lunchrush up`): fsync on, real
     /// `initdb`. `false` for tests: fast and disposable.
     pub durable: bool,
@@ -106,6 +108,7 @@ impl StackOptions {
             redis: RedisMode::Standalone,
             appendfsync: AppendFsync::Always,
             redis_port: None,
+            redis_maxmemory: None,
             postgres_port: None,
             durable: true,
         }
@@ -127,6 +130,7 @@ impl RedisDeployment {
         dir: &Path,
         appendfsync: AppendFsync,
         preferred_port: Option<u16>,
+        maxmemory: Option<u64>,
     ) -> Result<Self, StackError> {
         Ok(match mode {
             RedisMode::Standalone => {
@@ -134,12 +138,14 @@ impl RedisDeployment {
                     dir: dir.join("redis"),
                     preferred_port,
                     appendfsync,
+                    maxmemory,
                 })?)
             }
             RedisMode::Cluster { masters } => RedisDeployment::Cluster(RedisCluster::start(
                 &dir.join("redis-cluster"),
                 masters,
                 appendfsync,
+                maxmemory,
             )?),
         })
     }
@@ -211,6 +217,7 @@ impl LocalStack {
             appendfsync: AppendFsync::Everysec,
             redis_port: None,
             postgres_port: None,
+            redis_maxmemory: None,
             durable: false,
         };
         Self::start_in(options, Some(dir)).await
@@ -227,6 +234,7 @@ impl LocalStack {
             &options.home,
             options.appendfsync,
             options.redis_port,
+            options.redis_maxmemory,
         )?;
         let postgres = Postgres::start(PostgresOptions {
             dir: options.home.join("postgres"),

@@ -67,6 +67,10 @@ pub struct RedisOptions {
     /// A port to try first.
     pub preferred_port: Option<u16>,
     pub appendfsync: AppendFsync,
+    /// Redis's `maxmemory` in bytes (`None`: no limit): past it Redis
+    /// refuses writes that grow memory; lunchrush's budget refuses new
+    /// orders before that.
+    pub maxmemory: Option<u64>,
 }
 
 /// One running redis-server.
@@ -135,6 +139,9 @@ impl RedisServer {
             .args(["--auto-aof-rewrite-min-size", "512mb"])
             .args(["--daemonize", "no"])
             .args(["--protected-mode", "no"]);
+        if let Some(bytes) = options.maxmemory {
+            command.arg("--maxmemory").arg(bytes.to_string());
+        }
         if let Some(bus) = cluster_port {
             command
                 .args(["--cluster-enabled", "yes"])
@@ -218,7 +225,12 @@ pub struct RedisCluster {
 impl RedisCluster {
     /// Starts `masters` nodes under `dir/node-<i>`, splits the 16,384 slots
     /// evenly between them and waits for `cluster_state:ok` on every node.
-    pub fn start(dir: &Path, masters: usize, appendfsync: AppendFsync) -> Result<Self, StackError> {
+    pub fn start(
+        dir: &Path,
+        masters: usize,
+        appendfsync: AppendFsync,
+        maxmemory: Option<u64>,
+    ) -> Result<Self, StackError> {
         assert!(masters >= 1, "a cluster needs at least one master");
         let mut nodes = Vec::with_capacity(masters);
         for index in 0..masters {
@@ -227,6 +239,7 @@ impl RedisCluster {
                     dir: dir.join(format!("node-{index}")),
                     preferred_port: None,
                     appendfsync,
+                    maxmemory,
                 },
                 true,
             )?);

@@ -187,6 +187,7 @@ fn hidden_home(parent: &std::path::Path, durable: bool) -> StackOptions {
         appendfsync: stack::AppendFsync::Everysec,
         redis_port: None,
         postgres_port: None,
+        redis_maxmemory: None,
         durable,
     }
 }

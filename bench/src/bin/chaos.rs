@@ -743,6 +743,7 @@ async fn run_once(args: &Args, seed: u64, bin: &Path) -> anyhow::Result<RunRepor
         appendfsync: args.appendfsync,
         redis_port: None,
         postgres_port: None,
+        redis_maxmemory: None,
         durable: false,
     })
     .await?;

@@ -39,6 +39,17 @@ pub enum EngineError {
     },
 }
 
+impl EngineError {
+    /// Redis refused the write (`OOM`, `MISCONF`, `READONLY`): nothing of
+    /// it happened; it may succeed once the cause is gone.
+    pub fn refused_write(&self) -> Option<crate::budget::Refusal> {
+        match self {
+            EngineError::Redis(error) => crate::budget::Refusal::of(error),
+            EngineError::Reply { .. } => None,
+        }
+    }
+}
+
 /// Why a placement was refused (nothing changed).
 #[derive(Debug, thiserror::Error)]
 pub enum PlaceError {
@@ -177,6 +188,7 @@ impl From<fred::error::Error> for MenuError {
 struct Inner {
     redis: Client,
     keys: KeySpace,
+    budget: Arc<crate::budget::MemoryBudget>,
     scripts: Scripts,
     config: Config,
     /// Woken when this process emits an event that owes a worker a step,
@@ -224,6 +236,7 @@ impl Engine {
         Ok(Self {
             inner: Arc::new(Inner {
                 keys: KeySpace::new(&config.key_prefix, config.partitions),
+                budget: Arc::new(crate::budget::MemoryBudget::new(config.memory.clone())),
                 redis,
                 scripts,
                 config,
@@ -239,6 +252,11 @@ impl Engine {
 
     pub fn keys(&self) -> &KeySpace {
         &self.inner.keys
+    }
+
+    /// The memory budget (read by [`crate::budget::watch`]).
+    pub fn budget(&self) -> &crate::budget::MemoryBudget {
+        &self.inner.budget
     }
 
     pub fn config(&self) -> &Config {

@@ -5,8 +5,8 @@ use super::*;
 use crate::domain::{Decision, RejectReason, TimerKind};
 use crate::scripts::replies::{Claimed, Reclaimed, Recorded, Scheduled};
 use crate::scripts::{
-    Binding, Bound, advance, cancel, claim_timers, reclaim_stock, record_notification,
-    record_payment, release, restaurant_decision, schedule_timer,
+    Binding, Bound, advance, cancel, claim_timers, mark_resting, reclaim_stock,
+    record_notification, record_payment, release, restaurant_decision, schedule_timer,
 };
 
 /// The keys every transition of an order names, by the scripts' names.
@@ -360,5 +360,27 @@ impl Engine {
                 },
             )
             .await
+    }
+
+    /// Adds orders at a final pair, each with the time it came to rest
+    /// (ms), to partition `p`'s resting index (`lua/mark_resting.lua`, which
+    /// Redis runs past its maxmemory: retiring is how memory comes back).
+    pub async fn mark_resting(
+        &self,
+        p: u16,
+        orders: Vec<(i64, String)>,
+    ) -> Result<u64, EngineError> {
+        let added = self
+            .scripts()
+            .mark_resting
+            .run(
+                self.redis(),
+                mark_resting::Keys {
+                    resting: self.keys().resting(p),
+                },
+                mark_resting::Args { orders },
+            )
+            .await?;
+        Ok(added.0)
     }
 }

@@ -29,6 +29,9 @@ pub struct Round {
     pub dead: usize,
     /// Left waiting for the provider's circuit to close.
     pub deferred: usize,
+    /// Left waiting because Redis refused a write (`OOM`, `MISCONF`,
+    /// `READONLY`): the worker backs off.
+    pub refused: usize,
 }
 
 impl Worker {
@@ -62,6 +65,7 @@ impl Worker {
                 .unwrap_or_else(|e| tracing::error!(error = %e, "Cannot drop retired groups."));
         }
         let mut idle = Duration::from_millis(1);
+        let mut refused_nap = Duration::ZERO;
         let mut last_reclaim = Instant::now();
         let engine = self.engine.clone();
         // Acks are held up to `ack_window` and sent together.
@@ -96,7 +100,21 @@ impl Worker {
                     })
             };
             match round {
+                // Redis refuses writes: back off (doubling up to the cap)
+                // instead of spinning on events it cannot take; the next
+                // round without a refusal resets it.
+                Ok(r) if r.refused > 0 => {
+                    refused_nap = (refused_nap * 2).clamp(REFUSED_NAP_MIN, REFUSED_NAP_MAX);
+                    tracing::warn!(role = self.role.group(), refused = r.refused, nap = ?refused_nap,
+                        "Redis refuses writes; backing off.");
+                    tokio::select! {
+                        _ = tokio::time::sleep(refused_nap) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    continue;
+                }
                 Ok(r) if r.handled + r.failed + r.dead > 0 => {
+                    refused_nap = Duration::ZERO;
                     idle = Duration::from_millis(1);
                     continue;
                 }
@@ -350,8 +368,15 @@ impl Worker {
                     round.failed += 1;
                     continue;
                 }
-                Disposition::Deferred(deliveries) => {
-                    round.deferred += 1;
+                Disposition::Deferred(deliveries) | Disposition::Refused(deliveries) => {
+                    if matches!(disposition, Disposition::Refused(_)) {
+                        round.refused += 1;
+                        metrics::counter!("lunchrush_store_refused_total", "group" => self.role.group())
+                            .increment(1);
+                    } else {
+                        round.deferred += 1;
+                        metrics::counter!("lunchrush_psp_deferred_total").increment(1);
+                    }
                     // Failing to undo the delivery costs one count towards
                     // the dead letters, never the acks of the others.
                     if let Err(error) = self.defer(&stream, &id, deliveries).await {
@@ -387,7 +412,6 @@ impl Worker {
                 true,
             )
             .await?;
-        metrics::counter!("lunchrush_psp_deferred_total").increment(1);
         Ok(())
     }
 
@@ -410,6 +434,11 @@ impl Worker {
         match result {
             Ok(()) => Disposition::Done,
             Err(WorkError::Psp(PspError::CircuitOpen { .. })) => Disposition::Deferred(deliveries),
+            Err(WorkError::Engine(error)) if error.refused_write().is_some() => {
+                tracing::debug!(group = self.role.group(), order = %event.order, %error,
+                    "Redis refused the handler's write; the event waits.");
+                Disposition::Refused(deliveries)
+            }
             Err(error) if deliveries >= self.options.deliveries_max => {
                 let action = match event.order_id() {
                     Some(order_id) if self.role != Role::Order => {
@@ -505,6 +534,11 @@ impl Worker {
     }
 }
 
+/// A worker whose writes Redis refuses waits this long after the first
+/// such round, doubling up to [`REFUSED_NAP_MAX`].
+const REFUSED_NAP_MIN: Duration = Duration::from_millis(50);
+const REFUSED_NAP_MAX: Duration = Duration::from_secs(5);
+
 /// Which partitions a worker's next read round covers. On a Cluster each
 /// partition is its own read: between full sweeps (at most `every` apart) a
 /// round reads only the partitions this process woke the role for and those
@@ -545,4 +579,7 @@ enum Disposition {
     /// The provider's circuit is open: nothing was tried. The entry waits
     /// without this delivery counting towards `deliveries_max`.
     Deferred(u64),
+    /// Redis refused a write of the handler: nothing of it happened (each
+    /// script is atomic). Like `Deferred`, the delivery does not count.
+    Refused(u64),
 }

@@ -26,6 +26,10 @@ const COMMON: &str = include_str!("../../../lua/includes/common.lua");
 /// One script's typed signature (generated from its header).
 pub trait Binding {
     const NAME: &'static str;
+    /// Its first line: `#!lua flags=allow-oom` where it finishes work
+    /// already accepted (Redis runs it past `maxmemory`), `#!lua` where it
+    /// takes new work (refused before it starts once Redis is past it).
+    const SHEBANG: &'static str;
     /// The prologue binding its names, then the file.
     const BODY: &'static str;
     type Keys;
@@ -44,8 +48,8 @@ pub struct Script {
 }
 
 impl Script {
-    fn new(name: &'static str, body: &'static str) -> Self {
-        let source = format!("{COMMON}\n{body}");
+    fn new(name: &'static str, shebang: &'static str, body: &'static str) -> Self {
+        let source = format!("{shebang}\n{COMMON}\n{body}");
         #[cfg(feature = "sabotage-skip-release-on-decline")]
         let source = sabotage(name, source);
         let sha = fred::util::sha1_hash(&source);
@@ -118,7 +122,7 @@ pub struct Bound<B> {
 impl<B: Binding> Bound<B> {
     fn new() -> Self {
         Self {
-            script: Script::new(B::NAME, B::BODY),
+            script: Script::new(B::NAME, B::SHEBANG, B::BODY),
             binding: PhantomData,
         }
     }

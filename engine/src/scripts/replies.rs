@@ -369,3 +369,19 @@ impl FromReply for Retired {
         }
     }
 }
+
+/// `mark_resting`'s answer: how many orders were new to the index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Added(pub u64);
+
+impl FromReply for Added {
+    fn from_reply(script: &'static str, reply: Vec<String>) -> Result<Self, EngineError> {
+        match reply.as_slice() {
+            [added] => match added.parse() {
+                Ok(added) => Ok(Added(added)),
+                Err(_) => malformed(script, reply),
+            },
+            _ => malformed(script, reply),
+        }
+    }
+}
