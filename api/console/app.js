@@ -54,6 +54,14 @@ function age(ms) {
   return `${(ms / 3600000).toFixed(1)} h`;
 }
 
+function bytes(value) {
+  if (value === null || value === undefined) return "–";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let v = Number(value), i = 0;
+  while (v >= 1024 && i < units.length - 1) { v /= 1024; i += 1; }
+  return `${v.toFixed(i ? 1 : 0)} ${units[i]}`;
+}
+
 function link(path, text) {
   return el("a", { href: path, onclick: (e) => { e.preventDefault(); go(path); } }, text);
 }
@@ -192,6 +200,10 @@ function overviewPage(view) {
     const funnel = o.funnel || { rows: [] };
     const letters = o.letters || {};
     const archiver = o.archiver || {};
+    const memory = o.memory || {};
+    const memoryState = memory.state === "accepting" ? "" : "bad";
+    const toHigh = memory.to_high_water_s === null || memory.to_high_water_s === undefined
+      ? "not growing" : `high-water mark in ${age(memory.to_high_water_s * 1000)}`;
     const timers = o.timers || { overdue_by_kind: {} };
     body.replaceChildren(
       el("div", { class: "kpis" },
@@ -203,7 +215,9 @@ function overviewPage(view) {
         kpi("kpi-settled-p99", "placed → settled p50 / p99 ms", `${num(settled.p50_ms, 0)} / ${num(settled.p99_ms, 0)}`),
         kpi("kpi-unsettled", "unsettled sagas", num(funnel.unsettled)),
         kpi("kpi-archive-lag", "events not yet archived", num((archiver.lag_entries || 0) + (archiver.pending_entries || 0))),
-        kpi("kpi-letters", "dead letters / parked", `${num(letters.dead)} / ${num(letters.parked)}`)),
+        kpi("kpi-letters", "dead letters / parked", `${num(letters.dead)} / ${num(letters.parked)}`),
+        kpi("kpi-memory", memory.limit_bytes ? "Redis memory used / high-water mark" : "Redis memory used (no maxmemory)",
+          memory.limit_bytes ? `${bytes(memory.used_bytes)} / ${bytes(memory.high_water_bytes)}` : bytes(memory.used_bytes))),
       el("div", { class: "grid" },
         chart("Placements and outcomes per second", [
           { name: "placements (this engine)", color: "#c2410c", values: history_.placements },
@@ -226,7 +240,13 @@ function overviewPage(view) {
           table(["kind", "overdue"], Object.entries(timers.overdue_by_kind).map(([k, n]) =>
             el("tr", {}, el("td", {}, k), el("td", { class: "num" }, num(n)))), "timers"),
           el("h2", {}, "Archiver"),
-          el("p", { id: "archiver-lag" }, `${num(archiver.lag_entries)} unread, ${num(archiver.pending_entries)} in flight; oldest ${age(archiver.oldest_age_ms)}`)),
+          el("p", { id: "archiver-lag" }, `${num(archiver.lag_entries)} unread, ${num(archiver.pending_entries)} in flight (${bytes(archiver.bytes)} in Redis); oldest ${age(archiver.oldest_age_ms)}`),
+          el("h2", {}, "Redis memory budget"),
+          el("p", { id: "memory-budget" },
+            el("span", { class: memoryState }, memory.state === "accepting" ? "taking new orders" : `refusing new orders (${memory.state})`),
+            `: ${bytes(memory.used_bytes)} used of ${memory.limit_bytes ? bytes(memory.limit_bytes) : "no limit"}; `,
+            `high-water ${bytes(memory.high_water_bytes)}, low-water ${bytes(memory.low_water_bytes)}, reserve ${bytes(memory.reserve_bytes)} for ${num(memory.orders_in_flight)} orders in flight; ${toHigh}`,
+            memory.refused ? el("span", { class: "bad" }, ` (${memory.refused})`) : "")),
         el("div", { class: "card" }, el("h2", {}, "Busiest restaurants (this engine, last 1–2 min)"),
           table(["restaurant", "placements"], engine.busiest_restaurants.map((r) =>
             el("tr", {}, el("td", {}, link(`/ops/orders?restaurant=${encodeURIComponent(r.restaurant_id)}`, r.restaurant_id)), el("td", { class: "num" }, num(r.placements)))), "busiest")),

@@ -1,5 +1,7 @@
-//! `GET /healthz` (the process runs) and `GET /readyz` (its dependencies
-//! answer: a load balancer should send traffic only when this is 200; with
+//! `GET /healthz` (the process runs) and `GET /readyz` (Redis answers: a
+//! load balancer should send traffic only when this is 200; with PostgreSQL
+//! down it stays 200 and says `degraded: archive`, since orders are still
+//! taken and settled while the archive waits; with
 //! the provider's circuit open it stays 200 and says `degraded: provider`,
 //! since reads, menus and restaurant actions still work; likewise
 //! `degraded: redis_memory` past the memory budget, where new orders are
@@ -18,7 +20,8 @@ pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// Readiness: Redis answers PING and Postgres answers `SELECT 1`.
+/// Readiness: Redis answers PING (503 otherwise); PostgreSQL answering
+/// `SELECT 1` is reported, and its absence only degrades (`archive`).
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let redis = state.redis.ping::<String>(None).await.map(|_| ());
     let postgres = match state.postgres.get().await {
@@ -29,7 +32,11 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
             .map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
     };
-    let status = if redis.is_ok() && postgres.is_ok() {
+    // Orders live in Redis: without it nothing works. PostgreSQL is the
+    // archive: while it is down orders are still taken and settled (the
+    // streams hold them, within the memory budget), so the engine stays in
+    // the load balancer, degraded.
+    let status = if redis.is_ok() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -47,6 +54,9 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
     // Past its memory budget (or refusing writes) Redis takes no new
     // orders, but every order in flight goes on: ready, but degraded.
     let mut degraded: Vec<&str> = Vec::new();
+    if postgres.is_err() {
+        degraded.push("archive");
+    }
     if provider.as_ref().is_some_and(|p| p != "ok") {
         degraded.push("provider");
     }

@@ -253,6 +253,21 @@ async fn stream_gauges(state: &AppState) -> Result<(), fred::error::Error> {
     Ok(())
 }
 
+/// The archive backlog: what the archiver has yet to commit, its bytes in
+/// Redis and the age of its oldest entry (0 when there is none).
+fn archive_gauges(backlog: &engine::ops::ArchiveBacklog) {
+    let entries = backlog.lag_entries + backlog.pending_entries;
+    metrics::gauge!("lunchrush_archive_backlog_entries").set(entries as f64);
+    metrics::gauge!("lunchrush_archive_backlog_bytes").set(backlog.bytes as f64);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let age = backlog
+        .oldest_ms
+        .map_or(0.0, |ms| (now_ms - ms).max(0) as f64 / 1000.0);
+    metrics::gauge!("lunchrush_archive_backlog_age_seconds").set(age);
+}
+
 /// Gathers the stream and timer gauges every [`GATHER_INTERVAL`] until the
 /// task is dropped (the server aborts it when it stops).
 pub async fn gather(state: AppState) {
@@ -265,6 +280,16 @@ pub async fn gather(state: AppState) {
             Ok(Ok(())) => {}
             Ok(Err(error)) => tracing::warn!(%error, "Stream gauges unavailable this round."),
             Err(_) => tracing::warn!("Stream gauges took too long this round."),
+        }
+        let backlog = tokio::time::timeout(
+            GATHER_INTERVAL * 5,
+            engine::ops::archive_backlog(&state.engine),
+        )
+        .await;
+        match backlog {
+            Ok(Ok(backlog)) => archive_gauges(&backlog),
+            Ok(Err(error)) => tracing::warn!(%error, "Archive backlog unavailable this round."),
+            Err(_) => tracing::warn!("Archive backlog took too long this round."),
         }
     }
 }

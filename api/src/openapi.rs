@@ -73,7 +73,7 @@ fn base() -> Value {
         },
         "paths": {
             "/healthz": {"get": {"summary": "liveness", "responses": {"200": {"description": "the process serves HTTP"}}}},
-            "/readyz": {"get": {"summary": "readiness: Redis and Postgres answer", "responses": {"200": {"description": "ready"}, "503": {"description": "a dependency does not answer"}}}},
+            "/readyz": {"get": {"summary": "readiness: Redis answers (status ready, or degraded: archive, provider, redis_memory, redis_unwritable)", "responses": {"200": {"description": "ready, or degraded and still taking traffic"}, "503": {"description": "Redis does not answer"}}}},
             "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text exposition format"}}}},
             "/openapi.json": {"get": {"summary": "this document", "responses": {"200": {"description": "OpenAPI 3.1"}}}},
             "/v1/restaurants/{rid}": {

@@ -128,3 +128,89 @@ async fn past_the_high_water_mark_new_orders_are_refused_and_those_in_flight_fin
     .await;
     assert_eq!(readiness(&app).await["status"], "ready");
 }
+
+/// PostgreSQL down for long: orders are taken as long as the budget
+/// allows, every one of them settles meanwhile, then placements are refused
+/// with `capacity_exhausted` (Redis never above its `maxmemory`, `/readyz`
+/// still 200, degraded). Once PostgreSQL is back the backlog drains, memory
+/// comes back and placements resume by themselves; every accepted order is
+/// archived once and the rule holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_archive_outage_pushes_back_then_recovers_by_itself() {
+    let mut app = spawn_app_configured(helpers::roomy(), |c| {
+        c.live_retention = Some(Duration::from_secs(1));
+        c.memory.floor = Some(512 << 10);
+        c.memory.hysteresis = Some(256 << 10);
+        c.memory.watch_every = Duration::from_millis(50);
+    })
+    .await;
+    // An archiver that trims often, so memory comes back once it can write.
+    let mut options = archiver::ArchiverOptions::new("outage-archiver");
+    options.idle_poll_max = Duration::from_millis(20);
+    options.trim_every = Duration::from_millis(200);
+    let archiver = archiver::Archiver::new(app.engine.clone(), app.pool().clone(), options);
+    archiver.prepare().await.unwrap();
+    tokio::spawn(archiver.run(app.stopped()));
+    app.seed("wok", true, &[("noodles", 8_000, 1_000_000)])
+        .await;
+    let customer = app.customer("hungry");
+    let body = || order_body("wok", &[("noodles", 1)], 8_000);
+
+    app.fx.stack_mut().postgres.stop();
+    let limit = app.redis_used_memory().await + (2 << 20);
+    app.set_redis_maxmemory(limit).await;
+    let mut accepted = Vec::new();
+    let refusal = loop {
+        let reply = app
+            .place(&customer, &format!("k{}", accepted.len()), body())
+            .await;
+        match reply.status.as_u16() {
+            202 => accepted.push(reply.body["order_id"].as_str().unwrap().to_string()),
+            _ => break reply,
+        }
+        assert!(accepted.len() < 5_000, "never pushed back");
+    };
+    refusal.problem(503, "capacity_exhausted");
+    assert!(
+        accepted.len() >= 100,
+        "only {} orders taken",
+        accepted.len()
+    );
+    let ready = readiness(&app).await;
+    let status = ready["status"].as_str().unwrap();
+    assert!(
+        status.contains("archive") && status.contains("redis_memory"),
+        "{ready}"
+    );
+    // Everything accepted settles while the archive is down.
+    for id in &accepted {
+        app.wait_for(id, &customer, |o| o["payment"]["status"] == "CAPTURED")
+            .await;
+    }
+    let used = app.redis_used_memory().await;
+    assert!(
+        used <= limit,
+        "Redis at {used} B, above its maxmemory {limit} B"
+    );
+    app.place(&customer, "while-down", body())
+        .await
+        .problem(503, "capacity_exhausted");
+
+    app.fx.stack_mut().postgres.restart().await.unwrap();
+    fixture::eventually(Duration::from_secs(90), "placements resumed", || async {
+        let reply = app.place(&customer, "after", body()).await;
+        match reply.status.as_u16() {
+            202 => Ok(()),
+            _ => Err(format!("{reply:?}")),
+        }
+    })
+    .await;
+    let report = app.wait_archived(Duration::from_secs(90)).await;
+    assert!(
+        report.orders > accepted.len() as u64,
+        "{} archived of {} accepted: {report}",
+        report.orders,
+        accepted.len()
+    );
+    app.assert_rule_holds().await;
+}

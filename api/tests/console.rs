@@ -244,6 +244,15 @@ async fn the_overview_moves_under_load_and_an_order_shows_its_whole_story() {
         .text_when("#kpi-captured", |t| number(t) > 0.0)
         .await;
     browser.text_when("#funnel", |t| !t.is_empty()).await;
+    // The memory budget: read from Redis by the engine's watcher.
+    browser
+        .text_when("#memory-budget", |t| {
+            t.contains("taking new orders") && t.contains("used of")
+        })
+        .await;
+    browser
+        .text_when("#archiver-lag", |t| t.contains("in Redis"))
+        .await;
     browser
         .text_when("#groups", |t| {
             t.contains("archiver") && t.contains("payment")

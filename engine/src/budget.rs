@@ -206,6 +206,8 @@ impl MemoryBudget {
         let mut refusing = false;
         let mut clear = true;
         let mut unwritable = None;
+        // Without any limit, the fullest node is still shown.
+        let mut unlimited: Option<(String, u64)> = None;
         for node in nodes {
             if let Some(why) = node.refused {
                 unwritable = Some(why);
@@ -219,6 +221,9 @@ impl MemoryBudget {
                 }
             });
             if limit == 0 {
+                if unlimited.as_ref().is_none_or(|(_, used)| node.used > *used) {
+                    unlimited = Some((node.name, node.used));
+                }
                 continue;
             }
             let (reserve, high_water, low_water) = self.marks(limit, in_flight);
@@ -242,9 +247,14 @@ impl MemoryBudget {
         }
         let mut held = self.lock();
         let (last, last_at) = &mut *held;
-        let mut reading = worst.unwrap_or_else(|| Reading {
-            in_flight,
-            ..Reading::default()
+        let mut reading = worst.unwrap_or_else(|| {
+            let (node, used) = unlimited.unwrap_or_default();
+            Reading {
+                node,
+                used,
+                in_flight,
+                ..Reading::default()
+            }
         });
         // Growth, smoothed: ~10 s at the default quarter-second round.
         if let Some(at) = *last_at {
@@ -463,6 +473,7 @@ mod tests {
         let budget = budget();
         budget.update(vec![node(u64::MAX / 2, 0)], 1_000, Instant::now());
         assert_eq!(budget.refusal(), None);
+        assert_eq!(budget.reading().used, u64::MAX / 2, "still shown");
         assert_eq!(budget.reading().to_high_water(), None);
     }
 

@@ -257,6 +257,60 @@ pub async fn group_lags(engine: &Engine) -> Result<Vec<GroupLag>, EngineError> {
     Ok(lags.into_values().collect())
 }
 
+/// What the archiver has yet to commit to PostgreSQL, over every stream.
+#[derive(Debug, Clone, Copy, Serialize, Default, PartialEq)]
+pub struct ArchiveBacklog {
+    /// Entries not yet read by the archiver.
+    pub lag_entries: u64,
+    /// Entries read and not yet committed (acknowledged).
+    pub pending_entries: u64,
+    /// What those entries hold in Redis, estimated from each stream's
+    /// `MEMORY USAGE` per entry.
+    pub bytes: u64,
+    /// The oldest of them (ms since the epoch).
+    pub oldest_ms: Option<i64>,
+}
+
+/// The archive backlog: the `archiver` group's lag and pending on every
+/// stream, their bytes and the age of the oldest. A stream with no backlog
+/// costs one XINFO.
+pub async fn archive_backlog(engine: &Engine) -> Result<ArchiveBacklog, EngineError> {
+    let keys = engine.keys();
+    let mut backlog = ArchiveBacklog::default();
+    for p in 0..keys.partitions() {
+        for topic in Topic::ALL {
+            let stream = keys.stream(p, topic);
+            let infos = streams::group_infos(engine.redis(), &stream).await?;
+            let Some(info) = infos
+                .iter()
+                .find(|i| i.name == crate::retire::ARCHIVER_GROUP)
+            else {
+                continue;
+            };
+            let entries = info.lag.unwrap_or(0) + info.pending;
+            if entries == 0 {
+                continue;
+            }
+            backlog.lag_entries += info.lag.unwrap_or(0);
+            backlog.pending_entries += info.pending;
+            let oldest = oldest_unacknowledged(engine, &stream, info).await?;
+            backlog.oldest_ms = match (backlog.oldest_ms, oldest) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let length: u64 = engine.redis().xlen(stream.as_str()).await?;
+            let usage: Option<u64> = engine
+                .redis()
+                .memory_usage(stream.as_str(), Some(5))
+                .await?;
+            if let (Some(usage), true) = (usage, length > 0) {
+                backlog.bytes += usage * entries.min(length) / length;
+            }
+        }
+    }
+    Ok(backlog)
+}
+
 /// The time of the first entry `info`'s group has not acknowledged.
 async fn oldest_unacknowledged(
     engine: &Engine,

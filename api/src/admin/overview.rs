@@ -153,17 +153,39 @@ async fn gather(state: &AppState) -> Value {
             Value::Null
         }
     };
-    let (funnel, groups, timers, archive) = tokio::join!(
+    let (funnel, groups, timers, archive, backlog) = tokio::join!(
         engine::ops::funnel(engine),
         engine::ops::group_lags(engine),
         engine::ops::timers(engine),
         archive_figures(&state.postgres),
+        engine::ops::archive_backlog(engine),
     );
     let funnel = section(
         "funnel",
         funnel.map(|f| json!(f)).map_err(|e| e.to_string()),
     );
-    let archive_lag = groups.as_ref().ok().map(|groups| archiver_lag(groups));
+    let archive_lag = backlog.ok().map(|b| {
+        json!({
+            "lag_entries": b.lag_entries,
+            "pending_entries": b.pending_entries,
+            "bytes": b.bytes,
+            "oldest_age_ms": b.oldest_ms.map(|ms| (now_ms() - ms).max(0)),
+        })
+    });
+    let budget = engine.budget();
+    let reading = budget.reading();
+    let memory = json!({
+        "state": budget.refusal().map_or("accepting", |r| r.as_str()),
+        "used_bytes": reading.used,
+        "limit_bytes": reading.limit,
+        "reserve_bytes": reading.reserve,
+        "high_water_bytes": reading.high_water,
+        "low_water_bytes": reading.low_water,
+        "orders_in_flight": reading.in_flight,
+        "growth_bytes_per_s": reading.growth_per_sec,
+        "to_high_water_s": reading.to_high_water(),
+        "refused": reading.refused,
+    });
     // The operator queues' sizes: what their groups hold or have not read.
     let letters = groups.as_ref().ok().map(|groups| {
         let held = |group: &str, topic: &str| {
@@ -208,22 +230,11 @@ async fn gather(state: &AppState) -> Value {
         "funnel": funnel,
         "groups": groups,
         "archiver": archive_lag,
+        "memory": memory,
         "timers": timers,
         "letters": letters,
         "archive": archive,
         "errors": errors,
-    })
-}
-
-/// What the archiver has yet to archive: entries not read, read and not
-/// committed, and the age of the oldest of them.
-fn archiver_lag(groups: &[engine::ops::GroupLag]) -> Value {
-    let archiver: Vec<_> = groups.iter().filter(|g| g.group == "archiver").collect();
-    let oldest = archiver.iter().filter_map(|g| g.oldest_ms).min();
-    json!({
-        "lag_entries": archiver.iter().map(|g| g.lag).sum::<u64>(),
-        "pending_entries": archiver.iter().map(|g| g.pending).sum::<u64>(),
-        "oldest_age_ms": oldest.map(|ms| (now_ms() - ms).max(0)),
     })
 }
 
