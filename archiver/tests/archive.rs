@@ -26,6 +26,7 @@ async fn env_on(redis: stack::RedisMode) -> Env {
         redis,
         postgres: true,
         faults,
+        ..fixture::Options::redis()
     };
     let mut env = Env::start(options, |_| {}).await;
     env.start_workers("w");

@@ -1,0 +1,163 @@
+//! Redis's AOF on a small filesystem that fills up (a size-limited tmpfs,
+//! mounted as root; skipped with a message where mounting is not allowed):
+//! Redis refuses writes (`MISCONF`), placements are refused as refused
+//! writes and change nothing, sagas in flight wait without a delivery
+//! counted towards the dead letters; once space is freed everything
+//! resumes without a restart, every order acknowledged is there (also after
+//! Redis is killed and restarted on its AOF) and the rule holds.
+//!
+//! With `appendfsync always` Redis cannot keep a write it failed to append
+//! and exits instead: the Redis-crash path, proven by `tests/redis_crash.rs`
+//! and the chaos runner. This test runs `everysec`, where Redis stays up
+//! and refuses writes.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use engine::budget::Refusal;
+use engine::engine::PlaceError;
+use engine::keys::Topic;
+use fixture::{Fixture, Options, Servers, eventually, numbered_order};
+use stack::RedisDeployment;
+
+/// A tmpfs of `size` mounted at `dir`, unmounted when dropped.
+struct Mount(PathBuf);
+
+impl Mount {
+    fn tmpfs(dir: &Path, size: &str) -> Option<Self> {
+        std::fs::create_dir_all(dir).ok()?;
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .ok()?;
+        if !mounted.status.success() {
+            eprintln!(
+                "SKIPPED: cannot mount a tmpfs here ({}); the full-disk test needs root",
+                String::from_utf8_lossy(&mounted.stderr).trim()
+            );
+            return None;
+        }
+        Some(Self(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Writes zeros to `path` until the filesystem is full.
+fn fill(path: &Path) {
+    let mut file = std::fs::File::create(path).unwrap();
+    let chunk = vec![0u8; 64 * 1024];
+    while file.write_all(&chunk).is_ok() {}
+    for _ in 0..64 {
+        if file.write_all(&chunk[..1024]).is_err() {
+            break;
+        }
+    }
+    let _ = file.sync_all();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_aof_disk_refuses_writes_then_recovers_by_itself() {
+    let root = tempfile::tempdir().unwrap();
+    let Some(mount) = Mount::tmpfs(&root.path().join("disk"), "24m") else {
+        return;
+    };
+    let options = Options {
+        redis_dir: Some(mount.0.clone()),
+        ..Options::redis()
+    };
+    let mut fx = Fixture::start(options, |_| {}).await;
+    fx.restaurant("wok", true, "noodles", 8_000, 1_000_000)
+        .await;
+    fx.start_workers("disk");
+    let mut acknowledged = Vec::new();
+    for n in 0..50 {
+        let request = numbered_order(n, "wok", &[("noodles", 1)], 8_000);
+        acknowledged.push(fx.engine.place_order(&request).await.unwrap().order_id);
+    }
+    fx.settle(Duration::from_secs(30)).await;
+
+    let filler = mount.0.join("filler");
+    fill(&filler);
+    // Placements go on until Redis notices its AOF write failed; from then
+    // on each is refused and changes nothing.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut n = 50;
+    loop {
+        let request = numbered_order(n, "wok", &[("noodles", 1)], 8_000);
+        n += 1;
+        match fx.engine.place_order(&request).await {
+            Ok(placed) => acknowledged.push(placed.order_id),
+            Err(PlaceError::Engine(error)) => {
+                assert_eq!(error.refused_write(), Some(Refusal::Unwritable), "{error}");
+                break;
+            }
+            Err(other) => panic!("not a refused write: {other:?}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Redis never refused a write on a full disk"
+        );
+    }
+    let orders = fx.orders().await.len();
+    let refused = numbered_order("refused", "wok", &[("noodles", 1)], 8_000);
+    assert!(fx.engine.place_order(&refused).await.is_err());
+    assert_eq!(
+        fx.orders().await.len(),
+        orders,
+        "a refused write left an order"
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    let resumed = eventually(Duration::from_secs(30), "writes taken again", || async {
+        let request = numbered_order(format!("after{n}"), "wok", &[("noodles", 1)], 8_000);
+        fx.engine
+            .place_order(&request)
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    acknowledged.push(resumed.order_id);
+    fx.settle(Duration::from_secs(60)).await;
+    fx.drain_groups(Duration::from_secs(60)).await;
+    assert_eq!(
+        fx.stream_entries(Topic::Dead).await,
+        0,
+        "nothing dead-lettered"
+    );
+    fx.assert_rule_holds().await;
+
+    // Everything acknowledged is in the AOF: kill Redis and start it on it.
+    fx.stop_workers().await;
+    let Servers::Redis(RedisDeployment::Standalone(server)) = &mut fx.servers else {
+        panic!("a standalone fixture");
+    };
+    server.kill();
+    server.restart().unwrap();
+    let missing = eventually(Duration::from_secs(30), "Redis back", || async {
+        let mut missing = 0;
+        for id in &acknowledged {
+            match fx.engine.order(id).await {
+                Ok(Some(_)) => {}
+                Ok(None) => missing += 1,
+                Err(error) => return Err(error.to_string()),
+            }
+        }
+        Ok(missing)
+    })
+    .await;
+    assert_eq!(
+        missing,
+        0,
+        "acknowledged orders lost of {}",
+        acknowledged.len()
+    );
+    fx.assert_rule_holds().await;
+}
