@@ -366,3 +366,128 @@ async fn undecodable_data_is_archived_as_written() {
         ]
     );
 }
+
+/// A tmpfs of `size` at `dir` owned by PostgreSQL's user, unmounted when
+/// dropped; `None` (with a message) where mounting is not allowed.
+struct PostgresDisk(std::path::PathBuf);
+
+impl PostgresDisk {
+    fn mount(dir: &std::path::Path, size: &str) -> Option<Self> {
+        use std::process::Command;
+        std::fs::create_dir_all(dir).ok()?;
+        // The server runs as `postgres` when we are root (the stack's rule).
+        let owner = Command::new("id").args(["-u", "postgres"]).output().ok()?;
+        let uid = String::from_utf8_lossy(&owner.stdout).trim().to_string();
+        let options = format!("size={size},mode=0700,uid={uid},gid={uid}");
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &options, "tmpfs"])
+            .arg(dir)
+            .output()
+            .ok()?;
+        if !owner.status.success() || !mounted.status.success() {
+            eprintln!(
+                "SKIPPED: cannot mount a tmpfs for PostgreSQL here ({}); the test needs root",
+                String::from_utf8_lossy(&mounted.stderr).trim()
+            );
+            return None;
+        }
+        Some(Self(dir.to_path_buf()))
+    }
+}
+
+impl Drop for PostgresDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// PostgreSQL's disk full (the archive's tables on a small tablespace that
+/// fills up): a batch fails whole and nothing of it lands, its entries stay
+/// pending in Redis (the backlog shows), a retry fails the same way; once
+/// space is freed the next drain archives every event exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_archive_disk_fails_whole_batches_and_loses_nothing() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let Some(disk) = PostgresDisk::mount(&root.path().join("pgdisk"), "16m") else {
+        return;
+    };
+    let env = env().await;
+    let client = env.pool().get().await.unwrap();
+    client
+        .batch_execute(&format!(
+            "CREATE TABLESPACE small LOCATION '{}'",
+            disk.0.display()
+        ))
+        .await
+        .unwrap();
+    let tables: Vec<String> = client
+        .query(
+            "SELECT inhrelid::regclass::text FROM pg_inherits \
+             WHERE inhparent = 'saga_events'::regclass",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    for table in tables.iter().map(String::as_str).chain(["orders"]) {
+        client
+            .batch_execute(&format!("ALTER TABLE {table} SET TABLESPACE small"))
+            .await
+            .unwrap();
+    }
+    let archiver = archiver(&env);
+    archiver.prepare().await.unwrap();
+    place(&env, 0, 20).await;
+    env.settle(Duration::from_secs(30)).await;
+    archiver.drain().await.unwrap();
+    let before = count(&env, "SELECT count(*) FROM saga_events").await;
+
+    // Fill the tablespace, then give the archiver a backlog.
+    let filler = disk.0.join("filler");
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        while file.write_all(&chunk).is_ok() {}
+        let _ = file.sync_all();
+    }
+    place(&env, 20, 400).await;
+    env.settle(Duration::from_secs(30)).await;
+    for attempt in 0..2 {
+        let failed = archiver.drain().await;
+        let error = failed
+            .expect_err("a batch on a full disk fails")
+            .to_string();
+        assert!(error.contains("postgres"), "attempt {attempt}: {error}");
+        let backlog = engine::ops::archive_backlog(&env.engine).await.unwrap();
+        assert!(
+            backlog.pending_entries + backlog.lag_entries > 0 && backlog.bytes > 0,
+            "the backlog waits in Redis: {backlog:?}"
+        );
+    }
+    let during = count(&env, "SELECT count(*) FROM saga_events").await;
+    assert!(
+        during < before + 380,
+        "the archive took everything on a full disk ({before} -> {during})"
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(archiver.clone().run(stopped));
+    let report = env.wait_archived(Duration::from_secs(90)).await;
+    assert_eq!(report.orders, 400, "{report}");
+    let duplicates = count(
+        &env,
+        "SELECT count(*) - count(DISTINCT (order_id, seq)) FROM saga_events WHERE order_id IS NOT NULL",
+    )
+    .await;
+    assert_eq!(duplicates, 0);
+    drop(client);
+}
