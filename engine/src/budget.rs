@@ -47,7 +47,7 @@ pub struct BudgetOptions {
     pub limit: Option<u64>,
     /// The fixed part of the reserve (the placements of one watch round,
     /// confirmations of settled orders, archiver and client buffers);
-    /// `None`: 5 % of the limit.
+    /// `None`: [`default_floor`].
     pub floor: Option<u64>,
     /// What the reserve keeps per order in flight.
     pub per_order: u64,
@@ -130,6 +130,17 @@ impl Reading {
     }
 }
 
+/// The reserve's floor for a limit of `limit` bytes: 5 % of it, but at
+/// least [`FLOOR_MIN`] (an archiver catching up after an outage reads pages
+/// of several MB, which Redis holds in its output buffers), and at most a
+/// quarter of the limit (a small Redis still takes orders).
+pub fn default_floor(limit: u64) -> u64 {
+    (limit / 20).max(FLOOR_MIN).min(limit / 4)
+}
+
+/// See [`default_floor`].
+pub const FLOOR_MIN: u64 = 32 << 20;
+
 const ACCEPTING: u8 = 0;
 const MEMORY: u8 = 1;
 const UNWRITABLE: u8 = 2;
@@ -191,11 +202,11 @@ impl MemoryBudget {
 
     /// The marks for a node of `limit` bytes with `in_flight` orders.
     pub fn marks(&self, limit: u64, in_flight: u64) -> (u64, u64, u64) {
-        let share = |part: Option<u64>| part.unwrap_or(limit / 20);
-        let reserve = share(self.options.floor)
-            .saturating_add(in_flight.saturating_mul(self.options.per_order));
+        let floor = self.options.floor.unwrap_or_else(|| default_floor(limit));
+        let reserve = floor.saturating_add(in_flight.saturating_mul(self.options.per_order));
         let high = limit.saturating_sub(reserve);
-        let low = high.saturating_sub(share(self.options.hysteresis));
+        let hysteresis = self.options.hysteresis.unwrap_or(limit / 20);
+        let low = high.saturating_sub(hysteresis);
         (reserve, high, low)
     }
 

@@ -9,7 +9,8 @@
 //! With `appendfsync always` Redis cannot keep a write it failed to append
 //! and exits instead: the Redis-crash path, proven by `tests/redis_crash.rs`
 //! and the chaos runner. This test runs `everysec`, where Redis stays up
-//! and refuses writes.
+//! and refuses writes. A second test demotes Redis to a replica (`READONLY`
+//! after a failover) and promotes it back.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -158,6 +159,60 @@ async fn a_full_aof_disk_refuses_writes_then_recovers_by_itself() {
         0,
         "acknowledged orders lost of {}",
         acknowledged.len()
+    );
+    fx.assert_rule_holds().await;
+}
+
+/// Redis turned replica (as after a failover that demoted it): writes are
+/// refused (`READONLY`), placements are refused as refused writes and change
+/// nothing, sagas wait; once it is a primary again everything resumes and
+/// the rule holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demoted_primary_refuses_writes_then_recovers_by_itself() {
+    let mut fx = Fixture::start(Options::redis(), |_| {}).await;
+    fx.restaurant("wok", true, "noodles", 8_000, 1_000_000)
+        .await;
+    fx.start_workers("demoted");
+    let first = numbered_order(0, "wok", &[("noodles", 1)], 8_000);
+    let first = fx.engine.place_order(&first).await.unwrap().order_id;
+    fx.settle(Duration::from_secs(30)).await;
+    let node = &fx.servers.redis_nodes()[0];
+    // A primary that does not answer: the data stays, writes are refused.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    node.command(&["REPLICAOF", "127.0.0.1", &port.to_string()])
+        .unwrap();
+    let orders = fx.orders().await.len();
+    let refused = numbered_order(1, "wok", &[("noodles", 1)], 8_000);
+    match fx.engine.place_order(&refused).await {
+        Err(PlaceError::Engine(error)) => {
+            assert_eq!(error.refused_write(), Some(Refusal::Unwritable), "{error}")
+        }
+        other => panic!("a replica took a placement: {other:?}"),
+    }
+    assert_eq!(
+        fx.orders().await.len(),
+        orders,
+        "a refused write left an order"
+    );
+
+    node.command(&["REPLICAOF", "NO", "ONE"]).unwrap();
+    let again = eventually(Duration::from_secs(30), "writes taken again", || async {
+        fx.engine
+            .place_order(&refused)
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    fx.settle(Duration::from_secs(60)).await;
+    for id in [first, again.order_id] {
+        assert!(fx.engine.order(&id).await.unwrap().is_some());
+    }
+    assert_eq!(
+        fx.stream_entries(Topic::Dead).await,
+        0,
+        "nothing dead-lettered"
     );
     fx.assert_rule_holds().await;
 }

@@ -117,10 +117,19 @@ enum Fault {
     ProviderOutage,
     /// The provider fails every call for 3 minutes: past the payment window.
     ProviderOutageLong,
+    /// Redis's maxmemory set just above what it holds for a few seconds:
+    /// the engines refuse new orders, those in flight finish.
+    MemoryBudget,
+    /// The filesystem under Redis's AOF filled for a few seconds (a tmpfs
+    /// the run mounted; as root only): Redis refuses writes or, with
+    /// `always`, exits and is started again once space is back.
+    FullAofDisk,
+    /// PostgreSQL down for 150 s: longer than the payment window.
+    ArchiveOutage,
 }
 
 impl Fault {
-    const ALL: [Fault; 8] = [
+    const ALL: [Fault; 11] = [
         Fault::EngineKill,
         Fault::ArchiverKill,
         Fault::RedisRestart,
@@ -129,6 +138,9 @@ impl Fault {
         Fault::DuplicateDelivery,
         Fault::ProviderOutage,
         Fault::ProviderOutageLong,
+        Fault::MemoryBudget,
+        Fault::FullAofDisk,
+        Fault::ArchiveOutage,
     ];
 
     fn label(self) -> &'static str {
@@ -141,17 +153,24 @@ impl Fault {
             Fault::DuplicateDelivery => "duplicate delivery",
             Fault::ProviderOutage => "provider outage 60 s",
             Fault::ProviderOutageLong => "provider outage 3 min",
+            Fault::MemoryBudget => "Redis at its memory budget",
+            Fault::FullAofDisk => "full AOF disk",
+            Fault::ArchiveOutage => "PostgreSQL down 150 s",
         }
     }
 
     fn is_outage(self) -> bool {
-        matches!(self, Fault::ProviderOutage | Fault::ProviderOutageLong)
+        matches!(
+            self,
+            Fault::ProviderOutage | Fault::ProviderOutageLong | Fault::ArchiveOutage
+        )
     }
 
-    fn drawn(self, outages: Outages) -> bool {
+    fn drawn(self, outages: Outages, aof_disk: bool) -> bool {
         match self {
             Fault::ProviderOutage => outages != Outages::None,
-            Fault::ProviderOutageLong => outages == Outages::All,
+            Fault::ProviderOutageLong | Fault::ArchiveOutage => outages == Outages::All,
+            Fault::FullAofDisk => aof_disk,
             _ => true,
         }
     }
@@ -164,7 +183,8 @@ enum Outages {
     None,
     /// The 60-second outage.
     Short,
-    /// Both, the 60-second and the 3-minute one (past the payment window).
+    /// Both, the 60-second and the 3-minute one (past the payment window),
+    /// and PostgreSQL down for 150 s.
     All,
 }
 
@@ -174,6 +194,7 @@ fn schedule(
     duration: Duration,
     every: Duration,
     outages: Outages,
+    aof_disk: bool,
 ) -> Vec<(Duration, Fault)> {
     let mut kinds = Vec::new();
     let mut at = Duration::ZERO;
@@ -189,7 +210,7 @@ fn schedule(
             let first_round = plan.is_empty();
             kinds = Fault::ALL
                 .into_iter()
-                .filter(|f| f.drawn(outages) && (first_round || !f.is_outage()))
+                .filter(|f| f.drawn(outages, aof_disk) && (first_round || !f.is_outage()))
                 .collect();
             kinds.shuffle(rng);
         }
@@ -226,6 +247,63 @@ fn lock(tally: &Shared) -> std::sync::MutexGuard<'_, Tally> {
     tally.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A tmpfs under Redis's files, mounted by the run (as root), so the full-disk
+/// fault can fill it; unmounted when dropped (after the stack stopped).
+struct AofDisk {
+    dir: PathBuf,
+}
+
+impl AofDisk {
+    fn mount(dir: &Path) -> Option<Self> {
+        std::fs::create_dir_all(dir).ok()?;
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=2g", "tmpfs"])
+            .arg(dir)
+            .output()
+            .ok()?;
+        if !mounted.status.success() {
+            eprintln!(
+                "[chaos] no full-disk fault: cannot mount a tmpfs here ({})",
+                String::from_utf8_lossy(&mounted.stderr).trim()
+            );
+            return None;
+        }
+        Some(Self {
+            dir: dir.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for AofDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}
+
+/// Writes zeros to `path` until its filesystem is full.
+fn fill(path: &Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path)?;
+    let chunk = vec![0u8; 1 << 20];
+    while file.write_all(&chunk).is_ok() {}
+    while file.write_all(&chunk[..4096]).is_ok() {}
+    Ok(())
+}
+
+fn redis_used_memory(server: &stack::RedisServer) -> anyhow::Result<u64> {
+    let info = server.command(&["INFO", "memory"])?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .context("INFO memory has no used_memory")
+}
+
+fn expect_ok(reply: Result<String, stack::StackError>) -> anyhow::Result<()> {
+    let reply = reply?;
+    anyhow::ensure!(reply == "OK", "Redis answered {reply:?}");
+    Ok(())
+}
+
 /// The processes of one run under test.
 struct System {
     stack: LocalStack,
@@ -237,6 +315,8 @@ struct System {
     archiver: Option<Daemon>,
     engine: engine::Engine,
     pool: deadpool_postgres::Pool,
+    /// Dropped after `stack` (field order): the servers stop first.
+    aof_disk: Option<AofDisk>,
 }
 
 impl System {
@@ -352,6 +432,34 @@ impl System {
                     after.failed - before.failed,
                     after.received - before.received
                 );
+            }
+            Fault::MemoryBudget => {
+                let server = &self.stack.redis.servers()[0];
+                let used = redis_used_memory(server)?;
+                let limit = (used + rng.random_range(1u64..4) * (1 << 20)).to_string();
+                expect_ok(server.command(&["CONFIG", "SET", "maxmemory", &limit]))?;
+                sleep_ms(rng, 3_000..8_000).await;
+                expect_ok(server.command(&["CONFIG", "SET", "maxmemory", "0"]))?;
+            }
+            Fault::FullAofDisk => {
+                let Some(disk) = self.aof_disk.as_ref() else {
+                    return Ok(());
+                };
+                let filler = disk.dir.join("filler");
+                tokio::task::block_in_place(|| fill(&filler))?;
+                sleep_ms(rng, 2_000..6_000).await;
+                std::fs::remove_file(&filler)?;
+                // With `always` Redis exits on a write it could not append.
+                let server = &mut self.stack.redis.servers_mut()[0];
+                if !server.pid().is_some_and(stack::process_alive) {
+                    eprintln!("[chaos] Redis exited on the full disk; starting it again");
+                    tokio::task::block_in_place(|| server.restart())?;
+                }
+            }
+            Fault::ArchiveOutage => {
+                tokio::task::block_in_place(|| self.stack.postgres.stop());
+                tokio::time::sleep(Duration::from_secs(150)).await;
+                self.stack.postgres.restart().await?;
             }
             Fault::DuplicateDelivery => {
                 // Rewind one consumer group of one stream to its start: every
@@ -615,6 +723,12 @@ async fn place(
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 return "refused payment_unavailable".into();
             }
+            // Redis at its budget or refusing writes: refused cleanly, the
+            // key not taken.
+            503 if reply["code"] == "capacity_exhausted" || reply["code"] == "store_unwritable" => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                return format!("refused {}", reply["code"].as_str().unwrap_or_default());
+            }
             // Shed, down, or between restarts: retry the same key.
             429 | 500..=599 => tokio::time::sleep(Duration::from_millis(150)).await,
             _ => return format!("unexpected {status} {}", reply["code"]),
@@ -727,7 +841,6 @@ fn violations_of(text: &str, prefix: &str) -> Vec<String> {
 
 async fn run_once(args: &Args, seed: u64, bin: &Path) -> anyhow::Result<RunReport> {
     let mut rng = StdRng::seed_from_u64(seed);
-    let plan = schedule(&mut rng, args.duration, args.fault_every, args.outages);
     let dir = tempfile::Builder::new()
         .prefix("lunchrush-chaos-")
         .tempdir()?;
@@ -737,6 +850,15 @@ async fn run_once(args: &Args, seed: u64, bin: &Path) -> anyhow::Result<RunRepor
     }
     let home = dir.path().to_path_buf();
     eprintln!("[chaos] seed {seed}: stack in {}", home.display());
+    // Redis's files on a filesystem of their own, which a fault fills.
+    let aof_disk = AofDisk::mount(&home.join("redis"));
+    let plan = schedule(
+        &mut rng,
+        args.duration,
+        args.fault_every,
+        args.outages,
+        aof_disk.is_some(),
+    );
     let stack = LocalStack::start(StackOptions {
         home: home.clone(),
         redis: RedisMode::Standalone,
@@ -788,6 +910,7 @@ async fn run_once(args: &Args, seed: u64, bin: &Path) -> anyhow::Result<RunRepor
             .collect::<anyhow::Result<_>>()?,
         engines: (0..args.engines).map(|_| None).collect(),
         archiver: None,
+        aof_disk,
     };
     for i in 0..args.engines {
         system.spawn_engine(i)?;
