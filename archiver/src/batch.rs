@@ -12,7 +12,7 @@ impl Archiver {
     /// One batch over `partitions` (one XREADGROUP, one transaction):
     /// pending entries first, else new ones.
     pub async fn step_partitions(&self, partitions: &[u16]) -> Result<usize, ArchiveError> {
-        self.step_shard(partitions, &mut true).await
+        Ok(self.step_shard(partitions, &mut true).await?.0)
     }
 
     /// [`Archiver::step_partitions`] for a reader that knows whether it may
@@ -23,7 +23,7 @@ impl Archiver {
         &self,
         partitions: &[u16],
         pending: &mut bool,
-    ) -> Result<usize, ArchiveError> {
+    ) -> Result<(usize, Option<i64>), ArchiveError> {
         let mut entries = Vec::new();
         if *pending {
             entries = self.read(partitions, "0").await?;
@@ -33,8 +33,14 @@ impl Archiver {
             entries = self.read(partitions, ">").await?;
         }
         if entries.is_empty() {
-            return Ok(0);
+            return Ok((0, None));
         }
+        // When the oldest entry was added (ms): how far behind this batch is.
+        let oldest = entries
+            .iter()
+            .filter_map(|e| engine::streams::parse_entry_id(&e.id))
+            .map(|(ms, _)| ms)
+            .min();
         let _permit = self
             .permits
             .acquire()
@@ -46,7 +52,7 @@ impl Archiver {
         metrics::counter!("lunchrush_archived_events_total").increment(entries.len() as u64);
         metrics::histogram!("lunchrush_archive_batch_seconds")
             .record(started.elapsed().as_secs_f64());
-        Ok(entries.len())
+        Ok((entries.len(), oldest))
     }
 
     /// After COMMIT: XACKs the batch (one per stream) and indexes the orders

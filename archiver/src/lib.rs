@@ -105,7 +105,20 @@ pub struct ArchiverOptions {
     pub reclaim_idle: Duration,
     /// A stream whose archive lag exceeds this many entries is warned about.
     pub lag_warn_entries: u64,
+    /// While catching up (a full batch whose oldest entry is older than
+    /// [`CATCH_UP_AGE`]: a backlog left by an outage, not the live rate),
+    /// the share of the time a reader works: after each batch it pauses
+    /// for as long as the batch took × (1 / share − 1). So the drain after
+    /// PostgreSQL returns leaves the cores to live traffic, whose placement
+    /// p99 stays near its usual level (`bench/outage`); 1.0: no pause.
+    pub catch_up_share: f64,
 }
+
+/// The longest pause between two catching-up batches.
+pub const CATCH_UP_PAUSE_MAX: Duration = Duration::from_secs(2);
+
+/// A batch whose oldest entry is older than this is catching up.
+pub const CATCH_UP_AGE: Duration = Duration::from_secs(10);
 
 impl ArchiverOptions {
     pub fn new(consumer: impl Into<String>) -> Self {
@@ -119,6 +132,7 @@ impl ArchiverOptions {
             trim_every: Duration::from_secs(1),
             reclaim_idle: Duration::from_secs(30),
             lag_warn_entries: 100_000,
+            catch_up_share: 0.5,
         }
     }
 }
@@ -291,6 +305,21 @@ impl Archiver {
         }
     }
 
+    /// After a full batch that took `took`: a pause while catching up (see
+    /// [`ArchiverOptions::catch_up_share`]), none while keeping up.
+    fn catch_up_pause(&self, took: Duration, oldest_ms: Option<i64>) -> Duration {
+        let share = self.options.catch_up_share;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let behind = oldest_ms.is_some_and(|ms| now_ms - ms >= CATCH_UP_AGE.as_millis() as i64);
+        if !behind || share >= 1.0 || share <= 0.0 {
+            return Duration::ZERO;
+        }
+        metrics::counter!("lunchrush_archive_catch_up_batches_total").increment(1);
+        took.mul_f64(1.0 / share - 1.0).min(CATCH_UP_PAUSE_MAX)
+    }
+
     async fn run_shard(
         &self,
         partitions: &[u16],
@@ -305,19 +334,20 @@ impl Archiver {
         let mut pending = true;
         let full = usize::try_from(self.options.batch_size).unwrap_or(usize::MAX);
         while !*shutdown.borrow() {
+            let started = Instant::now();
             let pause = match self.step_shard(partitions, &mut pending).await {
-                Ok(0) => {
+                Ok((0, _)) => {
                     idle = (idle * 2).min(self.options.idle_poll_max);
                     backoff = Duration::from_millis(50);
                     idle
                 }
-                Ok(n) => {
+                Ok((n, oldest)) => {
                     idle = Duration::from_millis(1);
                     backoff = Duration::from_millis(50);
                     if n < full {
                         self.options.linger
                     } else {
-                        Duration::ZERO
+                        self.catch_up_pause(started.elapsed(), oldest)
                     }
                 }
                 Err(error) => {

@@ -21,6 +21,10 @@ pub struct ArchiveArgs {
     /// Batches written to PostgreSQL at once.
     #[arg(long, env = "LUNCHRUSH_ARCHIVE_BATCHES_IN_FLIGHT", default_value_t = 4)]
     pub batches_in_flight: usize,
+    /// While draining a backlog (an outage's), the share of the time each
+    /// reader works, leaving the rest to live traffic (1: full speed).
+    #[arg(long, env = "LUNCHRUSH_ARCHIVE_CATCH_UP_SHARE", default_value_t = 0.5)]
+    pub catch_up_share: f64,
 }
 
 /// The default consumer name: stable per host.
@@ -42,6 +46,11 @@ pub async fn run(args: ArchiveArgs) -> anyhow::Result<ExitCode> {
         archiver::ArchiverOptions::new(args.consumer.unwrap_or_else(default_consumer));
     options.batch_size = args.batch_size;
     options.batches_in_flight_max = args.batches_in_flight;
+    anyhow::ensure!(
+        args.catch_up_share > 0.0 && args.catch_up_share <= 1.0,
+        "--catch-up-share must be in (0, 1]"
+    );
+    options.catch_up_share = args.catch_up_share;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut task = tokio::spawn(start(config, options, stopped));
     tokio::select! {

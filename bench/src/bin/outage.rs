@@ -102,6 +102,9 @@ struct Sample {
     failed: u64,
     /// Placement p99 of the accepted ones this second (ms).
     p99_ms: f64,
+    /// The longest stall of Redis's event loop on its AOF (write or fsync)
+    /// this second (ms, `LATENCY LATEST`).
+    aof_stall_ms: i64,
 }
 
 #[derive(Default)]
@@ -342,6 +345,9 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    let redis = [engine.redis().clone()];
+    bench::latency_monitor_on(&redis).await?;
+    bench::latency_reset(&redis).await?;
     let tally = Arc::new(Tally::default());
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let loader = tokio::spawn(load(
@@ -398,7 +404,9 @@ async fn main() -> anyhow::Result<()> {
             refused,
             failed,
             p99_ms: percentile(&latencies, 0.99),
+            aof_stall_ms: bench::aof_stall_max_ms(&redis).await.unwrap_or(0),
         };
+        let _ = bench::latency_reset(&redis).await;
         if samples.len().is_multiple_of(10) {
             eprintln!(
                 "[outage] {:>5.0} s used {:>6.0} MiB of {:.0} (high {:.0}) accepted {}/s refused {}/s backlog {:.0} ({:.0} s old)",
@@ -504,6 +512,19 @@ fn report(
         .map(|s| s.p99_ms)
         .fold(0.0, f64::max);
     let drain_s = drained_at.map(|d| d - restart_at);
+    let during_drain = |s: &&Sample| s.at_s > restart_at && drained_at.is_none_or(|d| s.at_s <= d);
+    let stall_drain = samples
+        .iter()
+        .filter(during_drain)
+        .map(|s| s.aof_stall_ms)
+        .max()
+        .unwrap_or(0);
+    let stall_before = samples
+        .iter()
+        .filter(|s| s.at_s < outage_at)
+        .map(|s| s.aof_stall_ms)
+        .max()
+        .unwrap_or(0);
     let yes = |ok: bool| if ok { "met" } else { "**missed**" };
     let mut out = String::new();
     writeln!(out, "# The archive down for long: bench/outage\n").unwrap();
@@ -573,7 +594,8 @@ fn report(
         "Placements: {accepted} accepted, {refused} refused (503), {failed} failed otherwise, \
          {unsent} not sent (the client's {IN_FLIGHT_MAX} in flight were busy). First refusal at {}; \
          placement p99 (worst second) {p99_before:.1} ms before the outage, {p99_drain:.1} ms while the \
-         backlog drained.\n",
+         backlog drained; the longest AOF stall of Redis's event loop {stall_before} ms before the \
+         outage, {stall_drain} ms while the backlog drained (PostgreSQL's writes share the disk).\n",
         first_refusal.map_or("none".into(), |s| format!("{s:.0} s"))
     )
     .unwrap();
@@ -582,10 +604,10 @@ fn report(
         "Every 15th second, and each second from the restart until 5 s after the drain:\n"
     )
     .unwrap();
-    writeln!(out, "| s | used MiB | high-water MiB | refusing | accepted/s | refused/s | placement p99 ms | backlog entries | backlog MiB | backlog age s |").unwrap();
+    writeln!(out, "| s | used MiB | high-water MiB | refusing | accepted/s | refused/s | placement p99 ms | AOF stall ms | backlog entries | backlog MiB | backlog age s |").unwrap();
     writeln!(
         out,
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     )
     .unwrap();
     let drain_end = drained_at.unwrap_or(restart_at) + 5.0;
@@ -596,7 +618,7 @@ fn report(
         }
         writeln!(
             out,
-            "| {:.0} | {:.0} | {:.0} | {} | {} | {} | {:.1} | {:.0} | {:.1} | {:.0} |",
+            "| {:.0} | {:.0} | {:.0} | {} | {} | {} | {:.1} | {} | {:.0} | {:.1} | {:.0} |",
             s.at_s,
             mib(s.used),
             mib(s.high_water),
@@ -604,6 +626,7 @@ fn report(
             s.accepted,
             s.refused,
             s.p99_ms,
+            s.aof_stall_ms,
             s.backlog_entries,
             mib(s.backlog_bytes),
             s.backlog_age_s
