@@ -12,7 +12,10 @@ impl Archiver {
     /// One batch over `partitions` (one XREADGROUP, one transaction):
     /// pending entries first, else new ones.
     pub async fn step_partitions(&self, partitions: &[u16]) -> Result<usize, ArchiveError> {
-        Ok(self.step_shard(partitions, &mut true).await?.0)
+        Ok(self
+            .step_shard(partitions, &mut true, self.options.batch_size)
+            .await?
+            .0)
     }
 
     /// [`Archiver::step_partitions`] for a reader that knows whether it may
@@ -23,14 +26,15 @@ impl Archiver {
         &self,
         partitions: &[u16],
         pending: &mut bool,
+        count: u64,
     ) -> Result<(usize, Option<i64>), ArchiveError> {
         let mut entries = Vec::new();
         if *pending {
-            entries = self.read(partitions, "0").await?;
+            entries = self.read(partitions, "0", count).await?;
             *pending = !entries.is_empty();
         }
         if entries.is_empty() {
-            entries = self.read(partitions, ">").await?;
+            entries = self.read(partitions, ">", count).await?;
         }
         if entries.is_empty() {
             return Ok((0, None));
@@ -75,13 +79,15 @@ impl Archiver {
     }
 
     /// One page of `partitions`' streams (`id`: `0` for this reader's
-    /// pending entries, `>` for new ones): one XREADGROUP on standalone
-    /// Redis; on a Cluster, where each partition's streams are a slot of
-    /// their own, one per partition, sent together.
+    /// pending entries, `>` for new ones), at most `count` entries a stream:
+    /// one XREADGROUP on standalone Redis; on a Cluster, where each
+    /// partition's streams are a slot of their own, one per partition, sent
+    /// together.
     pub(crate) async fn read(
         &self,
         partitions: &[u16],
         id: &str,
+        count: u64,
     ) -> Result<Vec<Entry>, ArchiveError> {
         let slots: Vec<Vec<u16>> = if self.engine.redis().is_clustered() {
             partitions.iter().map(|&p| vec![p]).collect()
@@ -95,7 +101,7 @@ impl Archiver {
                 self.engine.redis(),
                 GROUP,
                 &self.options.consumer,
-                self.options.batch_size,
+                count,
                 streams,
                 ids,
             )

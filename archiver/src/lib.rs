@@ -105,10 +105,11 @@ pub struct ArchiverOptions {
     pub reclaim_idle: Duration,
     /// A stream whose archive lag exceeds this many entries is warned about.
     pub lag_warn_entries: u64,
-    /// While catching up (a full batch whose oldest entry is older than
+    /// While catching up (a batch whose oldest entry is older than
     /// [`CATCH_UP_AGE`]: a backlog left by an outage, not the live rate),
-    /// the share of the time a reader works: after each batch it pauses
-    /// for as long as the batch took × (1 / share − 1). So the drain after
+    /// the share of the time a reader works: it reads pages of
+    /// [`CATCH_UP_COUNT`] a stream, and after each batch pauses for as long
+    /// as the batch took × (1 / share − 1). So the drain after
     /// PostgreSQL returns leaves the cores to live traffic, whose placement
     /// p99 stays near its usual level (`bench/outage`); 1.0: no pause.
     pub catch_up_share: f64,
@@ -119,6 +120,18 @@ pub const CATCH_UP_PAUSE_MAX: Duration = Duration::from_secs(2);
 
 /// A batch whose oldest entry is older than this is catching up.
 pub const CATCH_UP_AGE: Duration = Duration::from_secs(10);
+
+/// Entries read from each stream at a time while catching up.
+pub const CATCH_UP_COUNT: u64 = 32;
+
+/// Whether a batch whose oldest entry was added at `oldest_ms` is behind by
+/// [`CATCH_UP_AGE`] or more.
+fn is_behind(oldest_ms: Option<i64>) -> bool {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    oldest_ms.is_some_and(|ms| now_ms - ms >= CATCH_UP_AGE.as_millis() as i64)
+}
 
 impl ArchiverOptions {
     pub fn new(consumer: impl Into<String>) -> Self {
@@ -305,18 +318,15 @@ impl Archiver {
         }
     }
 
-    /// After a full batch that took `took`: a pause while catching up (see
-    /// [`ArchiverOptions::catch_up_share`]), none while keeping up.
-    fn catch_up_pause(&self, took: Duration, oldest_ms: Option<i64>) -> Duration {
+    /// After a catching-up batch that took `took`: the pause that leaves
+    /// the rest of the time to live traffic (see
+    /// [`ArchiverOptions::catch_up_share`]).
+    fn catch_up_pause(&self, took: Duration) -> Duration {
+        metrics::counter!("lunchrush_archive_catch_up_batches_total").increment(1);
         let share = self.options.catch_up_share;
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
-        let behind = oldest_ms.is_some_and(|ms| now_ms - ms >= CATCH_UP_AGE.as_millis() as i64);
-        if !behind || share >= 1.0 || share <= 0.0 {
+        if share >= 1.0 || share <= 0.0 {
             return Duration::ZERO;
         }
-        metrics::counter!("lunchrush_archive_catch_up_batches_total").increment(1);
         took.mul_f64(1.0 / share - 1.0).min(CATCH_UP_PAUSE_MAX)
     }
 
@@ -333,21 +343,35 @@ impl Archiver {
         // start, a failed batch, a reclaim may have left some.
         let mut pending = true;
         let full = usize::try_from(self.options.batch_size).unwrap_or(usize::MAX);
+        // While catching up, smaller pages: one XREADGROUP of `batch_size`
+        // entries from each of dozens of streams builds a reply of tens of
+        // MB, which holds Redis's event loop (and every placement) for
+        // ~100 ms; a page of CATCH_UP_COUNT a stream does not.
+        let mut catching_up = false;
         while !*shutdown.borrow() {
             let started = Instant::now();
-            let pause = match self.step_shard(partitions, &mut pending).await {
+            let count = if catching_up {
+                CATCH_UP_COUNT.min(self.options.batch_size)
+            } else {
+                self.options.batch_size
+            };
+            let step = self.step_shard(partitions, &mut pending, count).await;
+            catching_up = matches!(step, Ok((_, oldest)) if is_behind(oldest));
+            let pause = match step {
                 Ok((0, _)) => {
                     idle = (idle * 2).min(self.options.idle_poll_max);
                     backoff = Duration::from_millis(50);
                     idle
                 }
-                Ok((n, oldest)) => {
+                Ok((n, _)) => {
                     idle = Duration::from_millis(1);
                     backoff = Duration::from_millis(50);
-                    if n < full {
+                    if catching_up {
+                        self.catch_up_pause(started.elapsed())
+                    } else if n < full {
                         self.options.linger
                     } else {
-                        self.catch_up_pause(started.elapsed(), oldest)
+                        Duration::ZERO
                     }
                 }
                 Err(error) => {
