@@ -367,43 +367,6 @@ async fn undecodable_data_is_archived_as_written() {
     );
 }
 
-/// A tmpfs of `size` at `dir` owned by PostgreSQL's user, unmounted when
-/// dropped; `None` (with a message) where mounting is not allowed.
-struct PostgresDisk(std::path::PathBuf);
-
-impl PostgresDisk {
-    fn mount(dir: &std::path::Path, size: &str) -> Option<Self> {
-        use std::process::Command;
-        std::fs::create_dir_all(dir).ok()?;
-        // The server runs as `postgres` when we are root (the stack's rule).
-        let owner = Command::new("id").args(["-u", "postgres"]).output().ok()?;
-        let uid = String::from_utf8_lossy(&owner.stdout).trim().to_string();
-        let options = format!("size={size},mode=0700,uid={uid},gid={uid}");
-        let mounted = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &options, "tmpfs"])
-            .arg(dir)
-            .output()
-            .ok()?;
-        if !owner.status.success() || !mounted.status.success() {
-            eprintln!(
-                "SKIPPED: cannot mount a tmpfs for PostgreSQL here ({}); the test needs root",
-                String::from_utf8_lossy(&mounted.stderr).trim()
-            );
-            return None;
-        }
-        Some(Self(dir.to_path_buf()))
-    }
-}
-
-impl Drop for PostgresDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
 /// PostgreSQL's disk full (the archive's tables on a small tablespace that
 /// fills up): a batch fails whole and nothing of it lands, its entries stay
 /// pending in Redis (the backlog shows), a retry fails the same way; once
@@ -413,15 +376,27 @@ async fn a_full_archive_disk_fails_whole_batches_and_loses_nothing() {
     use std::os::unix::fs::PermissionsExt;
     let root = tempfile::tempdir().unwrap();
     std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let Some(disk) = PostgresDisk::mount(&root.path().join("pgdisk"), "16m") else {
-        return;
+    // The server runs as `postgres` when we are root (the stack's rule).
+    let owner = std::process::Command::new("id")
+        .args(["-u", "postgres"])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok());
+    let disk = match stack::tmpfs::Tmpfs::mount(&root.path().join("pgdisk"), "16m", owner) {
+        Ok(disk) => disk,
+        Err(why) => {
+            eprintln!(
+                "SKIPPED: cannot mount a tmpfs for PostgreSQL here ({why}); the test needs root"
+            );
+            return;
+        }
     };
     let env = env().await;
     let client = env.pool().get().await.unwrap();
     client
         .batch_execute(&format!(
             "CREATE TABLESPACE small LOCATION '{}'",
-            disk.0.display()
+            disk.dir().display()
         ))
         .await
         .unwrap();
@@ -450,14 +425,7 @@ async fn a_full_archive_disk_fails_whole_batches_and_loses_nothing() {
     let before = count(&env, "SELECT count(*) FROM saga_events").await;
 
     // Fill the tablespace, then give the archiver a backlog.
-    let filler = disk.0.join("filler");
-    {
-        use std::io::Write;
-        let mut file = std::fs::File::create(&filler).unwrap();
-        let chunk = vec![0u8; 64 * 1024];
-        while file.write_all(&chunk).is_ok() {}
-        let _ = file.sync_all();
-    }
+    let filler = disk.fill("filler").unwrap();
     place(&env, 20, 400).await;
     env.settle(Duration::from_secs(30)).await;
     for attempt in 0..2 {

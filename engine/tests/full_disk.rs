@@ -12,9 +12,6 @@
 //! and refuses writes. A second test demotes Redis to a replica (`READONLY`
 //! after a failover) and promotes it back.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use engine::budget::Refusal;
@@ -22,56 +19,20 @@ use engine::engine::PlaceError;
 use engine::keys::Topic;
 use fixture::{Fixture, Options, Servers, eventually, numbered_order};
 use stack::RedisDeployment;
-
-/// A tmpfs of `size` mounted at `dir`, unmounted when dropped.
-struct Mount(PathBuf);
-
-impl Mount {
-    fn tmpfs(dir: &Path, size: &str) -> Option<Self> {
-        std::fs::create_dir_all(dir).ok()?;
-        let mounted = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .output()
-            .ok()?;
-        if !mounted.status.success() {
-            eprintln!(
-                "SKIPPED: cannot mount a tmpfs here ({}); the full-disk test needs root",
-                String::from_utf8_lossy(&mounted.stderr).trim()
-            );
-            return None;
-        }
-        Some(Self(dir.to_path_buf()))
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
-/// Writes zeros to `path` until the filesystem is full.
-fn fill(path: &Path) {
-    let mut file = std::fs::File::create(path).unwrap();
-    let chunk = vec![0u8; 64 * 1024];
-    while file.write_all(&chunk).is_ok() {}
-    for _ in 0..64 {
-        if file.write_all(&chunk[..1024]).is_err() {
-            break;
-        }
-    }
-    let _ = file.sync_all();
-}
+use stack::tmpfs::Tmpfs;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_aof_disk_refuses_writes_then_recovers_by_itself() {
     let root = tempfile::tempdir().unwrap();
-    let Some(mount) = Mount::tmpfs(&root.path().join("disk"), "24m") else {
-        return;
+    let mount = match Tmpfs::mount(&root.path().join("disk"), "24m", None) {
+        Ok(mount) => mount,
+        Err(why) => {
+            eprintln!("SKIPPED: cannot mount a tmpfs here ({why}); the full-disk test needs root");
+            return;
+        }
     };
     let options = Options {
-        redis_dir: Some(mount.0.clone()),
+        redis_dir: Some(mount.dir().to_path_buf()),
         ..Options::redis()
     };
     let mut fx = Fixture::start(options, |_| {}).await;
@@ -85,8 +46,7 @@ async fn a_full_aof_disk_refuses_writes_then_recovers_by_itself() {
     }
     fx.settle(Duration::from_secs(30)).await;
 
-    let filler = mount.0.join("filler");
-    fill(&filler);
+    let filler = mount.fill("filler").unwrap();
     // Placements go on until Redis notices its AOF write failed; from then
     // on each is refused and changes nothing.
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -20,6 +20,7 @@ pub mod postgres;
 pub mod process;
 pub mod psp;
 pub mod redis;
+pub mod tmpfs;
 
 use std::path::{Path, PathBuf};
 

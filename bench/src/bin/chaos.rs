@@ -247,49 +247,6 @@ fn lock(tally: &Shared) -> std::sync::MutexGuard<'_, Tally> {
     tally.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A tmpfs under Redis's files, mounted by the run (as root), so the full-disk
-/// fault can fill it; unmounted when dropped (after the stack stopped).
-struct AofDisk {
-    dir: PathBuf,
-}
-
-impl AofDisk {
-    fn mount(dir: &Path) -> Option<Self> {
-        std::fs::create_dir_all(dir).ok()?;
-        let mounted = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=2g", "tmpfs"])
-            .arg(dir)
-            .output()
-            .ok()?;
-        if !mounted.status.success() {
-            eprintln!(
-                "[chaos] no full-disk fault: cannot mount a tmpfs here ({})",
-                String::from_utf8_lossy(&mounted.stderr).trim()
-            );
-            return None;
-        }
-        Some(Self {
-            dir: dir.to_path_buf(),
-        })
-    }
-}
-
-impl Drop for AofDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
-    }
-}
-
-/// Writes zeros to `path` until its filesystem is full.
-fn fill(path: &Path) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut file = std::fs::File::create(path)?;
-    let chunk = vec![0u8; 1 << 20];
-    while file.write_all(&chunk).is_ok() {}
-    while file.write_all(&chunk[..4096]).is_ok() {}
-    Ok(())
-}
-
 fn redis_used_memory(server: &stack::RedisServer) -> anyhow::Result<u64> {
     let info = server.command(&["INFO", "memory"])?;
     info.lines()
@@ -315,8 +272,9 @@ struct System {
     archiver: Option<Daemon>,
     engine: engine::Engine,
     pool: deadpool_postgres::Pool,
-    /// Dropped after `stack` (field order): the servers stop first.
-    aof_disk: Option<AofDisk>,
+    /// A tmpfs under Redis's files, which the full-disk fault fills (as
+    /// root); dropped after `stack` (field order): the servers stop first.
+    aof_disk: Option<stack::tmpfs::Tmpfs>,
 }
 
 impl System {
@@ -445,8 +403,7 @@ impl System {
                 let Some(disk) = self.aof_disk.as_ref() else {
                     return Ok(());
                 };
-                let filler = disk.dir.join("filler");
-                tokio::task::block_in_place(|| fill(&filler))?;
+                let filler = tokio::task::block_in_place(|| disk.fill("filler"))?;
                 sleep_ms(rng, 2_000..6_000).await;
                 std::fs::remove_file(&filler)?;
                 // With `always` Redis exits on a write it could not append.
@@ -851,7 +808,9 @@ async fn run_once(args: &Args, seed: u64, bin: &Path) -> anyhow::Result<RunRepor
     let home = dir.path().to_path_buf();
     eprintln!("[chaos] seed {seed}: stack in {}", home.display());
     // Redis's files on a filesystem of their own, which a fault fills.
-    let aof_disk = AofDisk::mount(&home.join("redis"));
+    let aof_disk = stack::tmpfs::Tmpfs::mount(&home.join("redis"), "2g", None)
+        .map_err(|why| eprintln!("[chaos] no full-disk fault: cannot mount a tmpfs here ({why})"))
+        .ok();
     let plan = schedule(
         &mut rng,
         args.duration,
