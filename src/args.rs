@@ -71,15 +71,15 @@ pub struct TuningArgs {
 pub struct MemoryArgs {
     /// Budget for Redis's memory (e.g. 8gb); default: each primary's own
     /// maxmemory (with none, nothing is refused and a warning is logged).
-    #[arg(long, env = "LUNCHRUSH_MEMORY_LIMIT", value_parser = parse_bytes)]
+    #[arg(long, env = "LUNCHRUSH_MEMORY_LIMIT", value_parser = engine::budget::parse_bytes)]
     pub memory_limit: Option<u64>,
     /// The fixed part of the reserve kept below the limit for work in
     /// flight (default: 5% of the limit); each order in flight adds its own.
-    #[arg(long, env = "LUNCHRUSH_MEMORY_RESERVE", value_parser = parse_bytes)]
+    #[arg(long, env = "LUNCHRUSH_MEMORY_RESERVE", value_parser = engine::budget::parse_bytes)]
     pub memory_reserve: Option<u64>,
     /// How far below the high-water mark memory must fall before new orders
     /// are taken again (default: 5% of the limit).
-    #[arg(long, env = "LUNCHRUSH_MEMORY_HYSTERESIS", value_parser = parse_bytes)]
+    #[arg(long, env = "LUNCHRUSH_MEMORY_HYSTERESIS", value_parser = engine::budget::parse_bytes)]
     pub memory_hysteresis: Option<u64>,
 }
 
@@ -92,30 +92,6 @@ impl MemoryArgs {
             ..engine::budget::BudgetOptions::default()
         }
     }
-}
-
-/// A size as Redis writes it: `1000`, `64k` (10^3), `64kb` (2^10), `m`,
-/// `mb`, `g`, `gb`.
-pub fn parse_bytes(text: &str) -> Result<u64, String> {
-    let lower = text.trim().to_ascii_lowercase();
-    let digits = lower.trim_end_matches(|c: char| c.is_ascii_alphabetic());
-    let unit = &lower[digits.len()..];
-    let scale: u64 = match unit {
-        "" | "b" => 1,
-        "k" => 1_000,
-        "kb" => 1 << 10,
-        "m" => 1_000_000,
-        "mb" => 1 << 20,
-        "g" => 1_000_000_000,
-        "gb" => 1 << 30,
-        other => return Err(format!("unknown unit {other:?}: use k, kb, m, mb, g or gb")),
-    };
-    let value: u64 = digits
-        .parse()
-        .map_err(|_| format!("{text:?} is not a size (e.g. 512mb)"))?;
-    value
-        .checked_mul(scale)
-        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 /// A live retention: a duration, or `off` (`None`).

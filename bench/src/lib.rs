@@ -83,6 +83,26 @@ fn stat_seconds(pid: u32, after_name: &[usize]) -> f64 {
 }
 
 /// An engine on `config`, over a connection of its own.
+/// The `lunchrush` binary a bench runs: `given`, else the one next to the
+/// running bench (both built by `scripts/dev build`); an error naming it
+/// when it is not there.
+pub fn lunchrush_binary(given: Option<&std::path::Path>) -> anyhow::Result<std::path::PathBuf> {
+    use anyhow::Context;
+    let bin = match given {
+        Some(path) => path.to_path_buf(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("this binary's directory")?
+            .join("lunchrush"),
+    };
+    anyhow::ensure!(
+        bin.exists(),
+        "{} not found: build it (cargo build --release --bin lunchrush) or pass --lunchrush",
+        bin.display()
+    );
+    Ok(bin)
+}
+
 pub async fn connect_engine(config: &engine::Config) -> anyhow::Result<engine::Engine> {
     let client = engine::store::connect(config).await?;
     Ok(engine::Engine::new(client, config.clone()).await?)

@@ -431,6 +431,30 @@ pub async fn watch(engine: Engine, mut shutdown: tokio::sync::watch::Receiver<bo
     }
 }
 
+/// A size as Redis writes it: `1000`, `64k` (10^3), `64kb` (2^10), `m`,
+/// `mb`, `g`, `gb`.
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let lower = text.trim().to_ascii_lowercase();
+    let digits = lower.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = &lower[digits.len()..];
+    let scale: u64 = match unit {
+        "" | "b" => 1,
+        "k" => 1_000,
+        "kb" => 1 << 10,
+        "m" => 1_000_000,
+        "mb" => 1 << 20,
+        "g" => 1_000_000_000,
+        "gb" => 1 << 30,
+        other => return Err(format!("unknown unit {other:?}: use k, kb, m, mb, g or gb")),
+    };
+    let value: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (e.g. 512mb)"))?;
+    value
+        .checked_mul(scale)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -504,6 +528,16 @@ mod tests {
         );
         budget.update(vec![fine], 0, Instant::now());
         assert_eq!(budget.refusal(), None);
+    }
+
+    #[test]
+    fn sizes_read_as_redis_writes_them() {
+        assert_eq!(parse_bytes("512mb"), Ok(512 << 20));
+        assert_eq!(parse_bytes("64k"), Ok(64_000));
+        assert_eq!(parse_bytes("1GB"), Ok(1 << 30));
+        assert_eq!(parse_bytes("1000"), Ok(1000));
+        assert!(parse_bytes("12tb").is_err());
+        assert!(parse_bytes("mb").is_err());
     }
 
     #[test]

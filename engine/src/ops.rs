@@ -247,10 +247,7 @@ pub async fn group_lags(engine: &Engine) -> Result<Vec<GroupLag>, EngineError> {
                 // oldest unacknowledged entry below still tells its age.
                 lag.lag += info.lag.unwrap_or(0);
                 lag.pending += info.pending;
-                lag.oldest_ms = match (lag.oldest_ms, oldest) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
+                lag.oldest_ms = earliest(lag.oldest_ms, oldest);
             }
         }
     }
@@ -294,10 +291,7 @@ pub async fn archive_backlog(engine: &Engine) -> Result<ArchiveBacklog, EngineEr
             backlog.lag_entries += info.lag.unwrap_or(0);
             backlog.pending_entries += info.pending;
             let oldest = oldest_unacknowledged(engine, &stream, info).await?;
-            backlog.oldest_ms = match (backlog.oldest_ms, oldest) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            backlog.oldest_ms = earliest(backlog.oldest_ms, oldest);
             let length: u64 = engine.redis().xlen(stream.as_str()).await?;
             let usage: Option<u64> = engine
                 .redis()
@@ -309,6 +303,14 @@ pub async fn archive_backlog(engine: &Engine) -> Result<ArchiveBacklog, EngineEr
         }
     }
     Ok(backlog)
+}
+
+/// The earlier of two times, either of which may be unknown.
+fn earliest(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// The time of the first entry `info`'s group has not acknowledged.

@@ -46,7 +46,7 @@ pub struct UpArgs {
     /// masters). Default: half the machine's memory, leaving room for the
     /// AOF rewrite's copy-on-write and PostgreSQL. New orders are refused
     /// before it is reached (docs/operations.md).
-    #[arg(long, env = "LUNCHRUSH_REDIS_MAXMEMORY", value_parser = crate::args::parse_bytes)]
+    #[arg(long, env = "LUNCHRUSH_REDIS_MAXMEMORY", value_parser = engine::budget::parse_bytes)]
     pub redis_maxmemory: Option<u64>,
     /// HS256 secret for API tokens; generated (and kept in stack.env) when unset.
     #[arg(long, env = "LUNCHRUSH_JWT_SECRET", hide_env_values = true)]

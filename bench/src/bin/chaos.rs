@@ -1136,18 +1136,7 @@ fn table(args: &Args, command: &str, reports: &[RunReport]) -> String {
 
 fn main() -> anyhow::Result<ExitCode> {
     let args: Args = clap::Parser::parse();
-    let bin = match &args.lunchrush {
-        Some(path) => path.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("this binary's directory")?
-            .join("lunchrush"),
-    };
-    anyhow::ensure!(
-        bin.exists(),
-        "{} not found: build it (cargo build --release --bin lunchrush) or pass --lunchrush",
-        bin.display()
-    );
+    let bin = bench::lunchrush_binary(args.lunchrush.as_deref())?;
     let first = args.seed.unwrap_or_else(|| rand::random::<u32>().into());
     let command = std::iter::once("bench/chaos".to_string())
         .chain(std::env::args().skip(1))

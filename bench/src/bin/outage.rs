@@ -19,7 +19,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use clap::Parser;
 use engine::engine::ItemPut;
 use engine::keys::Lane;
@@ -45,7 +44,7 @@ struct Args {
     #[arg(long, value_parser = humantime::parse_duration)]
     recovery_max: Option<Duration>,
     /// Redis's maxmemory.
-    #[arg(long, default_value = "512mb", value_parser = parse_bytes)]
+    #[arg(long, default_value = "512mb", value_parser = engine::budget::parse_bytes)]
     redis_maxmemory: u64,
     /// Redis's AOF fsync policy.
     #[arg(long, default_value = "always", value_parser = AppendFsync::parse)]
@@ -62,21 +61,6 @@ struct Args {
     /// The chart (PNG).
     #[arg(long, default_value = "bench/outage.png")]
     chart: PathBuf,
-}
-
-fn parse_bytes(text: &str) -> Result<u64, String> {
-    let lower = text.to_ascii_lowercase();
-    let (digits, scale) = match lower.strip_suffix("gb") {
-        Some(d) => (d, 1u64 << 30),
-        None => match lower.strip_suffix("mb") {
-            Some(d) => (d, 1 << 20),
-            None => (lower.as_str(), 1),
-        },
-    };
-    digits
-        .parse::<u64>()
-        .map(|v| v * scale)
-        .map_err(|_| format!("{text:?} is not a size (e.g. 1gb, 512mb)"))
 }
 
 const RESTAURANTS: usize = 40;
@@ -239,18 +223,7 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let bin = match &args.lunchrush {
-        Some(path) => path.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("this binary's directory")?
-            .join("lunchrush"),
-    };
-    anyhow::ensure!(
-        bin.exists(),
-        "{} not found: pass --lunchrush",
-        bin.display()
-    );
+    let bin = bench::lunchrush_binary(args.lunchrush.as_deref())?;
     let dir = tempfile::Builder::new()
         .prefix("lunchrush-outage-")
         .tempdir()?;
